@@ -1,0 +1,206 @@
+"""IPv4 headers (RFC 791): options, flags, fragment offset, header checksum.
+
+`Ipv4Packet` is the zero-copy parse side; `Ipv4Repr` the value that emits.
+`decrement_ttl` is the forwarding hot path: one byte changed and the checksum
+patched incrementally (RFC 1624), exactly what a Linux router does.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, replace
+
+from emu.wire.checksum import incremental_update, internet_checksum, ones_sum
+from emu.wire.errors import Malformed, Truncated
+
+PROTO_ICMP = 1
+PROTO_TCP = 6
+PROTO_UDP = 17
+
+MIN_HEADER_LEN = 20
+MAX_HEADER_LEN = 60
+FLAG_RESERVED = 0x8000
+FLAG_DF = 0x4000
+FLAG_MF = 0x2000
+OFFSET_MASK = 0x1FFF
+
+TTL = 8
+PROTOCOL = 9
+CHECKSUM = slice(10, 12)
+SRC = slice(12, 16)
+DST = slice(16, 20)
+
+_FIXED = struct.Struct("!BBHHHBBH4s4s")
+
+
+class Ipv4Packet:
+    """Zero-copy view of an IPv4 packet; all lengths are checked here.
+
+    With `allow_truncated` the buffer may end before `total_length` (the
+    datagram quoted inside an ICMP error is cut short); `payload` is then what
+    is present.
+    """
+
+    __slots__ = ("buf", "header_len", "total_length")
+
+    def __init__(self, buf: bytes | bytearray | memoryview, allow_truncated: bool = False) -> None:
+        have = len(buf)
+        if have < MIN_HEADER_LEN:
+            raise Truncated("ipv4", MIN_HEADER_LEN, have)
+        version = buf[0] >> 4
+        if version != 4:
+            raise Malformed("ipv4", "version", version)
+        header_len = (buf[0] & 0x0F) * 4
+        if header_len < MIN_HEADER_LEN:
+            raise Malformed("ipv4", "ihl", header_len // 4)
+        if have < header_len:
+            raise Truncated("ipv4", header_len, have)
+        total_length = (buf[2] << 8) | buf[3]
+        if total_length < header_len:
+            raise Malformed("ipv4", "total_length", total_length)
+        if have < total_length and not allow_truncated:
+            raise Truncated("ipv4", total_length, have)
+        self.buf = buf
+        self.header_len = header_len
+        self.total_length = total_length
+
+    @property
+    def tos(self) -> int:
+        return self.buf[1]
+
+    @property
+    def ident(self) -> int:
+        return (self.buf[4] << 8) | self.buf[5]
+
+    @property
+    def flags_offset(self) -> int:
+        return (self.buf[6] << 8) | self.buf[7]
+
+    @property
+    def df(self) -> bool:
+        return bool(self.flags_offset & FLAG_DF)
+
+    @property
+    def mf(self) -> bool:
+        return bool(self.flags_offset & FLAG_MF)
+
+    @property
+    def frag_offset(self) -> int:
+        """Fragment offset in 8-byte units, as on the wire."""
+        return self.flags_offset & OFFSET_MASK
+
+    @property
+    def ttl(self) -> int:
+        return self.buf[TTL]
+
+    @property
+    def protocol(self) -> int:
+        return self.buf[PROTOCOL]
+
+    @property
+    def checksum(self) -> int:
+        return (self.buf[10] << 8) | self.buf[11]
+
+    @property
+    def src(self) -> bytes:
+        return bytes(self.buf[SRC])
+
+    @property
+    def dst(self) -> bytes:
+        return bytes(self.buf[DST])
+
+    @property
+    def options(self) -> bytes:
+        return bytes(self.buf[MIN_HEADER_LEN:self.header_len])
+
+    @property
+    def payload(self) -> memoryview:
+        return memoryview(self.buf)[self.header_len:self.total_length]
+
+    def is_fragment(self) -> bool:
+        return bool(self.flags_offset & (FLAG_MF | OFFSET_MASK))
+
+    def checksum_ok(self) -> bool:
+        return ones_sum(self.buf[:self.header_len]) == 0xFFFF
+
+    def __len__(self) -> int:
+        return self.total_length
+
+    def to_repr(self) -> "Ipv4Repr":
+        flags = self.flags_offset
+        return Ipv4Repr(
+            src=self.src, dst=self.dst, protocol=self.protocol,
+            payload_len=self.total_length - self.header_len, ttl=self.ttl,
+            tos=self.tos, ident=self.ident, df=bool(flags & FLAG_DF),
+            mf=bool(flags & FLAG_MF), frag_offset=flags & OFFSET_MASK,
+            reserved_flag=bool(flags & FLAG_RESERVED), options=self.options,
+        )
+
+
+@dataclass(frozen=True)
+class Ipv4Repr:
+    """An IPv4 header as values. `frag_offset` is in 8-byte units."""
+
+    src: bytes
+    dst: bytes
+    protocol: int
+    payload_len: int
+    ttl: int = 64
+    tos: int = 0
+    ident: int = 0
+    df: bool = False
+    mf: bool = False
+    frag_offset: int = 0
+    reserved_flag: bool = False
+    options: bytes = b""
+
+    @classmethod
+    def parse(cls, buf: bytes | bytearray | memoryview) -> "Ipv4Repr":
+        return Ipv4Packet(buf).to_repr()
+
+    @property
+    def header_len(self) -> int:
+        return MIN_HEADER_LEN + len(self.options)
+
+    def _fixed_fields(self, checksum: int) -> tuple:
+        if len(self.options) % 4 or len(self.options) > MAX_HEADER_LEN - MIN_HEADER_LEN:
+            raise ValueError(f"IPv4 options must be a multiple of 4 bytes up to 40, got {len(self.options)}")
+        flags = ((FLAG_DF if self.df else 0) | (FLAG_MF if self.mf else 0)
+                 | (FLAG_RESERVED if self.reserved_flag else 0) | self.frag_offset)
+        return (0x40 | (self.header_len // 4), self.tos, self.header_len + self.payload_len,
+                self.ident, flags, self.ttl, self.protocol, checksum, self.src, self.dst)
+
+    def header(self) -> bytes:
+        """The header bytes, options and a valid checksum included."""
+        raw = _FIXED.pack(*self._fixed_fields(0)) + self.options
+        checksum = internet_checksum(raw)
+        return raw[:10] + checksum.to_bytes(2, "big") + raw[12:]
+
+    def emit_into(self, buf: bytearray | memoryview, offset: int = 0) -> int:
+        """Write the header at `offset`; return the offset of the payload."""
+        header = self.header()
+        buf[offset:offset + len(header)] = header
+        return offset + len(header)
+
+    def build(self, payload: bytes | bytearray | memoryview) -> bytes:
+        """Header (with `payload_len` taken from `payload`) plus payload."""
+        if len(payload) != self.payload_len:
+            return replace(self, payload_len=len(payload)).build(payload)
+        return self.header() + bytes(payload)
+
+
+def decrement_ttl(packet: bytearray, offset: int = 0) -> int:
+    """Decrement the TTL of the IPv4 header at `offset` in place.
+
+    The checksum is patched with RFC 1624 instead of being recomputed; returns
+    the new TTL. The caller checks for TTL expiry before calling.
+    """
+    ttl = packet[offset + TTL]
+    word_old = (ttl << 8) | packet[offset + PROTOCOL]
+    word_new = word_old - 0x100
+    old = (packet[offset + 10] << 8) | packet[offset + 11]
+    new = incremental_update(old, word_old, word_new)
+    packet[offset + TTL] = ttl - 1
+    packet[offset + 10] = new >> 8
+    packet[offset + 11] = new & 0xFF
+    return ttl - 1

@@ -1,0 +1,111 @@
+"""UDP (RFC 768) with the IPv4 pseudo-header checksum; 0 means "no checksum".
+
+The checksum covers the pseudo-header, so building and verifying need the
+IPv4 source and destination; a computed checksum of 0 is sent as 0xffff.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from emu.wire.checksum import ones_sum, pseudo_header_sum, udp_checksum_field
+from emu.wire.errors import Malformed, Truncated
+from emu.wire.ipv4 import PROTO_UDP
+
+HEADER_LEN = 8
+
+_HEADER = struct.Struct("!HHHH")
+
+
+def udp_checksum(src_ip: bytes, dst_ip: bytes, segment: bytes | bytearray | memoryview) -> int:
+    """The checksum field value for `segment` (header with checksum 0 + payload)."""
+    partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, len(segment))
+    return udp_checksum_field(~ones_sum(segment, partial) & 0xFFFF)
+
+
+class UdpDatagram:
+    """Zero-copy view of a UDP datagram; the length field is checked here."""
+
+    __slots__ = ("buf", "length")
+
+    def __init__(self, buf: bytes | bytearray | memoryview) -> None:
+        have = len(buf)
+        if have < HEADER_LEN:
+            raise Truncated("udp", HEADER_LEN, have)
+        length = (buf[4] << 8) | buf[5]
+        if length < HEADER_LEN:
+            raise Malformed("udp", "length", length)
+        if length > have:
+            raise Truncated("udp", length, have)
+        self.buf = buf
+        self.length = length
+
+    @property
+    def src_port(self) -> int:
+        return (self.buf[0] << 8) | self.buf[1]
+
+    @property
+    def dst_port(self) -> int:
+        return (self.buf[2] << 8) | self.buf[3]
+
+    @property
+    def checksum(self) -> int:
+        return (self.buf[6] << 8) | self.buf[7]
+
+    @property
+    def payload(self) -> memoryview:
+        return memoryview(self.buf)[HEADER_LEN:self.length]
+
+    def checksum_ok(self, src_ip: bytes, dst_ip: bytes) -> bool:
+        """True when the checksum is absent (0) or verifies."""
+        if self.checksum == 0:
+            return True
+        partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, self.length)
+        return ones_sum(self.buf[:self.length], partial) == 0xFFFF
+
+    def __len__(self) -> int:
+        return self.length
+
+    def to_repr(self) -> "UdpRepr":
+        return UdpRepr(self.src_port, self.dst_port, self.length - HEADER_LEN)
+
+
+@dataclass(frozen=True)
+class UdpRepr:
+    """A UDP header as values; the checksum is computed when emitting."""
+
+    src_port: int
+    dst_port: int
+    payload_len: int
+
+    @classmethod
+    def parse(cls, buf: bytes | bytearray | memoryview) -> "UdpRepr":
+        return UdpDatagram(buf).to_repr()
+
+    @property
+    def header_len(self) -> int:
+        return HEADER_LEN
+
+    def emit_into(self, buf: bytearray | memoryview, offset: int, src_ip: bytes,
+                  dst_ip: bytes, with_checksum: bool = True) -> int:
+        """Write the header at `offset`; the payload must already follow it.
+
+        Returns the offset of the payload.
+        """
+        length = HEADER_LEN + self.payload_len
+        _HEADER.pack_into(buf, offset, self.src_port, self.dst_port, length, 0)
+        if with_checksum:
+            checksum = udp_checksum(src_ip, dst_ip, memoryview(buf)[offset:offset + length])
+            buf[offset + 6] = checksum >> 8
+            buf[offset + 7] = checksum & 0xFF
+        return offset + HEADER_LEN
+
+    def build(self, payload: bytes | bytearray | memoryview, src_ip: bytes, dst_ip: bytes,
+              with_checksum: bool = True) -> bytes:
+        """Header plus payload (`payload_len` is taken from `payload`)."""
+        segment = bytearray(_HEADER.pack(self.src_port, self.dst_port, HEADER_LEN + len(payload), 0))
+        segment += payload
+        if with_checksum:
+            segment[6:8] = udp_checksum(src_ip, dst_ip, segment).to_bytes(2, "big")
+        return bytes(segment)
