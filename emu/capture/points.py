@@ -1,0 +1,184 @@
+"""The set of capture points of one run: a pcap per interface plus one merged pcapng.
+
+The emulator captures every interface, like running tcpdump on each device of
+the real cluster. Each capture point writes ``<namespace>_<ifname>.pcap``,
+the name the kernel reference captures use, and the same frames go into one
+merged pcapng where the interface is named ``<namespace>/<ifname>``.
+
+Files are opened on a point's first frame, never before: the kernel captures
+have no file for an interface that saw no traffic, and neither do we. The
+order of interfaces in the pcapng is the order of their first frames, so the
+same sequence of calls always gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+
+from emu.capture.pcap import Frame, PcapWriter, checked_frame, checked_linktype
+from emu.capture.pcapng import PcapngWriter
+
+
+class _MergedCapture:
+    """The merged pcapng, created when the first interface is declared."""
+
+    def __init__(self, path: Path, nanosecond: bool) -> None:
+        self.path = path
+        self.nanosecond = nanosecond
+        self._writer: PcapngWriter | None = None
+
+    def add_interface(self, name: str, description: str, linktype: int) -> int:
+        if self._writer is None:
+            self._writer = PcapngWriter(self.path)
+        return self._writer.add_interface(name, description, linktype, self.nanosecond)
+
+    def write(self, interface_id: int, ts_ns: int, frame: Frame) -> None:
+        assert self._writer is not None, "write before add_interface"
+        self._writer.write(interface_id, ts_ns, frame)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+class CapturePoint:
+    """One captured interface; ``record`` every frame it sends or receives."""
+
+    def __init__(
+        self,
+        namespace: str,
+        ifname: str,
+        linktype: int,
+        description: str,
+        pcap_path: Path,
+        merged: _MergedCapture | None,
+        nanosecond: bool,
+    ) -> None:
+        self.namespace = namespace
+        self.ifname = ifname
+        self.linktype = linktype
+        self.description = description
+        self.pcap_path = pcap_path
+        self.frames = 0
+        self._merged = merged
+        self._nanosecond = nanosecond
+        self._pcap: PcapWriter | None = None
+        self._interface_id: int | None = None
+        self._closed = False
+
+    @property
+    def key(self) -> str:
+        """``<namespace>_<ifname>``: the pcap file's stem and the key in counts()."""
+        return f"{self.namespace}_{self.ifname}"
+
+    def record(self, ts_ns: int, frame: Frame) -> None:
+        """Write ``frame``, seen at virtual time ``ts_ns``, to this point's files."""
+        checked_frame(ts_ns, frame)  # refuse bad input before any file is created
+        if self._closed:
+            raise ValueError(f"capture point {self.namespace}/{self.ifname}: capture set is closed")
+        if self._pcap is None:
+            self._pcap = PcapWriter(self.pcap_path, self.linktype, self._nanosecond)
+            if self._merged is not None:
+                name = f"{self.namespace}/{self.ifname}"
+                self._interface_id = self._merged.add_interface(name, self.description, self.linktype)
+        self._pcap.write(ts_ns, frame)
+        if self._merged is not None and self._interface_id is not None:
+            self._merged.write(self._interface_id, ts_ns, frame)
+        self.frames += 1
+
+    def close(self) -> None:
+        self._closed = True
+        if self._pcap is not None:
+            self._pcap.close()
+
+
+def _checked_name(field: str, value: str) -> str:
+    """Names become file names: refuse what would escape out_dir or be empty."""
+    if not isinstance(value, str) or not value or "/" in value or "\0" in value or value in (".", ".."):
+        raise ValueError(f"{field}: expected a non-empty name without '/', got {value!r}")
+    return value
+
+
+class CaptureSet:
+    """All capture points of a run, writing into ``out_dir``.
+
+    ``nanosecond`` chooses the timestamp resolution of every file, the pcaps
+    and the merged pcapng alike, so a frame has the same time in both.
+    ``pcapng_name=None`` writes the per-interface pcaps only.
+    """
+
+    def __init__(self, out_dir: str | Path, pcapng_name: str | None = "all.pcapng", nanosecond: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise ValueError(f"out_dir: {self.out_dir} exists and is not a directory")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.nanosecond = bool(nanosecond)
+        if pcapng_name is None:
+            self._merged: _MergedCapture | None = None
+        else:
+            self._merged = _MergedCapture(self.out_dir / _checked_name("pcapng_name", pcapng_name), self.nanosecond)
+        self._points: dict[tuple[str, str], CapturePoint] = {}
+        self._keys: dict[str, tuple[str, str]] = {}
+        self._closed = False
+
+    def point(self, namespace: str, ifname: str, linktype: int, description: str) -> CapturePoint:
+        """The capture point of ``namespace``/``ifname``, created on first request.
+
+        Asking again for the same interface returns the same point; asking with
+        a different linktype or description is an error, since one file cannot
+        hold both.
+        """
+        if self._closed:
+            raise ValueError("capture set is closed")
+        name = (_checked_name("namespace", namespace), _checked_name("ifname", ifname))
+        linktype = checked_linktype(linktype)
+        if not isinstance(description, str):
+            raise ValueError(f"description: expected a string, got {description!r}")
+        existing = self._points.get(name)
+        if existing is not None:
+            if (existing.linktype, existing.description) != (linktype, description):
+                raise ValueError(
+                    f"point {namespace}/{ifname}: already registered with linktype {existing.linktype} "
+                    f"and description {existing.description!r}"
+                )
+            return existing
+        capture_point = CapturePoint(
+            namespace,
+            ifname,
+            linktype,
+            description,
+            self.out_dir / f"{namespace}_{ifname}.pcap",
+            self._merged,
+            self.nanosecond,
+        )
+        clash = self._keys.get(capture_point.key)
+        if clash is not None:
+            taken_by = "/".join(clash)
+            raise ValueError(f"point {namespace}/{ifname}: file name {capture_point.key}.pcap is taken by {taken_by}")
+        self._points[name] = capture_point
+        self._keys[capture_point.key] = name
+        return capture_point
+
+    def counts(self) -> dict[str, int]:
+        """Frames recorded per ``<namespace>_<ifname>``, in the order points were created."""
+        return {capture_point.key: capture_point.frames for capture_point in self._points.values()}
+
+    def close(self) -> None:
+        """Close every file; closing twice is harmless."""
+        self._closed = True
+        for capture_point in self._points.values():
+            capture_point.close()
+        if self._merged is not None:
+            self._merged.close()
+
+    def __enter__(self) -> CaptureSet:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

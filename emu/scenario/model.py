@@ -1,0 +1,190 @@
+"""What a validated scenario file says, as frozen values.
+
+The loader produces these and the cluster builder consumes them, so every
+field is already checked and typed (addresses are ``ipaddress`` objects, MACs
+are 6-byte ``bytes``) and every default that is a pure function of the file is
+already resolved. Values decided only while the cluster runs (pod IPs from
+host-local IPAM, pod and cni0 MACs derived from IPs, flannel leases and VTEP
+MACs) stay ``None``. Every spec keeps its field ``path`` so run-time errors
+can point at the line of the file that caused them. The name rules for
+nodes, pods, containers and interfaces live here too, as they are part of
+what a valid value is.
+"""
+
+import re
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network
+
+
+@dataclass(frozen=True)
+class Backend:
+    """flannel's Backend: ``type`` is "vxlan", "host-gw" or "udp".
+
+    vxlan: ``vni`` (default 1) and ``port`` (default 8472); udp: ``port``
+    (default 8285), ``vni`` 0; host-gw: both 0. ``defaulted`` is True when
+    net-conf had no Backend key, which flannel reads as udp.
+    """
+
+    type: str
+    vni: int
+    port: int
+    defaulted: bool
+
+
+@dataclass(frozen=True)
+class NetConf:
+    """flannel's net-conf.json; ``raw`` is the mapping exactly as written."""
+
+    network: IPv4Network
+    subnet_len: int
+    subnet_min: IPv4Network | None
+    subnet_max: IPv4Network | None
+    backend: Backend
+    raw: dict
+
+
+@dataclass(frozen=True)
+class Underlay:
+    """The L2 segment joining every node's eth0."""
+
+    subnet: IPv4Network
+    mtu: int
+
+
+@dataclass(frozen=True)
+class Cni:
+    """The bridge CNI plugin's settings; ``mtu`` None means flannel's MTU."""
+
+    bridge: str
+    mtu: int | None
+    hairpin_mode: bool
+
+
+@dataclass(frozen=True)
+class PodSpec:
+    """A pod: its eth0 inside the pod and the veth peer on the node.
+
+    ``ip``/``mac`` None: decided at run time (host-local IPAM; MAC 0a:58 +
+    the IP's 4 bytes). ``containers`` () means the pause container plus one
+    unnamed container. Loader defaults, from h = sha256("<node>/<pod>"):
+    ``host_veth`` = "veth" + first 8 hex digits of h (CNI's vethXXXXXXXX
+    shape); ``host_veth_mac`` = the first 6 bytes of h with the first byte
+    made locally administered unicast (| 0x02, & ~0x01).
+    """
+
+    name: str
+    ip: IPv4Address | None
+    mac: bytes | None
+    host_veth: str
+    host_veth_mac: bytes
+    containers: tuple[str, ...]
+    path: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A node: eth0 on the underlay, cni0, flannel's device and its pods.
+
+    Loader defaults: ``ip`` = the next host address of the underlay subnet,
+    counting from the first one, that no node in the file (nodes and
+    add-node events) sets explicitly, handed out in file order; ``mac`` =
+    02:42 + the 4 bytes of ``ip`` (docker's convention). ``subnet`` None:
+    leased by flannel at run time; ``cni_mac`` None: 0a:58 + the gateway
+    IP's bytes; ``vtep_mac`` None: chosen by flannel (seeded).
+    """
+
+    name: str
+    ip: IPv4Address
+    mac: bytes
+    subnet: IPv4Network | None
+    cni_mac: bytes | None
+    vtep_mac: bytes | None
+    pods: tuple[PodSpec, ...]
+    path: str
+
+
+@dataclass(frozen=True)
+class PingSpec:
+    """An iputils ping command line; ``command`` is the line as written.
+
+    Defaults: interval 1.0 s, size 56, ttl/timeout None (system default /
+    wait for ever), pmtudisc "want" (Linux's socket default), no interface,
+    not quiet.
+    """
+
+    destination: IPv4Address
+    count: int
+    interval: float
+    size: int
+    ttl: int | None
+    timeout: float | None
+    pmtudisc: str
+    interface: str | None
+    quiet: bool
+    command: str
+
+
+@dataclass(frozen=True)
+class TrafficSpec:
+    """A command run in a node's or pod's namespace.
+
+    ``source`` is a node or pod name, ``container`` a declared container of
+    that pod (None: the pod's default container). ``at`` None: starts when
+    the previous traffic entry ends.
+    """
+
+    source: str
+    container: str | None
+    ping: PingSpec
+    at: float | None
+    path: str
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """A cluster change at virtual time ``at`` seconds: exactly one of
+    ``add_node`` and ``remove_node`` (a node name) is set."""
+
+    at: float
+    add_node: NodeSpec | None
+    remove_node: str | None
+    path: str
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario file. ``traffic`` is in file order; ``events`` are
+    sorted by ``at`` (file order among equal times); ``source`` names the
+    file it came from."""
+
+    name: str
+    seed: int
+    net_conf: NetConf
+    underlay: Underlay
+    cni: Cni
+    nodes: tuple[NodeSpec, ...]
+    traffic: tuple[TrafficSpec, ...]
+    events: tuple[EventSpec, ...]
+    source: str
+
+
+# Name rules, shared by the loader and the ping parser.
+
+_OBJECT_NAME = re.compile(r"[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+_MAX_OBJECT_NAME = 63
+_MAX_INTERFACE_NAME = 15  # IFNAMSIZ - 1
+
+
+def is_object_name(text: str) -> bool:
+    """A Kubernetes DNS label (node, pod and container names): it also names
+    the node's or pod's network namespace and its capture files."""
+    return len(text) <= _MAX_OBJECT_NAME and _OBJECT_NAME.fullmatch(text) is not None
+
+
+def is_interface_name(text: str) -> bool:
+    """A name Linux accepts for a network device (dev_valid_name)."""
+    return (
+        0 < len(text) <= _MAX_INTERFACE_NAME
+        and text not in (".", "..")
+        and not any(c == "/" or c == ":" or c.isspace() for c in text)
+    )

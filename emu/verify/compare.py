@@ -1,0 +1,233 @@
+"""Hold a folder of emulator pcaps against the kernel's captures of the same scenario.
+
+A capture point is a ``<namespace>_<ifname>.pcap`` file. The kernel writes no
+file for a point that saw no traffic, and so must the emulator: a point on one
+side only is a mismatch. At a shared point the frames are compared in order,
+field by field (``emu.verify.fields``), and every emulator frame must carry
+valid checksums. The result is a ``Report`` with one ``PointResult`` per point
+and a fidelity score, readable as a few lines of text.
+
+Unreadable pcaps are reported as problems of their point, never raised: a
+verification run always ends with a complete report.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+import dpkt
+
+from emu.verify.fields import (
+    DEFAULT_FLANNEL_UDP_PORTS,
+    DEFAULT_VXLAN_PORTS,
+    SUPPORTED_LINKTYPES,
+    Field,
+    checksum_problems,
+    frame_fields,
+)
+
+MAX_PROBLEMS_PER_POINT = 10
+_MAX_VALUE_CHARS = 40
+
+
+@dataclass
+class PointResult:
+    """The verdict on one capture point; ``problems`` holds the first few differences."""
+
+    name: str
+    ok: bool
+    kernel_frames: int
+    emu_frames: int
+    problems: list[str]
+
+
+@dataclass
+class Report:
+    """The verdict on a whole scenario: one result per capture point."""
+
+    points: list[PointResult]
+
+    @property
+    def matched(self) -> int:
+        return sum(point.ok for point in self.points)
+
+    @property
+    def total(self) -> int:
+        return len(self.points)
+
+    @property
+    def ok(self) -> bool:
+        """All points match; an empty comparison proves nothing, so it is not ok."""
+        return self.total > 0 and self.matched == self.total
+
+    def lines(self) -> list[str]:
+        """One line per point (sorted by name), then ``fidelity: M/N points match``."""
+        points = sorted(self.points, key=lambda point: point.name)
+        width = max((len(point.name) for point in points), default=0)
+        lines = []
+        for point in points:
+            if point.ok:
+                status, detail = "ok", f"{point.emu_frames}/{point.kernel_frames} frames"
+            else:
+                status, detail = "FAIL", point.problems[0] if point.problems else "mismatch"
+                if len(point.problems) > 1:
+                    detail += f" (+{len(point.problems) - 1} more)"
+            lines.append(f"{status:<4} {point.name:<{width}}  {detail}")
+        lines.append(f"fidelity: {self.matched}/{self.total} points match")
+        return lines
+
+
+def _show(value: object) -> str:
+    text = str(value)
+    if text == "":
+        return '""'
+    if len(text) > _MAX_VALUE_CHARS:
+        return text[: _MAX_VALUE_CHARS - 3] + "..."
+    return text
+
+
+def _field_differences(kernel: list[Field], emu: list[Field]) -> list[str]:
+    """Differences of two field lists, aligned by position while their names agree."""
+    differences = []
+    for (kernel_name, kernel_value), (emu_name, emu_value) in zip(kernel, emu):
+        if kernel_name != emu_name:
+            differences.append(
+                f"kernel has {kernel_name}={_show(kernel_value)}"
+                f" where emu has {emu_name}={_show(emu_value)}"
+            )
+            return differences  # the structures diverge: later positions are not comparable
+        if kernel_value != emu_value:
+            differences.append(f"{kernel_name} kernel={_show(kernel_value)} emu={_show(emu_value)}")
+    for name, value in kernel[len(emu) :]:
+        differences.append(f"{name} kernel={_show(value)} emu=(absent)")
+    for name, value in emu[len(kernel) :]:
+        differences.append(f"{name} kernel=(absent) emu={_show(value)}")
+    return differences
+
+
+def compare_frames(
+    kernel_frame: bytes,
+    emu_frame: bytes,
+    linktype: int,
+    *,
+    vxlan_ports: Collection[int] = DEFAULT_VXLAN_PORTS,
+    udp_ports: Collection[int] = DEFAULT_FLANNEL_UDP_PORTS,
+) -> list[str]:
+    """Why the emulator's frame is not the kernel's (empty list: it is).
+
+    Field differences first (``ip.ttl kernel=63 emu=64``), then the emulator
+    frame's checksum problems.
+    """
+    ports = {"vxlan_ports": vxlan_ports, "udp_ports": udp_ports}
+    differences = _field_differences(
+        frame_fields(kernel_frame, linktype, **ports), frame_fields(emu_frame, linktype, **ports)
+    )
+    return differences + checksum_problems(emu_frame, linktype, **ports)
+
+
+class _Unreadable(Exception):
+    """A pcap that dpkt cannot read, or one this module cannot compare."""
+
+
+def _read_pcap(path: Path) -> tuple[int, list[bytes]]:
+    try:
+        with path.open("rb") as file:
+            reader = dpkt.pcap.Reader(file)
+            linktype = reader.datalink()
+            frames = [bytes(frame) for _, frame in reader]
+    except (OSError, ValueError, struct.error, dpkt.Error) as error:
+        raise _Unreadable(f"{type(error).__name__}: {error}") from error
+    if linktype not in SUPPORTED_LINKTYPES:
+        raise _Unreadable(f"unsupported linktype {linktype}")
+    return linktype, frames
+
+
+def _read_side(side: str, path: Path | None, problems: list[str]) -> tuple[int, list[bytes]] | None:
+    """The capture of one side, or None (absent, or unreadable: then a problem is noted)."""
+    if path is None:
+        return None
+    try:
+        return _read_pcap(path)
+    except _Unreadable as error:
+        problems.append(f"{side} pcap unreadable ({error})")
+        return None
+
+
+def _compare_point(
+    name: str,
+    kernel_path: Path | None,
+    emu_path: Path | None,
+    vxlan_ports: Collection[int],
+    udp_ports: Collection[int],
+) -> PointResult:
+    problems: list[str] = []
+    kernel_side = _read_side("kernel", kernel_path, problems)
+    emu_side = _read_side("emulator", emu_path, problems)
+    kernel_frames = len(kernel_side[1]) if kernel_side else 0
+    emu_frames = len(emu_side[1]) if emu_side else 0
+    if kernel_path is None:
+        problems.append(
+            "not in kernel captures (the kernel saw no traffic here),"
+            f" emulator has {emu_frames} frames"
+        )
+    if emu_path is None:
+        problems.append(f"missing in emulator output (kernel has {kernel_frames} frames)")
+    if kernel_side and emu_side:
+        problems += _compare_captures(kernel_side, emu_side, vxlan_ports, udp_ports)
+    if len(problems) > MAX_PROBLEMS_PER_POINT:
+        problems = problems[:MAX_PROBLEMS_PER_POINT] + ["... further differences not listed"]
+    return PointResult(name, not problems, kernel_frames, emu_frames, problems)
+
+
+def _compare_captures(
+    kernel: tuple[int, list[bytes]],
+    emu: tuple[int, list[bytes]],
+    vxlan_ports: Collection[int],
+    udp_ports: Collection[int],
+) -> list[str]:
+    (kernel_linktype, kernel_frames), (emu_linktype, emu_frames) = kernel, emu
+    if kernel_linktype != emu_linktype:
+        return [f"linktype kernel={kernel_linktype} emu={emu_linktype}"]
+    problems = []
+    if len(kernel_frames) != len(emu_frames):
+        problems.append(f"emulator has {len(emu_frames)} frames, kernel {len(kernel_frames)}")
+    for number, (kernel_frame, emu_frame) in enumerate(zip(kernel_frames, emu_frames), start=1):
+        differences = compare_frames(
+            kernel_frame, emu_frame, kernel_linktype, vxlan_ports=vxlan_ports, udp_ports=udp_ports
+        )
+        problems += [f"frame {number}: {difference}" for difference in differences]
+        if len(problems) > MAX_PROBLEMS_PER_POINT:
+            break
+    return problems
+
+
+def _pcaps_by_point(directory: Path, argument: str) -> dict[str, Path]:
+    if not directory.is_dir():
+        raise ValueError(f"{argument}: {directory} is not a directory")
+    return {path.stem: path for path in directory.glob("*.pcap")}
+
+
+def compare_dirs(
+    kernel_dir: str | Path,
+    emu_dir: str | Path,
+    vxlan_ports: Collection[int] = DEFAULT_VXLAN_PORTS,
+    udp_ports: Collection[int] = DEFAULT_FLANNEL_UDP_PORTS,
+) -> Report:
+    """Compare every capture point of two folders of ``<ns>_<ifname>.pcap`` files.
+
+    Raises ValueError only when an argument is not a directory; everything
+    wrong inside the folders ends up in the report.
+    """
+    kernel_pcaps = _pcaps_by_point(Path(kernel_dir), "kernel_dir")
+    emu_pcaps = _pcaps_by_point(Path(emu_dir), "emu_dir")
+    return Report(
+        [
+            _compare_point(
+                name, kernel_pcaps.get(name), emu_pcaps.get(name), vxlan_ports, udp_ports
+            )
+            for name in sorted(kernel_pcaps.keys() | emu_pcaps.keys())
+        ]
+    )
