@@ -1,0 +1,133 @@
+"""The Linux learning bridge (cni0): FDB learning, aging, flooding, hairpin.
+
+Follows br_handle_frame_finish / br_dev_xmit:
+- a frame from a port teaches the FDB its source MAC (multicast or zero
+  source MACs are dropped, like `is_valid_ether_addr`);
+- broadcast/multicast and unknown unicast are flooded to every port except
+  the ingress one (hairpin ports get it back too) and passed up locally;
+- known unicast goes to its port (back out the ingress port only in hairpin
+  mode); a frame for a local MAC (the bridge's or a port's own) goes up;
+- in promiscuous mode every frame from a port is also passed up. tcpdump puts
+  the interface it captures in promiscuous mode, which is why the kernel's
+  cni0 captures show every frame the bridge forwards.
+The bridge device itself carries the pod gateway address; what the stack
+transmits on it is forwarded by the same FDB, without learning.
+"""
+
+from __future__ import annotations
+
+from emu.net.device import NetDevice
+from emu.net.fdb import DEFAULT_AGEING_NS, Fdb
+from emu.sim import Scheduler
+
+
+class Bridge(NetDevice):
+    kind = "bridge"
+
+    def __init__(self, sim: Scheduler, name: str, mac: bytes, mtu: int = 1500,
+                 ageing_ns: int = DEFAULT_AGEING_NS) -> None:
+        super().__init__(sim, name, mac, mtu)
+        self.ports: list[NetDevice] = []
+        self.fdb = Fdb(ageing_ns)
+        self.fdb.add_static(mac, None, local=True)
+        self.promiscuous = False
+        self.flooded = 0
+        self.forwarded = 0
+        self.delivered_local = 0
+
+    # -- configuration ------------------------------------------------------
+    def add_port(self, port: NetDevice, hairpin: bool = False) -> None:
+        """Enslave `port` (`ip link set PORT master BRIDGE`).
+
+        Linux adds new ports at the head of its port list, so floods visit
+        the newest port first; we keep the same order.
+        """
+        if port.master is not None:
+            raise ValueError(f"{port.name} is already a port of {port.master.name}")
+        port.master = self
+        port.hairpin = hairpin
+        self.ports.insert(0, port)
+        self.fdb.add_static(port.mac, port, local=True)
+
+    def remove_port(self, port: NetDevice) -> None:
+        self.ports.remove(port)
+        port.master = None
+        self.fdb.flush_port(port)
+        if self.fdb.entries.get(port.mac) is not None:
+            self.fdb.remove(port.mac)
+
+    # -- data path ----------------------------------------------------------
+    def handle_port_frame(self, port: NetDevice, frame: bytes) -> None:
+        """A frame received on one of our ports (the bridge rx_handler)."""
+        if len(frame) < 14:
+            port.drop("eth-truncated")
+            return
+        src = frame[6:12]
+        if src[0] & 1 or src == b"\x00" * 6:
+            port.drop("bridge-invalid-src-mac")
+            return
+        now = self.sim.now_ns
+        self.fdb.learn(src, port, now)
+        dst = frame[0:6]
+        local_rcv = self.promiscuous
+        if dst[0] & 1:
+            self._flood(frame, port)
+            local_rcv = True
+        else:
+            entry = self.fdb.lookup(dst, now)
+            if entry is None:
+                self._flood(frame, port)
+            elif entry.local:
+                self._pass_up(frame)
+                return
+            else:
+                self._forward(entry.port, frame, port)
+        if local_rcv:
+            self._pass_up(frame)
+
+    def _xmit(self, frame: bytes) -> None:
+        """The bridge device transmits (br_dev_xmit): forward by FDB or flood."""
+        dst = frame[0:6]
+        if dst[0] & 1:
+            self._flood(frame, None)
+            return
+        entry = self.fdb.lookup(dst, self.sim.now_ns)
+        if entry is None or entry.local:
+            self._flood(frame, None)
+        else:
+            self._forward(entry.port, frame, None)
+
+    def _deliverable(self, port: NetDevice, ingress: NetDevice | None) -> bool:
+        return port is not ingress or port.hairpin
+
+    def _send_to_port(self, port: NetDevice, frame: bytes) -> None:
+        if not port.fits_mtu(frame):
+            port.drop("frame-too-big")
+            return
+        port.transmit(frame)
+
+    def _forward(self, port: NetDevice, frame: bytes, ingress: NetDevice | None) -> None:
+        if not self._deliverable(port, ingress):
+            port.drop("bridge-same-port")
+            return
+        self.forwarded += 1
+        self._send_to_port(port, frame)
+
+    def _flood(self, frame: bytes, ingress: NetDevice | None) -> None:
+        self.flooded += 1
+        for port in list(self.ports):
+            if self._deliverable(port, ingress):
+                self._send_to_port(port, frame)
+
+    def _pass_up(self, frame: bytes) -> None:
+        """Deliver to the bridge device itself, as if received on it."""
+        self.delivered_local += 1
+        NetDevice.receive(self, frame)
+
+    def receive(self, frame: bytes) -> None:
+        """Frames never arrive on a bridge from a wire; only via its ports."""
+        self.drop("bridge-direct-receive")
+
+    def counters(self) -> dict:
+        return {"flooded": self.flooded, "forwarded": self.forwarded,
+                "delivered_local": self.delivered_local, "fdb_entries": len(self.fdb.entries)}

@@ -1,0 +1,116 @@
+"""The network-device contract every virtual device follows.
+
+A device has two directions, named from the device's point of view:
+`transmit(frame)` sends a frame out (the stack or a bridge hands it over),
+`receive(frame)` takes a frame that arrived from the wire. Both first show the
+frame to the device's capture taps, like tcpdump on that interface, then count
+it. Enslaved devices (bridge ports) hand received frames to their master
+instead of the namespace's stack, exactly as Linux's rx_handler does.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+from emu.sim import Scheduler
+
+if TYPE_CHECKING:
+    from emu.net.bridge import Bridge
+    from emu.net.namespace import Namespace
+
+LINKTYPE_ETHERNET = 1
+LINKTYPE_RAW = 101
+
+Tap = Callable[[int, bytes], None]
+
+
+@dataclass
+class DeviceStats:
+    """Per-device counters, the `ip -s link` view plus named drop reasons."""
+
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    drops: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {
+            "rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
+            "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes,
+            "drops": dict(sorted(self.drops.items())),
+        }
+
+
+class NetDevice:
+    """Base class: name, MAC, MTU, owner namespace, taps, counters."""
+
+    kind = "device"
+    linktype = LINKTYPE_ETHERNET
+    has_l2 = True
+
+    def __init__(self, sim: Scheduler, name: str, mac: bytes, mtu: int = 1500) -> None:
+        self.sim = sim
+        self.name = name
+        self.mac = mac
+        self.mtu = mtu
+        self.up = True
+        self.namespace: Namespace | None = None
+        self.master: Bridge | None = None
+        self.hairpin = False
+        self.stats = DeviceStats()
+        self.taps: list[Tap] = []
+
+    def __repr__(self) -> str:
+        owner = self.namespace.name if self.namespace else "-"
+        return f"<{type(self).__name__} {owner}/{self.name}>"
+
+    # -- the two directions -------------------------------------------------
+    def transmit(self, frame: bytes) -> None:
+        """Send `frame` out of this device (from the stack or a bridge)."""
+        if not self.up:
+            self.drop("device-down")
+            return
+        self._tap(frame)
+        self.stats.tx_packets += 1
+        self.stats.tx_bytes += len(frame)
+        self._xmit(frame)
+
+    def receive(self, frame: bytes) -> None:
+        """Take `frame` arriving from the wire."""
+        if not self.up:
+            self.drop("device-down")
+            return
+        self._tap(frame)
+        self.stats.rx_packets += 1
+        self.stats.rx_bytes += len(frame)
+        if self.master is not None:
+            self.master.handle_port_frame(self, frame)
+        elif self.namespace is not None:
+            self.namespace.stack.receive(self, frame)
+        else:
+            self.drop("no-namespace")
+
+    def _xmit(self, frame: bytes) -> None:
+        """Device-specific transmit; the base device has no wire."""
+        self.drop("no-carrier")
+
+    # -- helpers --------------------------------------------------------------
+    def _tap(self, frame: bytes) -> None:
+        if self.taps:
+            now = self.sim.now_ns
+            for tap in self.taps:
+                tap(now, frame)
+
+    def drop(self, reason: str) -> None:
+        """Count a refused frame under a named reason."""
+        self.stats.drops[reason] += 1
+
+    def fits_mtu(self, frame: bytes) -> bool:
+        """Linux's is_skb_forwardable: L3 length within MTU (+ one VLAN tag)."""
+        limit = self.mtu + 14
+        if len(frame) >= 14 and frame[12] == 0x81 and frame[13] == 0x00:
+            limit += 4
+        return len(frame) <= limit

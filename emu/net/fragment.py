@@ -1,0 +1,169 @@
+"""IPv4 fragmentation (ip_do_fragment) and reassembly (ip_defrag).
+
+Fragmentation keeps the header length of every fragment (options that are
+not "copied" become NOPs after the first fragment, like ip_options_fragment),
+puts (MTU - header) rounded down to 8 bytes of data in each fragment but the
+last, and emits them first to last. Reassembly keys on (src, dst, id,
+protocol), drops the whole queue on overlapping fragments (Linux does since
+RFC 5722's advice), and times out after 30 s with ICMP time exceeded
+(reassembly) when the first fragment had arrived.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from emu.sim import NS_PER_SECOND, Event, Scheduler
+from emu.wire.checksum import internet_checksum
+from emu.wire.ipv4 import FLAG_DF, FLAG_MF, OFFSET_MASK
+
+IPFRAG_TIME_NS = 30 * NS_PER_SECOND
+IPOPT_END = 0
+IPOPT_NOOP = 1
+IPOPT_COPY = 0x80
+
+
+def _with_checksum(header: bytearray) -> bytes:
+    header[10:12] = b"\x00\x00"
+    header[10:12] = internet_checksum(header).to_bytes(2, "big")
+    return bytes(header)
+
+
+def _options_for_later_fragments(options: bytes) -> bytes:
+    """Replace options without the copy flag by NOPs (length unchanged)."""
+    out = bytearray(options)
+    i = 0
+    while i < len(out):
+        kind = out[i]
+        if kind == IPOPT_END:
+            break
+        if kind == IPOPT_NOOP:
+            i += 1
+            continue
+        length = out[i + 1] if i + 1 < len(out) else 0
+        if length < 2 or i + length > len(out):
+            break
+        if not kind & IPOPT_COPY:
+            out[i:i + length] = bytes([IPOPT_NOOP]) * length
+        i += length
+    return bytes(out)
+
+
+def fragment(packet: bytes, mtu: int) -> list[bytes]:
+    """Split an IPv4 packet (DF clear) into fragments that fit `mtu`."""
+    header_len = (packet[0] & 0x0F) * 4
+    total = (packet[2] << 8) | packet[3]
+    payload = packet[header_len:total]
+    flags_offset = (packet[6] << 8) | packet[7]
+    base_offset = (flags_offset & OFFSET_MASK) * 8
+    original_mf = flags_offset & FLAG_MF
+    chunk = (mtu - header_len) & ~7
+    if chunk <= 0:
+        raise ValueError(f"MTU {mtu} too small for a {header_len}-byte header")
+    fragments = []
+    later_options = _options_for_later_fragments(packet[20:header_len])
+    position = 0
+    while position < len(payload):
+        data = payload[position:position + chunk]
+        last = position + len(data) >= len(payload)
+        header = bytearray(packet[:header_len])
+        if position:
+            header[20:header_len] = later_options
+        length = header_len + len(data)
+        header[2:4] = length.to_bytes(2, "big")
+        mf = original_mf if last else FLAG_MF
+        value = (flags_offset & ~(OFFSET_MASK | FLAG_MF | FLAG_DF)) | mf | ((base_offset + position) // 8)
+        header[6:8] = value.to_bytes(2, "big")
+        fragments.append(_with_checksum(header) + bytes(data))
+        position += len(data)
+    return fragments
+
+
+@dataclass
+class _Queue:
+    fragments: dict[int, bytes] = field(default_factory=dict)  # offset -> data
+    first_header: bytes | None = None
+    first_packet: bytes | None = None
+    total_len: int | None = None
+    timer: Event | None = None
+
+
+class Reassembler:
+    """Reassembly queues of one namespace."""
+
+    def __init__(self, sim: Scheduler, on_timeout: Callable[[bytes], None],
+                 on_drop: Callable[[str], None]) -> None:
+        self.sim = sim
+        self.on_timeout = on_timeout
+        self.on_drop = on_drop
+        self.queues: dict[tuple, _Queue] = {}
+
+    def add(self, packet: bytes) -> bytes | None:
+        """Take a fragment; return the whole datagram when it is complete."""
+        header_len = (packet[0] & 0x0F) * 4
+        total = (packet[2] << 8) | packet[3]
+        flags_offset = (packet[6] << 8) | packet[7]
+        offset = (flags_offset & OFFSET_MASK) * 8
+        more = bool(flags_offset & FLAG_MF)
+        data = bytes(packet[header_len:total])
+        key = (bytes(packet[12:16]), bytes(packet[16:20]), packet[4:6], packet[9])
+        queue = self.queues.get(key)
+        if queue is None:
+            queue = self.queues[key] = _Queue()
+            queue.timer = self.sim.call_later(IPFRAG_TIME_NS, self._expire, key)
+        end = offset + len(data)
+        if more and len(data) % 8:
+            self._discard(key, "frag-bad-length")
+            return None
+        if not more:
+            if queue.total_len is not None and queue.total_len != end:
+                self._discard(key, "frag-inconsistent-length")
+                return None
+            queue.total_len = end
+        for other_offset, other in queue.fragments.items():
+            if offset < other_offset + len(other) and other_offset < end:
+                if other_offset == offset and other == data:
+                    return None  # an exact duplicate
+                self._discard(key, "frag-overlap")
+                return None
+        if queue.total_len is not None and end > queue.total_len:
+            self._discard(key, "frag-beyond-end")
+            return None
+        queue.fragments[offset] = data
+        if offset == 0:
+            queue.first_header = bytes(packet[:header_len])
+            queue.first_packet = bytes(packet[:total])
+        if queue.total_len is None or queue.first_header is None:
+            return None
+        covered = 0
+        for frag_offset in sorted(queue.fragments):
+            if frag_offset != covered:
+                return None
+            covered += len(queue.fragments[frag_offset])
+        if covered != queue.total_len:
+            return None
+        payload = b"".join(queue.fragments[o] for o in sorted(queue.fragments))
+        header = bytearray(queue.first_header)
+        header[2:4] = (len(header) + len(payload)).to_bytes(2, "big")
+        value = ((header[6] << 8) | header[7]) & ~(OFFSET_MASK | FLAG_MF)
+        header[6:8] = value.to_bytes(2, "big")
+        self._forget(key)
+        return _with_checksum(header) + payload
+
+    def _forget(self, key: tuple) -> None:
+        queue = self.queues.pop(key, None)
+        if queue is not None and queue.timer is not None:
+            queue.timer.cancel()
+
+    def _discard(self, key: tuple, reason: str) -> None:
+        self._forget(key)
+        self.on_drop(reason)
+
+    def _expire(self, key: tuple) -> None:
+        queue = self.queues.pop(key, None)
+        if queue is None:
+            return
+        self.on_drop("frag-reassembly-timeout")
+        if queue.first_packet is not None:
+            self.on_timeout(queue.first_packet)

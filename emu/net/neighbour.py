@@ -1,0 +1,335 @@
+"""Neighbour tables and ARP, following Linux's NUD state machine.
+
+Per device, like Linux. The states and timers mirror net/core/neighbour.c
+with the default ARP parameters: a first packet to an unknown neighbour is
+queued while INCOMPLETE and a broadcast request goes out at once, then every
+`retrans` (1 s) up to `mcast_solicit` (3) requests before FAILED (queued
+packets then get ICMP host unreachable). A reply makes the entry REACHABLE
+for a random time in [base/2, 3*base/2) (base 30 s, from the namespace's
+seeded generator); after that it is STALE, a STALE entry that is used goes to
+DELAY, and after `delay_first_probe` (5 s) without confirmation to PROBE,
+which sends up to `ucast_solicit` (3) unicast requests. A request addressed
+to us teaches us its sender (STALE), which is why the reply to a first ping
+needs no ARP of its own. PERMANENT entries (flannel's VTEP neighbours) never
+change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Callable
+
+from emu.sim import NS_PER_SECOND, Event
+from emu.wire.addr import BROADCAST_MAC, ZERO_MAC, ip_to_str, mac_to_str
+from emu.wire.arp import OP_REPLY, OP_REQUEST, ArpRepr
+from emu.wire.ethernet import ETHERTYPE_ARP, ethernet_header
+
+if TYPE_CHECKING:
+    from emu.net.device import NetDevice
+    from emu.net.namespace import Namespace
+
+
+class Nud(Enum):
+    INCOMPLETE = "INCOMPLETE"
+    REACHABLE = "REACHABLE"
+    STALE = "STALE"
+    DELAY = "DELAY"
+    PROBE = "PROBE"
+    FAILED = "FAILED"
+    PERMANENT = "PERMANENT"
+
+
+VALID = {Nud.REACHABLE, Nud.STALE, Nud.DELAY, Nud.PROBE, Nud.PERMANENT}
+
+
+@dataclass
+class NeighbourParams:
+    """Linux defaults of /proc/sys/net/ipv4/neigh/default/*."""
+
+    base_reachable_ns: int = 30 * NS_PER_SECOND
+    retrans_ns: int = 1 * NS_PER_SECOND
+    delay_first_probe_ns: int = 5 * NS_PER_SECOND
+    mcast_solicit: int = 3
+    ucast_solicit: int = 3
+    locktime_ns: int = 1 * NS_PER_SECOND
+    unres_qlen_bytes: int = 212992
+
+
+@dataclass
+class Neighbour:
+    ip: bytes
+    mac: bytes | None
+    state: Nud
+    updated_ns: int = 0
+    confirmed_ns: int = 0
+    used_ns: int = 0
+    probes: int = 0
+    queue: list[tuple[bytes, Callable[[], None] | None]] = field(default_factory=list)
+    timer: Event | None = None
+
+
+# Callback used when a queued packet can never be sent (resolution failed).
+ErrorReport = Callable[[bytes], None]
+
+
+class NeighbourTable:
+    """The ARP table of one device in one namespace."""
+
+    def __init__(self, namespace: "Namespace", dev: "NetDevice",
+                 params: NeighbourParams | None = None) -> None:
+        self.ns = namespace
+        self.dev = dev
+        self.params = params or NeighbourParams()
+        self.entries: dict[bytes, Neighbour] = {}
+        self.generation = 0
+        self.reachable_ns = self._random_reachable()
+
+    # -- helpers --------------------------------------------------------------
+    @property
+    def now(self) -> int:
+        return self.ns.sim.now_ns
+
+    def _random_reachable(self) -> int:
+        base = self.params.base_reachable_ns
+        return self.ns.rng.randrange(base) + base // 2
+
+    def _set_timer(self, n: Neighbour, at_ns: int) -> None:
+        if n.timer is not None:
+            n.timer.cancel()
+        n.timer = self.ns.sim.call_at(at_ns, self._timer, n)
+
+    def _cancel_timer(self, n: Neighbour) -> None:
+        if n.timer is not None:
+            n.timer.cancel()
+            n.timer = None
+
+    def _changed(self) -> None:
+        self.generation += 1
+
+    # -- configuration ------------------------------------------------------
+    def add_permanent(self, ip: bytes, mac: bytes) -> None:
+        """`ip neigh replace IP lladdr MAC dev DEV nud permanent`."""
+        old = self.entries.get(ip)
+        if old is not None:
+            self._cancel_timer(old)
+        self.entries[ip] = Neighbour(ip, mac, Nud.PERMANENT, self.now, self.now)
+        self._changed()
+        if old is not None and old.queue:
+            self._flush_queue(self.entries[ip], old.queue)
+
+    def remove(self, ip: bytes) -> None:
+        n = self.entries.pop(ip, None)
+        if n is not None:
+            self._cancel_timer(n)
+            self._changed()
+
+    def show(self) -> list[str]:
+        """Lines like `ip neigh show dev DEV`."""
+        lines = []
+        for ip in sorted(self.entries):
+            n = self.entries[ip]
+            mac = f" lladdr {mac_to_str(n.mac)}" if n.mac is not None and n.state is not Nud.INCOMPLETE else ""
+            lines.append(f"{ip_to_str(ip)} dev {self.dev.name}{mac} {n.state.value}")
+        return lines
+
+    def lookup(self, ip: bytes) -> Neighbour | None:
+        return self.entries.get(ip)
+
+    # -- output ---------------------------------------------------------------
+    def output(self, nexthop: bytes, packet: bytes, on_error: ErrorReport | None = None,
+               confirm: bool = False) -> None:
+        """Send an IPv4 packet to `nexthop` on our device, resolving it first.
+
+        `on_error(packet)` is called if resolution fails; `confirm` is the
+        MSG_CONFIRM hint a sender gives when it knows the path works.
+        """
+        n = self.entries.get(nexthop)
+        now = self.now
+        if n is None:
+            n = Neighbour(nexthop, None, Nud.INCOMPLETE, now)
+            self.entries[nexthop] = n
+            self._changed()
+            self._start_resolution(n, packet, on_error)
+            return
+        n.used_ns = now
+        if confirm and n.state in VALID and n.state is not Nud.PERMANENT:
+            n.confirmed_ns = now
+        state = n.state
+        if state is Nud.INCOMPLETE:
+            self._enqueue(n, packet, on_error)
+        elif state is Nud.FAILED:
+            n.state = Nud.INCOMPLETE
+            n.updated_ns = now
+            self._changed()
+            self._start_resolution(n, packet, on_error)
+        else:
+            if state is Nud.STALE:
+                n.state = Nud.DELAY
+                n.updated_ns = now
+                self._changed()
+                self._set_timer(n, now + self.params.delay_first_probe_ns)
+            self._send_packet(n.mac, packet)
+
+    def _start_resolution(self, n: Neighbour, packet: bytes, on_error: ErrorReport | None) -> None:
+        n.probes = self.params.ucast_solicit
+        self._enqueue(n, packet, on_error)
+        self._set_timer(n, self.now + self.params.retrans_ns)
+        self._solicit(n, packet)
+
+    def _enqueue(self, n: Neighbour, packet: bytes, on_error: ErrorReport | None) -> None:
+        n.queue.append((packet, on_error))
+        while sum(len(p) for p, _ in n.queue) > self.params.unres_qlen_bytes:
+            n.queue.pop(0)
+            self.dev.drop("neigh-queue-full")
+
+    def _send_packet(self, mac: bytes, packet: bytes) -> None:
+        self.dev.transmit(ethernet_header(mac, self.dev.mac, 0x0800) + packet)
+
+    def _flush_queue(self, n: Neighbour, queue: list) -> None:
+        for packet, _ in queue:
+            self._send_packet(n.mac, packet)
+
+    # -- ARP requests -------------------------------------------------------
+    def _solicit(self, n: Neighbour, packet: bytes | None) -> None:
+        """arp_solicit: broadcast while unresolved, unicast when probing."""
+        n.probes += 1
+        saddr = None
+        if packet is not None and len(packet) >= 20:
+            candidate = bytes(packet[12:16])
+            if self.ns.is_local_address(candidate):
+                saddr = candidate
+        if saddr is None:
+            saddr = self.ns.select_source(self.dev, n.ip, link_scope=True) or bytes(4)
+        unicast = n.state is Nud.PROBE and n.mac is not None
+        dst_mac = n.mac if unicast else BROADCAST_MAC
+        arp = ArpRepr(OP_REQUEST, self.dev.mac, saddr, ZERO_MAC, n.ip).build()
+        self.dev.transmit(ethernet_header(dst_mac, self.dev.mac, ETHERTYPE_ARP) + arp)
+
+    def _max_probes(self, n: Neighbour) -> int:
+        if n.state is Nud.PROBE:
+            return self.params.ucast_solicit
+        return self.params.ucast_solicit + self.params.mcast_solicit
+
+    def _timer(self, n: Neighbour) -> None:
+        """neigh_timer_handler."""
+        n.timer = None
+        if self.entries.get(n.ip) is not n:
+            return
+        now = self.now
+        p = self.params
+        if n.state is Nud.REACHABLE:
+            if now < n.confirmed_ns + self.reachable_ns:
+                self._set_timer(n, n.confirmed_ns + self.reachable_ns)
+            elif now <= n.used_ns + p.delay_first_probe_ns:
+                n.state, n.updated_ns = Nud.DELAY, now
+                self._changed()
+                self._set_timer(n, now + p.delay_first_probe_ns)
+            else:
+                n.state, n.updated_ns = Nud.STALE, now
+                self._changed()
+            return
+        if n.state is Nud.DELAY:
+            if now <= n.confirmed_ns + p.delay_first_probe_ns:
+                n.state, n.updated_ns = Nud.REACHABLE, now
+                self._changed()
+                self._set_timer(n, n.confirmed_ns + self.reachable_ns)
+                return
+            n.state, n.updated_ns, n.probes = Nud.PROBE, now, 0
+            self._changed()
+        if n.state in (Nud.INCOMPLETE, Nud.PROBE):
+            if n.probes >= self._max_probes(n):
+                self._fail(n)
+                return
+            self._set_timer(n, now + p.retrans_ns)
+            self._solicit(n, n.queue[0][0] if n.queue else None)
+
+    def _fail(self, n: Neighbour) -> None:
+        n.state = Nud.FAILED
+        n.updated_ns = self.now
+        self._changed()
+        queue, n.queue = n.queue, []
+        for packet, on_error in queue:
+            self.dev.drop("neigh-failed")
+            if on_error is not None:
+                on_error(packet)
+
+    # -- ARP input ------------------------------------------------------------
+    def learn(self, ip: bytes, mac: bytes, reachable: bool, create: bool, override: bool) -> None:
+        """neigh_update with the flags arp_process uses."""
+        now = self.now
+        n = self.entries.get(ip)
+        if n is None:
+            if not create:
+                return
+            n = Neighbour(ip, None, Nud.FAILED, now)
+            self.entries[ip] = n
+        if n.state is Nud.PERMANENT:
+            return
+        new_state = Nud.REACHABLE if reachable else Nud.STALE
+        if n.state in VALID:
+            if n.mac != mac and not override:
+                return
+            if n.mac == mac and new_state is Nud.STALE:
+                new_state = n.state
+        if new_state is Nud.REACHABLE:
+            n.confirmed_ns = now
+        was_unresolved = n.state in (Nud.INCOMPLETE, Nud.FAILED)
+        changed = n.mac != mac or n.state is not new_state
+        n.mac = mac
+        n.state = new_state
+        n.updated_ns = now
+        if changed:
+            self._changed()
+        if new_state is Nud.REACHABLE:
+            self._set_timer(n, now + self.reachable_ns)
+        elif new_state is Nud.STALE:
+            self._cancel_timer(n)
+        if was_unresolved and n.queue:
+            queue, n.queue = n.queue, []
+            self._flush_queue(n, queue)
+
+
+def arp_input(ns: "Namespace", dev: "NetDevice", payload: bytes, to_us: bool) -> None:
+    """arp_process for one received ARP packet (Ethernet/IPv4 only).
+
+    `to_us` is true when the frame was unicast to our MAC (PACKET_HOST).
+    """
+    try:
+        arp = ArpRepr.parse(payload)
+    except ValueError as error:
+        dev.drop(getattr(error, "reason", "arp-malformed"))
+        return
+    if arp.htype != 1 or arp.ptype != 0x0800:
+        dev.drop("arp-unsupported-type")
+        return
+    if arp.op not in (OP_REQUEST, OP_REPLY):
+        dev.drop("arp-unknown-op")
+        return
+    if arp.tpa[0] >= 224 or arp.tpa[0] == 127 or arp.spa[0] >= 224:
+        dev.drop("arp-bad-address")
+        return
+    if arp.sha[0] & 1:
+        dev.drop("arp-bad-sender-mac")
+        return
+    table = ns.neighbours(dev)
+    if arp.op == OP_REQUEST and arp.spa == bytes(4):
+        # Duplicate address detection probe: answer if the target is ours.
+        if ns.is_local_address(arp.tpa):
+            _send_reply(dev, arp)
+        return
+    if arp.op == OP_REQUEST and ns.is_local_address(arp.tpa):
+        table.learn(arp.spa, arp.sha, reachable=False, create=True, override=True)
+        _send_reply(dev, arp)
+        return
+    n = table.lookup(arp.spa)
+    if n is None:
+        return
+    reachable = arp.op == OP_REPLY and to_us
+    override = ns.sim.now_ns > n.updated_ns + table.params.locktime_ns or n.state is Nud.INCOMPLETE
+    table.learn(arp.spa, arp.sha, reachable=reachable, create=False, override=override)
+
+
+def _send_reply(dev: "NetDevice", request: ArpRepr) -> None:
+    reply = ArpRepr(OP_REPLY, dev.mac, request.tpa, request.sha, request.spa).build()
+    dev.transmit(ethernet_header(request.sha, dev.mac, ETHERTYPE_ARP) + reply)

@@ -1,0 +1,339 @@
+"""The IPv4 stack of one namespace: input, local delivery, forwarding, output.
+
+The paths follow Linux (net/ipv4/ip_input.c, ip_forward.c, ip_output.c,
+icmp.c) as far as the frames on the wire can tell:
+- input checks the header and checksum, delivers to local addresses
+  (reassembling fragments), forwards when `ip_forward` is on, else drops;
+- forwarding checks TTL (ICMP time exceeded quoting the packet as received),
+  then the egress MTU (ICMP fragmentation needed with the next-hop MTU when DF
+  is set, otherwise fragmentation), then decrements the TTL with an
+  incremental checksum update and resolves the next hop;
+- local output picks the source address like the kernel's route lookup and
+  applies the socket's PMTU discovery mode ("want": DF only when the packet
+  fits, else fragment locally; "do": EMSGSIZE; "dont": never DF);
+- ICMP echo requests get replies (DF clear, source = the address pinged).
+Nothing here raises because of frame content: every refusal is a counted,
+named drop.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from emu.net.fragment import Reassembler, fragment
+from emu.net.icmp_errors import RateLimiter, build_error, error_tos, may_send_error
+from emu.net.neighbour import arp_input
+from emu.sim import NS_PER_SECOND
+from emu.wire import icmp
+from emu.wire.errors import WireError
+from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, ethernet_header
+from emu.wire.icmp import IcmpMessage, IcmpRepr
+from emu.wire.ipv4 import FLAG_DF, PROTO_ICMP, PROTO_UDP, Ipv4Packet, Ipv4Repr, decrement_ttl
+from emu.wire.udp import UdpDatagram
+
+if TYPE_CHECKING:
+    from emu.net.device import NetDevice
+    from emu.net.namespace import Namespace
+    from emu.net.route import Route
+
+PMTU_EXPIRES_NS = 600 * NS_PER_SECOND
+MIN_PMTU = 552
+BROADCAST_IP = b"\xff\xff\xff\xff"
+
+
+class SendError(Exception):
+    """A local send that the kernel refuses with an errno (EMSGSIZE, ENETUNREACH)."""
+
+    def __init__(self, errno_name: str, message: str, mtu: int | None = None) -> None:
+        super().__init__(message)
+        self.errno_name = errno_name
+        self.mtu = mtu
+
+
+class Ipv4Stack:
+    """IPv4 and ARP processing for one namespace."""
+
+    def __init__(self, ns: "Namespace") -> None:
+        self.ns = ns
+        self.reassembler = Reassembler(ns.sim, self._reassembly_timeout, ns.drop)
+        self.ratelimit = RateLimiter()
+        self.pmtu: dict[bytes, tuple[int, int]] = {}
+        self.echo_handlers: dict[int, Callable] = {}
+        self.udp_sockets: dict[tuple[bytes | None, int], object] = {}
+        self._next_ident = ns.rng.randrange(0x10000)
+        self.icmp_echo_ignore_broadcasts = True
+
+    # == input ==================================================================
+    def receive(self, dev: "NetDevice", frame: bytes) -> None:
+        """A frame (or, on an L3 device, a packet) received on `dev`."""
+        if not dev.has_l2:
+            self.ip_input(dev, frame, l2_broadcast=False)
+            return
+        if len(frame) < 14:
+            dev.drop("eth-truncated")
+            return
+        dst = frame[0:6]
+        if dst == dev.mac:
+            to_us, l2_broadcast = True, False
+        elif dst[0] & 1:
+            to_us, l2_broadcast = False, True
+        else:
+            dev.drop("otherhost")
+            return
+        ethertype = (frame[12] << 8) | frame[13]
+        if ethertype == ETHERTYPE_IPV4:
+            self.ip_input(dev, memoryview(frame)[14:], l2_broadcast)
+        elif ethertype == ETHERTYPE_ARP:
+            arp_input(self.ns, dev, bytes(frame[14:]), to_us)
+        elif ethertype == ETHERTYPE_VLAN:
+            dev.drop("vlan-unsupported")
+        else:
+            dev.drop("unknown-ethertype")
+
+    def ip_input(self, dev: "NetDevice", data, l2_broadcast: bool) -> None:
+        """ip_rcv: validate, then deliver locally or forward."""
+        try:
+            header = Ipv4Packet(data)
+        except WireError as error:
+            dev.drop(error.reason)
+            return
+        if not header.checksum_ok():
+            dev.drop("ip-bad-checksum")
+            return
+        packet = bytes(data[:header.total_length])
+        src, dst = packet[12:16], packet[16:20]
+        if src[0] >= 224 or src == BROADCAST_IP or (src[0] == 127 and dev is not self.ns.lo):
+            self.ns.drop("martian-source")
+            return
+        if self.ns.is_local_address(dst) or self.ns.is_broadcast_address(dst):
+            self.local_deliver(dev, packet, l2_broadcast or self.ns.is_broadcast_address(dst))
+        elif dst[0] >= 224:
+            self.ns.drop("multicast-unsupported")
+        elif not self.ns.ip_forward:
+            self.ns.drop("not-forwarding")
+        elif l2_broadcast:
+            self.ns.drop("forward-l2-broadcast")
+        else:
+            self.forward(dev, packet)
+
+    # == forwarding =============================================================
+    def forward(self, in_dev: "NetDevice", packet: bytes) -> None:
+        """ip_forward."""
+        dst = packet[16:20]
+        route = self.ns.routes.lookup(dst)
+        if route is None:
+            self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
+            self.ns.drop("no-route")
+            return
+        if packet[8] <= 1:
+            self.send_error(packet, icmp.TIME_EXCEEDED, icmp.TTL_EXCEEDED_IN_TRANSIT)
+            self.ns.drop("ttl-expired")
+            return
+        mtu = route.dev.mtu
+        if len(packet) > mtu and packet[6] & (FLAG_DF >> 8):
+            self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, mtu)
+            self.ns.drop("frag-needed")
+            return
+        buf = bytearray(packet)
+        decrement_ttl(buf)
+        self.ns.forwarded += 1
+        self.output_on(route.dev, route.gateway or dst, bytes(buf), mtu,
+                       on_error=self._unreachable_report)
+
+    # == output =================================================================
+    def output_on(self, dev: "NetDevice", nexthop: bytes, packet: bytes, mtu: int,
+                  on_error: Callable[[bytes], None] | None = None, confirm: bool = False) -> None:
+        """ip_finish_output: fragment if needed, then hand to the neighbour layer."""
+        pieces = [packet] if len(packet) <= mtu else fragment(packet, mtu)
+        for piece in pieces:
+            self.neigh_xmit(dev, nexthop, piece, on_error, confirm)
+
+    def neigh_xmit(self, dev: "NetDevice", nexthop: bytes, packet: bytes,
+                   on_error: Callable[[bytes], None] | None = None, confirm: bool = False) -> None:
+        if not dev.has_l2:
+            dev.transmit(packet)
+        elif dev is self.ns.lo:
+            dev.transmit(ethernet_header(dev.mac, dev.mac, ETHERTYPE_IPV4) + packet)
+        elif nexthop == BROADCAST_IP or self.ns.is_broadcast_address(nexthop, dev):
+            dev.transmit(ethernet_header(b"\xff" * 6, dev.mac, ETHERTYPE_IPV4) + packet)
+        else:
+            self.ns.neighbours(dev).output(nexthop, packet, on_error, confirm)
+
+    def path_mtu(self, route: "Route", dst: bytes) -> int:
+        mtu = route.dev.mtu
+        cached = self.pmtu.get(dst)
+        if cached is not None:
+            value, expires = cached
+            if self.ns.sim.now_ns < expires:
+                mtu = min(mtu, value)
+            else:
+                del self.pmtu[dst]
+        return mtu
+
+    def next_ident(self) -> int:
+        ident = self._next_ident
+        self._next_ident = (ident + 1) & 0xFFFF
+        return ident
+
+    def send(self, dst: bytes, protocol: int, payload: bytes, src: bytes | None = None,
+             ttl: int | None = None, tos: int = 0, pmtudisc: str = "want",
+             oif: "NetDevice | None" = None, confirm: bool = False) -> bytes:
+        """Send a locally generated datagram; returns the source address used.
+
+        Raises SendError for what the kernel refuses at send time.
+        """
+        route, local = self.ns.route_output(dst, oif)
+        if route is None:
+            raise SendError("ENETUNREACH", "Network is unreachable")
+        if src is None:
+            src = dst if local else self.ns.source_for(route)
+            if src is None:
+                raise SendError("EADDRNOTAVAIL", "Cannot assign requested address")
+        mtu = route.dev.mtu if local else self.path_mtu(route, dst)
+        total = 20 + len(payload)
+        if total > 0xFFFF:
+            raise SendError("EMSGSIZE", "Message too long", mtu)
+        if pmtudisc == "do" and total > mtu:
+            raise SendError("EMSGSIZE", "Message too long", mtu)
+        df = pmtudisc == "do" or (pmtudisc == "want" and total <= mtu)
+        header = Ipv4Repr(src=src, dst=dst, protocol=protocol, payload_len=len(payload),
+                          ttl=self.ns.default_ttl if ttl is None else ttl, tos=tos,
+                          ident=self.next_ident(), df=df).header()
+        packet = header + bytes(payload)
+        self.ns.sent += 1
+        nexthop = dst if local else (route.gateway or dst)
+        self.output_on(route.dev, nexthop, packet, mtu, on_error=self._unreachable_report,
+                       confirm=confirm)
+        return src
+
+    # == ICMP errors ============================================================
+    def send_error(self, packet: bytes, icmp_type: int, code: int, rest: int = 0,
+                   l2_broadcast: bool = False) -> None:
+        """icmp_send: an ICMP error about `packet`, from the address Linux uses."""
+        if not may_send_error(packet, l2_broadcast):
+            return
+        orig_src, orig_dst = bytes(packet[12:16]), bytes(packet[16:20])
+        route, local = self.ns.route_output(orig_src, None)
+        if route is None:
+            self.ns.drop("icmp-error-no-route")
+            return
+        frag_needed = icmp_type == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED
+        if not local and not frag_needed and not self.ratelimit.allow(orig_src, self.ns.sim.now_ns):
+            self.ns.drop("icmp-ratelimited")
+            return
+        saddr = orig_dst if self.ns.is_local_address(orig_dst) else None
+        message = build_error(packet, icmp_type, code, rest, route.dev.mtu)
+        try:
+            self.send(orig_src, PROTO_ICMP, message, src=saddr, tos=error_tos(packet),
+                      pmtudisc="dont")
+        except SendError:
+            self.ns.drop("icmp-error-unsendable")
+
+    def _unreachable_report(self, packet: bytes) -> None:
+        """arp_error_report: neighbour resolution failed for a queued packet."""
+        self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.HOST_UNREACHABLE)
+
+    def _reassembly_timeout(self, first_fragment: bytes) -> None:
+        self.send_error(first_fragment, icmp.TIME_EXCEEDED, icmp.REASSEMBLY_TIME_EXCEEDED)
+
+    # == local delivery ========================================================
+    def local_deliver(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
+        if ((packet[6] << 8) | packet[7]) & 0x3FFF:
+            whole = self.reassembler.add(packet)
+            if whole is None:
+                return
+            packet = whole
+        self.ns.delivered += 1
+        protocol = packet[9]
+        if protocol == PROTO_ICMP:
+            self.icmp_input(dev, packet, broadcast)
+        elif protocol == PROTO_UDP:
+            self.udp_input(dev, packet, broadcast)
+        else:
+            self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.PROTOCOL_UNREACHABLE,
+                            l2_broadcast=broadcast)
+            self.ns.drop("unknown-protocol")
+
+    def icmp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
+        header_len = (packet[0] & 0x0F) * 4
+        try:
+            message = IcmpMessage(packet[header_len:])
+        except WireError as error:
+            self.ns.drop(error.reason)
+            return
+        if not message.checksum_ok():
+            self.ns.drop("icmp-bad-checksum")
+            return
+        kind = message.type
+        if kind == icmp.ECHO_REQUEST:
+            if broadcast and self.icmp_echo_ignore_broadcasts:
+                self.ns.drop("icmp-echo-broadcast-ignored")
+                return
+            self._echo_reply(packet, message)
+        elif kind == icmp.ECHO_REPLY:
+            handler = self.echo_handlers.get(message.echo_id)
+            if handler is None:
+                self.ns.drop("icmp-echo-reply-unmatched")
+                return
+            handler("reply", packet, message)
+        elif message.is_error():
+            self._icmp_error_input(packet, message)
+        else:
+            self.ns.drop("icmp-type-unhandled")
+
+    def _echo_reply(self, packet: bytes, request: IcmpMessage) -> None:
+        src = bytes(packet[16:20])
+        if not self.ns.is_local_address(src):
+            src = None  # the request went to a broadcast address
+        reply = IcmpRepr(icmp.ECHO_REPLY, 0, request.rest, bytes(request.payload)).build()
+        try:
+            self.send(bytes(packet[12:16]), PROTO_ICMP, reply, src=src, tos=packet[1],
+                      pmtudisc="dont")
+        except SendError:
+            self.ns.drop("icmp-reply-unsendable")
+
+    def _icmp_error_input(self, packet: bytes, message: IcmpMessage) -> None:
+        try:
+            quoted = Ipv4Packet(message.payload, allow_truncated=True)
+        except WireError:
+            self.ns.drop("icmp-error-bad-quote")
+            return
+        if (message.type == icmp.DEST_UNREACHABLE and message.code == icmp.FRAGMENTATION_NEEDED
+                and self.ns.is_local_address(quoted.src)):
+            self.learn_pmtu(quoted.dst, message.next_hop_mtu)
+        if quoted.protocol == PROTO_ICMP and len(quoted.payload) >= 8:
+            inner = quoted.payload
+            if inner[0] == icmp.ECHO_REQUEST:
+                ident = (inner[4] << 8) | inner[5]
+                handler = self.echo_handlers.get(ident)
+                if handler is not None:
+                    handler("error", packet, message)
+                    return
+        self.ns.drop("icmp-error-no-socket")
+
+    def learn_pmtu(self, dst: bytes, mtu: int) -> None:
+        """Record a path MTU from ICMP fragmentation needed (min 552, 10 min)."""
+        route = self.ns.routes.lookup(dst)
+        if route is None or mtu >= route.dev.mtu or mtu < 68:
+            return
+        self.pmtu[dst] = (max(mtu, MIN_PMTU), self.ns.sim.now_ns + PMTU_EXPIRES_NS)
+
+    def udp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
+        header_len = (packet[0] & 0x0F) * 4
+        src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+        try:
+            datagram = UdpDatagram(packet[header_len:])
+        except WireError as error:
+            self.ns.drop(error.reason)
+            return
+        if not datagram.checksum_ok(src, dst):
+            self.ns.drop("udp-bad-checksum")
+            return
+        port = datagram.dst_port
+        sock = self.udp_sockets.get((dst, port)) or self.udp_sockets.get((None, port))
+        if sock is None:
+            self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE,
+                            l2_broadcast=broadcast)
+            self.ns.drop("udp-no-socket")
+            return
+        sock.deliver(bytes(datagram.payload), (src, datagram.src_port), packet, dev)

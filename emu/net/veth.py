@@ -1,0 +1,40 @@
+"""veth pairs: what one end transmits, the other end receives.
+
+Like Linux's veth_xmit, a frame longer than the peer's MTU is dropped
+(`frame-too-big`, counted on the peer), and delivery is queued on the
+scheduler rather than called recursively (the kernel's netif_rx backlog).
+"""
+
+from __future__ import annotations
+
+from emu.net.device import NetDevice
+from emu.sim import Scheduler
+
+
+class Veth(NetDevice):
+    """One end of a veth pair; `peer` is the other end."""
+
+    kind = "veth"
+
+    def __init__(self, sim: Scheduler, name: str, mac: bytes, mtu: int = 1500) -> None:
+        super().__init__(sim, name, mac, mtu)
+        self.peer: Veth | None = None
+
+    def _xmit(self, frame: bytes) -> None:
+        peer = self.peer
+        if peer is None:
+            self.drop("no-peer")
+            return
+        if not peer.fits_mtu(frame):
+            peer.drop("frame-too-big")
+            return
+        self.sim.call_soon(peer.receive, frame)
+
+
+def veth_pair(sim: Scheduler, name_a: str, mac_a: bytes, name_b: str, mac_b: bytes,
+              mtu: int = 1500) -> tuple[Veth, Veth]:
+    """Create two connected veth ends (like `ip link add A type veth peer name B`)."""
+    a = Veth(sim, name_a, mac_a, mtu)
+    b = Veth(sim, name_b, mac_b, mtu)
+    a.peer, b.peer = b, a
+    return a, b

@@ -1,0 +1,174 @@
+"""The VXLAN device (flannel.1): an Ethernet device whose wire is UDP.
+
+Transmit (vxlan_xmit): look the inner destination MAC up in the device's
+own FDB (`bridge fdb append MAC dev flannel.1 dst REMOTE`; flannel runs it
+with `nolearning`, so entries are only ever added by flanneld), then send
+UDP from a source port hashed from the inner flow (symmetric, so both
+directions of a flow share it, in 32768..60999) to the configured port,
+through the namespace's own routing (outer TTL 64, DF clear, tos = the
+inner ECN bits encapsulated, a full UDP checksum unless `udp_checksum` is off).
+
+Receive (vxlan_rcv): a UDP socket on the port hands every datagram to the
+device with that VNI; a missing I flag, reserved flags, an unknown VNI, a
+truncated header or inner frame, an inner frame from our own MAC or to a MAC
+that is not ours are dropped with named reasons.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+from emu.net.device import NetDevice
+from emu.net.stack import SendError
+from emu.net.udp import UdpSocket
+from emu.sim import Scheduler
+from emu.wire.addr import ip_to_str, mac_to_str
+from emu.wire.ipv4 import PROTO_UDP
+from emu.wire.udp import UdpRepr
+from emu.wire.vxlan import FLAG_I, HEADER_LEN, VxlanRepr
+
+if TYPE_CHECKING:
+    from emu.net.namespace import Namespace
+
+PORT_MIN, PORT_MAX = 32768, 61000  # the kernel's default local port range, end exclusive
+
+
+def flow_source_port(inner_frame: bytes, low: int = PORT_MIN, high: int = PORT_MAX) -> int:
+    """udp_flow_src_port: a symmetric hash of the inner flow scaled into [low, high).
+
+    Addresses are sorted (and ports, for TCP/UDP) so both directions of a
+    flow map to the same port, like the kernel's consistent flow hash. ICMP
+    echo flows hash their identifier. Non-IP frames hash their MAC pair.
+    """
+    key: bytes
+    if len(inner_frame) >= 34 and inner_frame[12:14] == b"\x08\x00":
+        ip = inner_frame[14:]
+        header_len = (ip[0] & 0x0F) * 4
+        a, b = sorted((bytes(ip[12:16]), bytes(ip[16:20])))
+        proto = ip[9]
+        extra = b""
+        transport = ip[header_len:header_len + 8]
+        if proto in (6, 17) and len(transport) >= 4:
+            extra = b"".join(sorted((bytes(transport[0:2]), bytes(transport[2:4]))))
+        elif proto == 1 and len(transport) >= 6 and transport[0] in (0, 8):
+            extra = bytes(transport[4:6])
+        key = a + b + bytes([proto]) + extra
+    else:
+        key = b"".join(sorted((bytes(inner_frame[0:6]), bytes(inner_frame[6:12]))))
+    value = zlib.crc32(key)
+    return low + ((value * (high - low)) >> 32)
+
+
+def _ecn_encapsulate(inner_tos: int) -> int:
+    """INET_ECN_encapsulate with outer tos 0: copy ECT bits, CE becomes ECT(0)."""
+    ecn = inner_tos & 3
+    return 2 if ecn == 3 else ecn
+
+
+class VxlanSocket(UdpSocket):
+    """The UDP socket shared by the VXLAN devices of one port (demux by VNI)."""
+
+    def __init__(self, ns: "Namespace", port: int) -> None:
+        super().__init__(ns)
+        self.devices: dict[int, Vxlan] = {}
+        self.bind(None, port)
+
+    def deliver(self, data: bytes, source: tuple[bytes, int], packet: bytes,
+                dev: NetDevice) -> None:
+        if len(data) < HEADER_LEN:
+            self.ns.drop("vxlan-truncated")
+            return
+        flags = data[0]
+        if not flags & FLAG_I:
+            self.ns.drop("vxlan-no-vni-flag")
+            return
+        if flags & ~FLAG_I or data[1:4] != b"\x00\x00\x00" or data[7]:
+            self.ns.drop("vxlan-reserved-bits")
+            return
+        vni = (data[4] << 16) | (data[5] << 8) | data[6]
+        device = self.devices.get(vni)
+        if device is None:
+            self.ns.drop("vxlan-unknown-vni")
+            return
+        device.decapsulated(data[HEADER_LEN:])
+
+
+class Vxlan(NetDevice):
+    """`ip link add NAME type vxlan id VNI local IP dstport PORT nolearning`."""
+
+    kind = "vxlan"
+
+    def __init__(self, sim: Scheduler, name: str, mac: bytes, vni: int, port: int,
+                 local_ip: bytes, mtu: int = 1450, udp_checksum: bool = True) -> None:
+        super().__init__(sim, name, mac, mtu)
+        self.vni = vni
+        self.port = port
+        self.local_ip = local_ip
+        self.udp_checksum = udp_checksum
+        self.fdb: dict[bytes, bytes] = {}
+        self.generation = 0
+
+    # -- configuration ----------------------------------------------------------
+    def attach(self) -> None:
+        """Open (or join) the namespace's VXLAN socket for our port."""
+        ns = self.namespace
+        sock = ns.stack.udp_sockets.get((None, self.port))
+        if sock is None:
+            sock = VxlanSocket(ns, self.port)
+        if not isinstance(sock, VxlanSocket):
+            raise ValueError(f"{ns.name}: UDP port {self.port} is taken by another socket")
+        if self.vni in sock.devices:
+            raise ValueError(f"{ns.name}: VNI {self.vni} on port {self.port} exists already")
+        sock.devices[self.vni] = self
+
+    def detach(self) -> None:
+        sock = self.namespace.stack.udp_sockets.get((None, self.port))
+        if isinstance(sock, VxlanSocket):
+            sock.devices.pop(self.vni, None)
+            if not sock.devices:
+                sock.close()
+
+    def fdb_append(self, mac: bytes, dst: bytes) -> None:
+        """`bridge fdb append MAC dev DEV dst DST`."""
+        self.fdb[mac] = dst
+        self.generation += 1
+
+    def fdb_delete(self, mac: bytes) -> None:
+        if self.fdb.pop(mac, None) is not None:
+            self.generation += 1
+
+    def fdb_show(self) -> list[str]:
+        return [f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"
+                for mac, dst in sorted(self.fdb.items())]
+
+    # -- data path --------------------------------------------------------------
+    def _xmit(self, frame: bytes) -> None:
+        remote = self.fdb.get(bytes(frame[0:6]))
+        if remote is None:
+            self.drop("vxlan-no-fdb-entry")
+            return
+        inner_tos = frame[15] if len(frame) >= 16 and frame[12:14] == b"\x08\x00" else 0
+        payload = VxlanRepr(self.vni).build() + bytes(frame)
+        segment = UdpRepr(flow_source_port(frame), self.port, len(payload)).build(
+            payload, self.local_ip, remote, with_checksum=self.udp_checksum)
+        try:
+            self.namespace.stack.send(remote, PROTO_UDP, segment, src=self.local_ip,
+                                      tos=_ecn_encapsulate(inner_tos), pmtudisc="dont")
+        except SendError as error:
+            self.drop(f"vxlan-underlay-{error.errno_name.lower()}")
+
+    def decapsulated(self, inner: bytes) -> None:
+        """An inner frame that arrived for our VNI."""
+        if len(inner) < 14:
+            self.drop("vxlan-inner-truncated")
+            return
+        if inner[6:12] == self.mac:
+            self.drop("vxlan-own-source-mac")
+            return
+        dst = inner[0:6]
+        if dst != self.mac and not dst[0] & 1:
+            self._tap(inner)
+            self.drop("vxlan-inner-dst-mac")
+            return
+        self.receive(inner)

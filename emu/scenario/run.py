@@ -1,0 +1,186 @@
+"""Run a scenario: build the cluster, capture every interface, play the
+traffic and cluster events on the virtual clock, write the outputs.
+
+Outputs (directly in `out_dir`): `<ns>_<ifname>.pcap` for every interface
+that saw traffic, `all.pcapng` with every capture point named, and
+`stats.json` with per-device counters, drop reasons and the final tables
+(routes, neighbours, bridge FDBs, flannel leases, subnet.env). Captures
+behave like tcpdump: capturing a bridge puts it in promiscuous mode, so a
+cni0 capture shows every frame the bridge forwards, as in the kernel's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emu.capture import CaptureSet
+from emu.net import Bridge, Namespace, Ping, PingResult
+from emu.scenario.build import EmulatedCluster, add_node_later, build_cluster, remove_node_later
+from emu.scenario.model import Scenario, TrafficSpec
+from emu.sim import seconds
+
+OWN_OUTPUTS = ("*.pcap", "all.pcapng", "stats.json")
+
+
+@dataclass
+class TrafficResult:
+    spec: TrafficSpec
+    ping: PingResult
+
+
+@dataclass
+class RunResult:
+    scenario: Scenario
+    out_dir: Path | None
+    traffic: list[TrafficResult] = field(default_factory=list)
+    capture_counts: dict[str, int] = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    end_ns: int = 0
+
+
+class _Captures:
+    """Attaches a capture point to every device of every node and pod."""
+
+    def __init__(self, capture_set: CaptureSet, emulated: EmulatedCluster) -> None:
+        self.set = capture_set
+        self.emulated = emulated
+        self.tapped: set[int] = set()
+
+    def attach_all(self) -> None:
+        for ns in self.emulated.cluster.namespaces():
+            for dev in list(ns.devices.values()):
+                self._attach(ns, dev)
+
+    def _attach(self, ns: Namespace, dev) -> None:
+        if id(dev) in self.tapped:
+            return
+        self.tapped.add(id(dev))
+        point = self.set.point(ns.name, dev.name, dev.linktype, self._describe(ns, dev))
+        dev.taps.append(point.record)
+        if isinstance(dev, Bridge):
+            dev.promiscuous = True
+
+    def _describe(self, ns: Namespace, dev) -> str:
+        cluster = self.emulated.cluster
+        if ns.name in cluster.nodes:
+            owner = f"node {ns.name}"
+        else:
+            owner = f"pod {ns.name} on node {cluster.pods[ns.name].node.name}"
+        return f"{owner}, {dev.kind} {dev.name}"
+
+
+def clear_outputs(out_dir: Path) -> None:
+    """Remove the files a previous run wrote (and nothing else)."""
+    for pattern in OWN_OUTPUTS:
+        for path in out_dir.glob(pattern):
+            path.unlink()
+
+
+def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool = True) -> RunResult:
+    """Run `scenario`; with `out_dir` None (or capture off) nothing is written."""
+    emulated = build_cluster(scenario)
+    sim = emulated.sim
+    result = RunResult(scenario, Path(out_dir) if out_dir is not None else None,
+                       notes=list(emulated.notes))
+    captures = None
+    capture_set = None
+    if capture and result.out_dir is not None:
+        result.out_dir.mkdir(parents=True, exist_ok=True)
+        clear_outputs(result.out_dir)
+        capture_set = CaptureSet(result.out_dir)
+        captures = _Captures(capture_set, emulated)
+        captures.attach_all()
+
+    pending = {"traffic": len(scenario.traffic), "events": len(scenario.events)}
+
+    def on_event(event) -> None:
+        if event.add_node is not None:
+            add_node_later(emulated, event.add_node)
+            result.notes.append(f"t={event.at:g}s: node {event.add_node.name} added")
+        else:
+            remove_node_later(emulated, event.remove_node)
+            result.notes.append(f"t={event.at:g}s: node {event.remove_node} removed")
+        if captures is not None:
+            captures.attach_all()
+        pending["events"] -= 1
+
+    for event in scenario.events:
+        sim.call_at(seconds(event.at), on_event, event)
+
+    chain = [spec for spec in scenario.traffic]
+
+    def start(index: int) -> None:
+        spec = chain[index]
+        ns = emulated.cluster.namespace(spec.source)
+        ping = spec.ping
+
+        def done(ping_result: PingResult) -> None:
+            result.traffic.append(TrafficResult(spec, ping_result))
+            pending["traffic"] -= 1
+            following = index + 1
+            if following < len(chain) and chain[following].at is None:
+                start(following)
+
+        if ns is None:
+            failed = PingResult(ping.command, str(ping.destination))
+            failed.fatal = f"emu: {spec.source} does not exist at t={sim.now_ns / 1e9:g}s"
+            done(failed)
+            return
+        Ping(ns, str(ping.destination), ping.count, ping.interval, ping.size, ping.ttl,
+             ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command).start(done)
+
+    for index, spec in enumerate(chain):
+        if spec.at is not None:
+            sim.call_at(seconds(spec.at), start, index)
+        elif index == 0:
+            sim.call_at(0, start, 0)
+
+    sim.run(stop=lambda: pending["traffic"] == 0 and pending["events"] == 0)
+    result.traffic.sort(key=lambda t: chain.index(t.spec))
+    result.end_ns = sim.now_ns
+    for flanneld in emulated.flanneld.values():
+        result.notes.extend(line for line in flanneld.log if "cannot" in line or "no valid" in line)
+    result.stats = collect_stats(emulated, result)
+    if capture_set is not None:
+        capture_set.close()
+        result.capture_counts = {k: v for k, v in capture_set.counts().items() if v}
+        (result.out_dir / "stats.json").write_text(json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
+    """The stats.json document: counters, drops and final tables per namespace."""
+    namespaces = {}
+    for ns in [*emulated.cluster.namespaces(), emulated.cluster.underlay]:
+        entry = ns.stats()
+        entry["addresses"] = ns.show_addresses()
+        entry["routes"] = ns.show_routes()
+        entry["neighbours"] = ns.show_neighbours()
+        bridges = {dev.name: dev.fdb.show(dev.name, ns.sim.now_ns)
+                   for dev in ns.devices.values() if isinstance(dev, Bridge)}
+        if bridges:
+            entry["fdb"] = bridges
+        vxlan_fdb = [line for dev in ns.devices.values() if hasattr(dev, "fdb_show")
+                     for line in dev.fdb_show()]
+        if vxlan_fdb:
+            entry["vxlan_fdb"] = vxlan_fdb
+        namespaces[ns.name] = entry
+    now = emulated.sim.now_ns
+    return {
+        "scenario": emulated.scenario.name,
+        "virtual_time_s": now / 1e9,
+        "notes": result.notes,
+        "traffic": [{"from": t.spec.source, "command": t.ping.command,
+                     "transmitted": t.ping.transmitted, "received": t.ping.received,
+                     "errors": t.ping.errors, "output": t.ping.lines} for t in result.traffic],
+        "flannel": {
+            "leases": {entry.key: json.loads(entry.value)
+                       for entry in emulated.store.list("/coreos.com/network/subnets/", now)},
+            "subnet_env": {name: f.subnet_env for name, f in emulated.flanneld.items()},
+            "log": [line for f in emulated.flanneld.values() for line in f.log],
+        },
+        "namespaces": namespaces,
+    }
