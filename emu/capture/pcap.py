@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 from pathlib import Path
-from types import TracebackType
+from contextlib import AbstractContextManager
 from typing import BinaryIO
 
 LINKTYPE_ETHERNET = 1
@@ -59,7 +59,17 @@ def checked_linktype(linktype: int) -> int:
     return linktype
 
 
-class PcapWriter:
+class ClosingContext(AbstractContextManager):
+    """`with` support for writers: leaving the block closes the file(s)."""
+
+    def close(self) -> None:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class PcapWriter(ClosingContext):
     """Write one classic pcap file, one record per frame, flushed per record."""
 
     def __init__(
@@ -98,13 +108,3 @@ class PcapWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> PcapWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -16,10 +16,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import BinaryIO
 
 from emu.capture.pcap import (
+    ClosingContext,
     DEFAULT_SNAPLEN,
     NS_PER_MICROSECOND,
     Frame,
@@ -80,7 +80,7 @@ class _Interface:
     nanosecond: bool
 
 
-class PcapngWriter:
+class PcapngWriter(ClosingContext):
     """Write one pcapng section; interfaces are declared as they appear."""
 
     def __init__(self, path: str | Path) -> None:
@@ -137,13 +137,3 @@ class PcapngWriter:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> PcapngWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -14,9 +14,8 @@ same sequence of calls always gives byte-identical files.
 from __future__ import annotations
 
 from pathlib import Path
-from types import TracebackType
 
-from emu.capture.pcap import Frame, PcapWriter, checked_frame, checked_linktype
+from emu.capture.pcap import ClosingContext, Frame, PcapWriter, checked_frame, checked_linktype
 from emu.capture.pcapng import PcapngWriter
 
 
@@ -100,7 +99,7 @@ def _checked_name(field: str, value: str) -> str:
     return value
 
 
-class CaptureSet:
+class CaptureSet(ClosingContext):
     """All capture points of a run, writing into ``out_dir``.
 
     ``nanosecond`` chooses the timestamp resolution of every file, the pcaps
@@ -172,13 +171,3 @@ class CaptureSet:
         if self._merged is not None:
             self._merged.close()
 
-    def __enter__(self) -> CaptureSet:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
