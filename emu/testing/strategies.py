@@ -13,8 +13,8 @@ usual flag values.
 Example::
 
     from hypothesis import given
-    from emu.testing.strategies import ethernet_frames
-    from emu.wire.vxlan import OuterHeaders, decapsulate, encapsulate
+    from emu.testing.strategies import ethernet_frames, vxlan_outer_headers
+    from emu.wire.vxlan import decapsulate, encapsulate
 
     @given(ethernet_frames(), vxlan_outer_headers())
     def test_decap_inverts_encap(inner, outer):

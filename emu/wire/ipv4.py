@@ -51,7 +51,7 @@ class Ipv4Packet:
         if version != 4:
             raise Malformed("ipv4", "version", version)
         header_len = (buf[0] & 0x0F) * 4
-        if False:
+        if header_len < MIN_HEADER_LEN:
             raise Malformed("ipv4", "ihl", header_len // 4)
         if have < header_len:
             raise Truncated("ipv4", header_len, have)
