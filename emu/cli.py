@@ -89,24 +89,53 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool) -> None:
 
 
 @main.command()
-@click.argument("kernel_dir", type=click.Path())
-@click.argument("out_dir", type=click.Path())
+@click.argument("kernel_dir", type=click.Path(), required=False)
+@click.argument("out_dir", type=click.Path(), required=False)
+@click.option("--kernel", "kernel_scenario", metavar="SCENARIO", default=None,
+              help="Run SCENARIO on the real kernel (root: network namespaces) and in the "
+                   "emulator, and compare the two instead of two folders.")
+@click.option("--keep", "keep_dir", type=click.Path(file_okay=False), default=None,
+              help="With --kernel: keep the kernel's captures in this directory.")
 @click.option("--vxlan-port", "vxlan_ports", type=int, multiple=True,
               help="UDP port carrying VXLAN (default 8472).")
 @click.option("--udp-port", "udp_ports", type=int, multiple=True,
               help="UDP port of flannel's udp backend (default 8285).")
-def verify(kernel_dir: str, out_dir: str, vxlan_ports: tuple[int, ...], udp_ports: tuple[int, ...]) -> None:
-    """Compare the pcaps in OUT_DIR with the kernel's in KERNEL_DIR, point by point."""
+def verify(kernel_dir: str | None, out_dir: str | None, kernel_scenario: str | None,
+           keep_dir: str | None, vxlan_ports: tuple[int, ...], udp_ports: tuple[int, ...]) -> None:
+    """Compare the pcaps in OUT_DIR with the kernel's in KERNEL_DIR, point by point
+    (or, with --kernel SCENARIO, run SCENARIO on the kernel and in the emulator first)."""
     from emu.verify import compare_dirs
 
-    for name, path in (("KERNEL_DIR", kernel_dir), ("OUT_DIR", out_dir)):
-        if not Path(path).is_dir():
-            fail(f"{name}: {path} is not a directory")
-    report = compare_dirs(kernel_dir, out_dir, vxlan_ports=vxlan_ports or (8472,),
-                          udp_ports=udp_ports or (8285,))
+    if kernel_scenario is not None:
+        if kernel_dir is not None:
+            fail("verify: give either --kernel SCENARIO or KERNEL_DIR OUT_DIR, not both")
+        report = _verify_on_kernel(_load(kernel_scenario), keep_dir)
+    else:
+        if kernel_dir is None or out_dir is None:
+            fail("verify: needs KERNEL_DIR and OUT_DIR (or --kernel SCENARIO)")
+        for name, path in (("KERNEL_DIR", kernel_dir), ("OUT_DIR", out_dir)):
+            if not Path(path).is_dir():
+                fail(f"{name}: {path} is not a directory")
+        report = compare_dirs(kernel_dir, out_dir, vxlan_ports=vxlan_ports or (8472,),
+                              udp_ports=udp_ports or (8285,))
     for line in report.lines():
         console.print(line, markup=False)
     sys.exit(0 if report.ok else EXIT_MISMATCH)
+
+
+def _verify_on_kernel(scenario: Scenario, keep_dir: str | None):
+    from emu.kernel import KernelError, kernel_unavailable, verify_kernel
+
+    reason = kernel_unavailable()
+    if reason is not None:
+        fail(f"verify --kernel: {reason}")
+    try:
+        report, _ = verify_kernel(scenario, keep_dir)
+    except ScenarioError as error:
+        fail(str(error))
+    except KernelError as error:
+        fail(f"verify --kernel: {error}")
+    return report
 
 
 @main.command()
@@ -117,6 +146,80 @@ def check(scenario: str) -> None:
     console.print(f"{scenario}: ok ({loaded.name}: {len(loaded.nodes)} nodes, "
                   f"{sum(len(n.pods) for n in loaded.nodes)} pods, {len(loaded.traffic)} commands)",
                   markup=False)
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("--netns", is_flag=True, help="A bash script for real network namespaces (the only format).")
+@click.option("--prefix", default=None, help="Namespace name prefix (default: a fresh emu<hex>-).")
+def export(scenario: str, netns: bool, prefix: str | None) -> None:
+    """Print a bash script (`up` / `down`) that builds SCENARIO's cluster in real
+    network namespaces, exactly as the emulator models it."""
+    from emu.kernel import export_netns
+
+    if not netns:
+        fail("export: choose the format: --netns")
+    try:
+        exported = export_netns(_load(scenario), prefix)
+    except ScenarioError as error:
+        fail(str(error))
+    except ValueError as error:
+        fail(str(error))
+    click.echo(exported.script, nl=False)
+
+
+@main.command("flanneld-udp")
+@click.option("--tun", default="flannel0", show_default=True, help="The TUN device to attach to.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8285, show_default=True,
+              help="UDP port, local and remote.")
+@click.option("--route", "routes", multiple=True, metavar="SUBNET=PUBLIC_IP",
+              help="A remote lease: its subnet and its node's public IP (repeatable).")
+def flanneld_udp(tun: str, port: int, routes: tuple[str, ...]) -> None:
+    """flanneld's udp backend on a real TUN and UDP socket (run inside a node's
+    namespace; used by the `export --netns` script)."""
+    from emu.kernel.flanneld_udp import parse_route, run_flanneld_udp
+
+    try:
+        table = dict(parse_route(text) for text in routes)
+    except ValueError as error:
+        fail(str(error))
+    try:
+        run_flanneld_udp(tun, port, table)
+    except OSError as error:
+        fail(f"flanneld-udp: {tun} / port {port}: {error.strerror or error}")
+
+
+def _import_benchmarks():
+    """The `benchmarks` package lives next to `emu` in the source checkout and
+    is not installed; an editable install only maps `emu`, so look there."""
+    try:
+        import benchmarks.suite
+    except ModuleNotFoundError:
+        checkout = Path(__file__).resolve().parent.parent
+        if not (checkout / "benchmarks" / "suite.py").is_file():
+            fail("emu bench needs the source checkout (its benchmarks/ directory is not installed)")
+        sys.path.insert(0, str(checkout))
+        import benchmarks.suite
+    return benchmarks.suite
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="Fewer, shorter rounds (under 3 minutes).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default="bench.json",
+              show_default=True, help="Where to write the results as JSON.")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default="bench.png",
+              show_default=True, help="Where to write the PNG plot.")
+def bench(quick: bool, json_path: str, plot_path: str) -> None:
+    """Measure forwarding frames/s of the emulator, scapy, dpkt and (as root)
+    the Linux kernel on the same topology, in interleaved rounds."""
+    suite = _import_benchmarks()
+    try:
+        suite.run(suite.QUICK if quick else suite.FULL, Path(json_path), Path(plot_path),
+                  suite.wide_console())
+    except ValueError as error:
+        fail(f"bench: {error}")
+    except OSError as error:
+        fail(f"bench: {error.filename or ''}: {error.strerror or error}")
 
 
 if __name__ == "__main__":

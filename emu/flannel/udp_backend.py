@@ -12,10 +12,15 @@ The proxy is flannel's proxy.c, step by step:
   packet is sent as one UDP datagram from port P to PublicIP:P.
 - udp_to_tun: a datagram's payload gets the same TTL treatment and is
   written into flannel0.
+
+The packet logic is a set of pure functions (`lease_public_ip`,
+`proxy_ttl`, `net_unreachable`) shared by the emulated proxy below and by
+`emu flanneld-udp`, the same proxy on a real TUN and UDP socket.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from ipaddress import IPv4Network
 
 from emu.flannel.leases import Lease
@@ -29,6 +34,8 @@ from emu.wire.ipv4 import PROTO_ICMP, Ipv4Repr, decrement_ttl
 DEVICE_NAME = "flannel0"
 UDP_OVERHEAD = 28
 NET_UNREACHABLE_TTL = 8
+MIN_PACKET = 20  # an IPv4 header without options
+DROP_SHORT = "flanneld-short-packet"
 
 
 class UdpBackend:
@@ -75,52 +82,70 @@ class UdpBackend:
         self.device = self.socket = None
 
     # -- the proxy ----------------------------------------------------------------
-    def _find_route(self, dst: bytes) -> bytes | None:
-        value = int.from_bytes(dst, "big")
-        for subnet, public_ip in self.routes.items():
-            if value & int(subnet.netmask) == int(subnet.network_address):
-                return public_ip
-        return None
-
     def _tun_to_udp(self, packet: bytes) -> None:
-        if len(packet) < 20:
-            self.device.drop("flanneld-short-packet")
+        if len(packet) < MIN_PACKET:
+            self.device.drop(DROP_SHORT)
             return
-        next_hop = self._find_route(packet[16:20])
+        next_hop = lease_public_ip(self.routes, packet)
         if next_hop is None:
             self.device.drop("flanneld-no-lease")
-            self._send_net_unreachable(packet)
+            reply = net_unreachable(packet, self.own_subnet.network_address.packed)
+            if reply is not None:
+                self.device.write(reply)
             return
-        buf = bytearray(packet)
-        if buf[8] <= 1:
-            self.device.drop("flanneld-ttl-zero")
+        aged = proxy_ttl(packet)
+        if isinstance(aged, str):
+            self.device.drop(aged)
             return
-        decrement_ttl(buf)
         try:
-            self.socket.sendto(bytes(buf), (next_hop, self.port))
+            self.socket.sendto(aged, (next_hop, self.port))
         except SendError as error:
             self.device.drop(f"flanneld-send-{error.errno_name.lower()}")
 
     def _udp_to_tun(self, data: bytes, source: tuple[bytes, int], packet: bytes,
                     dev: NetDevice) -> None:
-        if len(data) < 20:
-            self.device.drop("flanneld-short-packet")
+        aged = proxy_ttl(data)
+        if isinstance(aged, str):
+            self.device.drop(aged)
             return
-        buf = bytearray(data)
-        if buf[8] <= 1:
-            self.device.drop("flanneld-ttl-zero")
-            return
-        decrement_ttl(buf)
-        self.device.write(bytes(buf))
+        self.device.write(aged)
 
-    def _send_net_unreachable(self, offender: bytes) -> None:
-        header_len = (offender[0] & 0x0F) * 4
-        if header_len >= 60 or offender[9] == PROTO_ICMP:
-            return
-        if ((offender[6] << 8) | offender[7]) & 0x1FFF:
-            return
-        quoted = bytes(offender[:header_len + 8]).ljust(header_len + 8, b"\x00")
-        message = IcmpRepr(DEST_UNREACHABLE, NET_UNREACHABLE, 0, quoted).build()
-        header = Ipv4Repr(src=self.own_subnet.network_address.packed, dst=bytes(offender[12:16]),
-                          protocol=PROTO_ICMP, payload_len=len(message), ttl=NET_UNREACHABLE_TTL)
-        self.device.write(header.header() + message)
+
+def lease_public_ip(routes: Mapping[IPv4Network, bytes], packet: bytes) -> bytes | None:
+    """proxy.c's find_route: the public IP of the lease holding the packet's
+    destination (None: no lease, the packet is unroutable)."""
+    value = int.from_bytes(packet[16:20], "big")
+    for subnet, public_ip in routes.items():
+        if value & int(subnet.netmask) == int(subnet.network_address):
+            return public_ip
+    return None
+
+
+def proxy_ttl(packet: bytes) -> bytes | str:
+    """proxy.c's decrement_ttl, applied on both sides of the tunnel: the packet
+    with its TTL one lower and the header checksum patched, or the drop reason
+    (too short for an IPv4 header, or a TTL that would reach 0)."""
+    if len(packet) < MIN_PACKET:
+        return DROP_SHORT
+    if packet[8] <= 1:
+        return "flanneld-ttl-zero"
+    buf = bytearray(packet)
+    decrement_ttl(buf)
+    return bytes(buf)
+
+
+def net_unreachable(offender: bytes, tun_address: bytes) -> bytes | None:
+    """proxy.c's send_net_unreachable: the ICMP net unreachable flanneld writes
+    into flannel0 for a packet no lease holds (from flannel0's address, TTL 8,
+    quoting the header + 8 bytes), or None where proxy.c stays silent (the
+    offender is ICMP, a non-first fragment, or has a 60-byte header)."""
+    header_len = (offender[0] & 0x0F) * 4
+    if header_len >= 60 or offender[9] == PROTO_ICMP:
+        return None
+    if ((offender[6] << 8) | offender[7]) & 0x1FFF:
+        return None
+    quoted = bytes(offender[:header_len + 8]).ljust(header_len + 8, b"\x00")
+    message = IcmpRepr(DEST_UNREACHABLE, NET_UNREACHABLE, 0, quoted).build()
+    header = Ipv4Repr(src=tun_address, dst=bytes(offender[12:16]), protocol=PROTO_ICMP,
+                      payload_len=len(message), ttl=NET_UNREACHABLE_TTL)
+    return header.header() + message

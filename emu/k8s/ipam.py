@@ -2,8 +2,9 @@
 
 Like the CNI host-local plugin with a `subnet` range: the network address,
 the gateway (first host, cni0's address) and the broadcast address are never
-handed out; allocation continues after the last address given (wrapping
-around), and a full range is an error naming the subnet.
+handed out; allocation continues after the last address given, requested
+ones included (the disk store writes last_reserved_ip on every Reserve),
+wrapping around, and a full range is an error naming the subnet.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class HostLocalIpam:
             if requested in self.allocated:
                 raise IpamError(f"{requested} is already allocated to {self.allocated[requested]}")
             self.allocated[requested] = owner
+            self._last = requested  # host-local's store records every reservation as the last one
             return requested
         hosts = [ip for ip in self.subnet.hosts() if self._usable(ip)]
         if not hosts:

@@ -17,6 +17,7 @@ transmits on it is forwarded by the same FDB, without learning.
 from __future__ import annotations
 
 from emu.net.device import NetDevice
+from emu.net.fastpath import config_changed
 from emu.net.fdb import DEFAULT_AGEING_NS, Fdb
 from emu.sim import Scheduler
 
@@ -30,10 +31,20 @@ class Bridge(NetDevice):
         self.ports: list[NetDevice] = []
         self.fdb = Fdb(ageing_ns)
         self.fdb.add_static(mac, None, local=True)
-        self.promiscuous = False
+        self._promiscuous = False
         self.flooded = 0
         self.forwarded = 0
         self.delivered_local = 0
+
+    @property
+    def promiscuous(self) -> bool:
+        return self._promiscuous
+
+    @promiscuous.setter
+    def promiscuous(self, value: bool) -> None:
+        """Promiscuous mode changes what is passed up: a configuration change."""
+        self._promiscuous = value
+        config_changed()
 
     # -- configuration ------------------------------------------------------
     def add_port(self, port: NetDevice, hairpin: bool = False) -> None:
@@ -53,8 +64,7 @@ class Bridge(NetDevice):
         self.ports.remove(port)
         port.master = None
         self.fdb.flush_port(port)
-        if self.fdb.entries.get(port.mac) is not None:
-            self.fdb.remove(port.mac)
+        self.fdb.remove(port.mac)
 
     # -- data path ----------------------------------------------------------
     def handle_port_frame(self, port: NetDevice, frame: bytes) -> None:
@@ -69,19 +79,24 @@ class Bridge(NetDevice):
         now = self.sim.now_ns
         self.fdb.learn(src, port, now)
         dst = frame[0:6]
-        local_rcv = self.promiscuous
+        recorder = self.sim.context
+        if recorder is not None:
+            recorder.on_fdb_learn(self.fdb, src, port)
+        local_rcv = self._promiscuous
         if dst[0] & 1:
             self._flood(frame, port)
             local_rcv = True
         else:
-            entry = self.fdb.lookup(dst, now)
-            if entry is None:
+            found = self.fdb.lookup_port(dst, now)
+            if recorder is not None:
+                recorder.on_fdb_lookup(self.fdb, dst, found is not None)
+            if found is None:
                 self._flood(frame, port)
-            elif entry.local:
+            elif found[1]:
                 self._pass_up(frame)
                 return
             else:
-                self._forward(entry.port, frame, port)
+                self._forward(found[0], frame, port)
         if local_rcv:
             self._pass_up(frame)
 
@@ -91,11 +106,14 @@ class Bridge(NetDevice):
         if dst[0] & 1:
             self._flood(frame, None)
             return
-        entry = self.fdb.lookup(dst, self.sim.now_ns)
-        if entry is None or entry.local:
+        found = self.fdb.lookup_port(dst, self.sim.now_ns)
+        recorder = self.sim.context
+        if recorder is not None:
+            recorder.on_fdb_lookup(self.fdb, dst, found is not None)
+        if found is None or found[1]:
             self._flood(frame, None)
         else:
-            self._forward(entry.port, frame, None)
+            self._forward(found[0], frame, None)
 
     def _deliverable(self, port: NetDevice, ingress: NetDevice | None) -> bool:
         return port is not ingress or port.hairpin
@@ -130,4 +148,4 @@ class Bridge(NetDevice):
 
     def counters(self) -> dict:
         return {"flooded": self.flooded, "forwarded": self.forwarded,
-                "delivered_local": self.delivered_local, "fdb_entries": len(self.fdb.entries)}
+                "delivered_local": self.delivered_local, "fdb_entries": len(self.fdb)}

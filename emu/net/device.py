@@ -6,6 +6,8 @@ A device has two directions, named from the device's point of view:
 frame to the device's capture taps, like tcpdump on that interface, then count
 it. Enslaved devices (bridge ports) hand received frames to their master
 instead of the namespace's stack, exactly as Linux's rx_handler does.
+`transmit_batch` / `receive_batch` take a list of frames and behave exactly
+like the single-frame calls made one after the other.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from emu.net.fastpath import config_changed
 from emu.sim import Scheduler
 
 if TYPE_CHECKING:
@@ -50,13 +53,14 @@ class NetDevice:
     kind = "device"
     linktype = LINKTYPE_ETHERNET
     has_l2 = True
+    taps_see_transmit = True  # False where tcpdump shows only the received copy
 
     def __init__(self, sim: Scheduler, name: str, mac: bytes, mtu: int = 1500) -> None:
         self.sim = sim
         self.name = name
-        self.mac = mac
-        self.mtu = mtu
-        self.up = True
+        self._mac = mac
+        self._mtu = mtu
+        self._up = True
         self.namespace: Namespace | None = None
         self.master: Bridge | None = None
         self.hairpin = False
@@ -67,20 +71,52 @@ class NetDevice:
         owner = self.namespace.name if self.namespace else "-"
         return f"<{type(self).__name__} {owner}/{self.name}>"
 
+    # -- configuration (changes bump the flow caches' epoch) -------------------
+    @property
+    def mac(self) -> bytes:
+        return self._mac
+
+    @mac.setter
+    def mac(self, value: bytes) -> None:
+        """`ip link set DEV address MAC`."""
+        self._mac = value
+        config_changed()
+
+    @property
+    def mtu(self) -> int:
+        return self._mtu
+
+    @mtu.setter
+    def mtu(self, value: int) -> None:
+        """`ip link set DEV mtu MTU`."""
+        self._mtu = value
+        config_changed()
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @up.setter
+    def up(self, value: bool) -> None:
+        """`ip link set DEV up/down`: a configuration change for flow caches."""
+        self._up = value
+        config_changed()
+
     # -- the two directions -------------------------------------------------
     def transmit(self, frame: bytes) -> None:
         """Send `frame` out of this device (from the stack or a bridge)."""
-        if not self.up:
+        if not self._up:
             self.drop("device-down")
             return
-        self._tap(frame)
+        if self.taps_see_transmit:
+            self._tap(frame)
         self.stats.tx_packets += 1
         self.stats.tx_bytes += len(frame)
         self._xmit(frame)
 
     def receive(self, frame: bytes) -> None:
         """Take `frame` arriving from the wire."""
-        if not self.up:
+        if not self._up:
             self.drop("device-down")
             return
         self._tap(frame)
@@ -93,12 +129,23 @@ class NetDevice:
         else:
             self.drop("no-namespace")
 
+    def transmit_batch(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.transmit(frame)
+
+    def receive_batch(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.receive(frame)
+
     def _xmit(self, frame: bytes) -> None:
         """Device-specific transmit; the base device has no wire."""
         self.drop("no-carrier")
 
     # -- helpers --------------------------------------------------------------
     def _tap(self, frame: bytes) -> None:
+        recorder = self.sim.context
+        if recorder is not None:
+            recorder.on_frame(self, frame)
         if self.taps:
             now = self.sim.now_ns
             for tap in self.taps:

@@ -124,7 +124,8 @@ class Reassembler:
         for other_offset, other in queue.fragments.items():
             if offset < other_offset + len(other) and other_offset < end:
                 if other_offset == offset and other == data:
-                    return None  # an exact duplicate
+                    self.on_drop("frag-duplicate")  # Linux: SKB_DROP_REASON_DUP_FRAG
+                    return None
                 self._discard(key, "frag-overlap")
                 return None
         if queue.total_len is not None and end > queue.total_len:

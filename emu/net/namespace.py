@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from emu.net.device import NetDevice
+from emu.net.fastpath import config_changed, register_namespace
 from emu.net.loopback import Loopback
 from emu.net.neighbour import NeighbourTable
 from emu.net.route import (SCOPE_HOST, SCOPE_LINK, SCOPE_UNIVERSE, Route, RoutingTable,
@@ -66,6 +67,7 @@ class Namespace:
         self.lo = Loopback(sim)
         self.add_device(self.lo)
         self.add_address(self.lo, ip_from_str("127.0.0.1"), 8, scope=SCOPE_HOST)
+        register_namespace(self)
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name}>"
@@ -82,6 +84,7 @@ class Namespace:
             dev.namespace.detach_device(dev)
         dev.namespace = self
         self.devices[dev.name] = dev
+        config_changed()
         return dev
 
     def detach_device(self, dev: NetDevice) -> None:
@@ -98,6 +101,7 @@ class Namespace:
             for ip in list(table.entries):
                 table.remove(ip)
         dev.namespace = None
+        config_changed()
 
     def rename_device(self, dev: NetDevice, new_name: str) -> None:
         if new_name in self.devices:
@@ -105,6 +109,7 @@ class Namespace:
         del self.devices[dev.name]
         dev.name = new_name
         self.devices[new_name] = dev
+        config_changed()
 
     def device(self, name: str) -> NetDevice:
         try:
@@ -122,6 +127,7 @@ class Namespace:
             raise ValueError(f"{self.name}: address {ip_to_str(ip)} exists already")
         address = Address(ip, prefixlen, dev, scope)
         self.addresses.append(address)
+        config_changed()
         self._local.add(ip)
         if prefixlen < 31:
             self._broadcast[broadcast_of(ip, prefixlen)] = dev
@@ -135,6 +141,7 @@ class Namespace:
     def remove_address(self, address: Address) -> None:
         self.addresses.remove(address)
         self._local.discard(address.ip)
+        config_changed()
         self._broadcast = {broadcast_of(a.ip, a.prefixlen): a.dev for a in self.addresses
                            if a.prefixlen < 31}
         self.routes.remove_where(lambda r: r.proto == "kernel" and r.prefsrc == address.ip)

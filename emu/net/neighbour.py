@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable
 
+from emu.net.fastpath import config_changed
 from emu.sim import NS_PER_SECOND, Event
 from emu.wire.addr import BROADCAST_MAC, ZERO_MAC, ip_to_str, mac_to_str
 from emu.wire.arp import OP_REPLY, OP_REQUEST, ArpRepr
@@ -106,6 +107,15 @@ class NeighbourTable:
 
     def _changed(self) -> None:
         self.generation += 1
+        config_changed()
+
+    def _new_entry(self, ip: bytes, state: Nud) -> Neighbour:
+        """neigh_alloc: a new entry counts as confirmed 2 * base_reachable_time
+        ago, so an entry that was never confirmed cannot pass the "confirmed
+        recently" checks of the DELAY state (with a zero default, an entry
+        created near time 0 went DELAY -> REACHABLE without any probe)."""
+        now = self.now
+        return Neighbour(ip, None, state, now, confirmed_ns=now - 2 * self.params.base_reachable_ns)
 
     # -- configuration ------------------------------------------------------
     def add_permanent(self, ip: bytes, mac: bytes) -> None:
@@ -146,8 +156,11 @@ class NeighbourTable:
         """
         n = self.entries.get(nexthop)
         now = self.now
+        recorder = self.ns.sim.context
+        if recorder is not None:
+            recorder.on_neighbour(self, n, confirm)
         if n is None:
-            n = Neighbour(nexthop, None, Nud.INCOMPLETE, now)
+            n = self._new_entry(nexthop, Nud.INCOMPLETE)
             self.entries[nexthop] = n
             self._changed()
             self._start_resolution(n, packet, on_error)
@@ -262,7 +275,7 @@ class NeighbourTable:
         if n is None:
             if not create:
                 return
-            n = Neighbour(ip, None, Nud.FAILED, now)
+            n = self._new_entry(ip, Nud.FAILED)
             self.entries[ip] = n
         if n.state is Nud.PERMANENT:
             return

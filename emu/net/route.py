@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
+from emu.net.fastpath import config_changed
 from emu.wire.addr import int_to_ip, ip_to_int, ip_to_str
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ class RoutingTable:
                 raise ValueError(f"route {route} exists already ({existing})")
         self.routes.append(route)
         self.generation += 1
+        config_changed()
 
     def remove_where(self, predicate) -> int:
         before = len(self.routes)
@@ -89,6 +91,7 @@ class RoutingTable:
         removed = before - len(self.routes)
         if removed:
             self.generation += 1
+            config_changed()
         return removed
 
     def lookup(self, dst: bytes, oif: "NetDevice | None" = None) -> Route | None:

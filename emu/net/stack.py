@@ -7,7 +7,11 @@ icmp.c) as far as the frames on the wire can tell:
 - forwarding checks TTL (ICMP time exceeded quoting the packet as received),
   then the egress MTU (ICMP fragmentation needed with the next-hop MTU when DF
   is set, otherwise fragmentation), then decrements the TTL with an
-  incremental checksum update and resolves the next hop;
+  incremental checksum update and resolves the next hop; a packet that
+  leaves by the device it came in on, from a source reachable without a
+  gateway, first makes the node send an ICMP host redirect (send_redirects
+  and shared_media are on by default), quoting the packet with its TTL
+  already decremented;
 - local output picks the source address like the kernel's route lookup and
   applies the socket's PMTU discovery mode ("want": DF only when the packet
   fits, else fragment locally; "do": EMSGSIZE; "dont": never DF);
@@ -21,7 +25,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from emu.net.fragment import Reassembler, fragment
-from emu.net.icmp_errors import RateLimiter, build_error, error_tos, may_send_error
+from emu.net.fastpath import config_changed
+from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, RateLimiter,
+                                  RedirectLimiter, build_error, error_tos, may_send_error)
 from emu.net.neighbour import arp_input
 from emu.sim import NS_PER_SECOND
 from emu.wire import icmp
@@ -57,6 +63,7 @@ class Ipv4Stack:
         self.ns = ns
         self.reassembler = Reassembler(ns.sim, self._reassembly_timeout, ns.drop)
         self.ratelimit = RateLimiter()
+        self.redirects = RedirectLimiter()
         self.pmtu: dict[bytes, tuple[int, int]] = {}
         self.echo_handlers: dict[int, Callable] = {}
         self.udp_sockets: dict[tuple[bytes | None, int], object] = {}
@@ -122,7 +129,8 @@ class Ipv4Stack:
         dst = packet[16:20]
         route = self.ns.routes.lookup(dst)
         if route is None:
-            self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
+            if self.ratelimit.route_error_allow(bytes(packet[12:16]), self.ns.sim.now_ns):
+                self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
             self.ns.drop("no-route")
             return
         if packet[8] <= 1:
@@ -136,14 +144,28 @@ class Ipv4Stack:
             return
         buf = bytearray(packet)
         decrement_ttl(buf)
+        if route.dev is in_dev and self._redirect_wanted(packet):
+            self.send_error(bytes(buf), REDIRECT, REDIRECT_HOST,
+                            int.from_bytes(route.gateway or dst, "big"))
         self.ns.forwarded += 1
         self.output_on(route.dev, route.gateway or dst, bytes(buf), mtu,
                        on_error=self._unreachable_report)
+
+    def _redirect_wanted(self, packet: bytes) -> bool:
+        """ip_route_input_slow's IPSKB_DOREDIRECT: the source is reachable
+        without a gateway (fib_validate_source > 0); then the per-source backoff."""
+        src = bytes(packet[12:16])
+        reverse = self.ns.routes.lookup(src)
+        if reverse is None or reverse.gateway is not None:
+            return False
+        return self.redirects.allow(src, self.ns.sim.now_ns)
 
     # == output =================================================================
     def output_on(self, dev: "NetDevice", nexthop: bytes, packet: bytes, mtu: int,
                   on_error: Callable[[bytes], None] | None = None, confirm: bool = False) -> None:
         """ip_finish_output: fragment if needed, then hand to the neighbour layer."""
+        if len(packet) > mtu and self.ns.sim.context is not None:
+            self.ns.sim.context.unsupported("fragmentation")
         pieces = [packet] if len(packet) <= mtu else fragment(packet, mtu)
         for piece in pieces:
             self.neigh_xmit(dev, nexthop, piece, on_error, confirm)
@@ -163,6 +185,8 @@ class Ipv4Stack:
         mtu = route.dev.mtu
         cached = self.pmtu.get(dst)
         if cached is not None:
+            if self.ns.sim.context is not None:
+                self.ns.sim.context.unsupported("path-mtu-cache")
             value, expires = cached
             if self.ns.sim.now_ns < expires:
                 mtu = min(mtu, value)
@@ -173,7 +197,16 @@ class Ipv4Stack:
     def next_ident(self) -> int:
         ident = self._next_ident
         self._next_ident = (ident + 1) & 0xFFFF
+        if self.ns.sim.context is not None:
+            self.ns.sim.context.on_ident(self, ident)
         return ident
+
+    def reserve_idents(self, count: int) -> int:
+        """Consume `count` identifiers at once (the fast path replaying sends);
+        returns the first."""
+        first = self._next_ident
+        self._next_ident = (first + count) & 0xFFFF
+        return first
 
     def send(self, dst: bytes, protocol: int, payload: bytes, src: bytes | None = None,
              ttl: int | None = None, tos: int = 0, pmtudisc: str = "want",
@@ -182,6 +215,8 @@ class Ipv4Stack:
 
         Raises SendError for what the kernel refuses at send time.
         """
+        if protocol != PROTO_UDP and self.ns.sim.context is not None:
+            self.ns.sim.context.unsupported("not-udp")
         route, local = self.ns.route_output(dst, oif)
         if route is None:
             raise SendError("ENETUNREACH", "Network is unreachable")
@@ -210,6 +245,8 @@ class Ipv4Stack:
     def send_error(self, packet: bytes, icmp_type: int, code: int, rest: int = 0,
                    l2_broadcast: bool = False) -> None:
         """icmp_send: an ICMP error about `packet`, from the address Linux uses."""
+        if self.ns.sim.context is not None:
+            self.ns.sim.context.unsupported("icmp-error")
         if not may_send_error(packet, l2_broadcast):
             return
         orig_src, orig_dst = bytes(packet[12:16]), bytes(packet[16:20])
@@ -218,7 +255,8 @@ class Ipv4Stack:
             self.ns.drop("icmp-error-no-route")
             return
         frag_needed = icmp_type == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED
-        if not local and not frag_needed and not self.ratelimit.allow(orig_src, self.ns.sim.now_ns):
+        limited = icmp_type in RATEMASK_TYPES and not frag_needed
+        if not local and limited and not self.ratelimit.allow(orig_src, self.ns.sim.now_ns):
             self.ns.drop("icmp-ratelimited")
             return
         saddr = orig_dst if self.ns.is_local_address(orig_dst) else None
@@ -317,6 +355,7 @@ class Ipv4Stack:
         if route is None or mtu >= route.dev.mtu or mtu < 68:
             return
         self.pmtu[dst] = (max(mtu, MIN_PMTU), self.ns.sim.now_ns + PMTU_EXPIRES_NS)
+        config_changed()
 
     def udp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
         header_len = (packet[0] & 0x0F) * 4

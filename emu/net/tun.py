@@ -27,8 +27,14 @@ class Tun(NetDevice):
         if self.reader is None:
             self.drop("no-reader")
             return
-        self.sim.call_soon(self.reader, packet)
+        self.sim.call_soon_batched(self._read_batch, (self.reader, packet))
+
+    @staticmethod
+    def _read_batch(reads: list[tuple[Callable[[bytes], None], bytes]]) -> None:
+        """The program reads every packet queued at this instant, in order."""
+        for reader, packet in reads:
+            reader(packet)
 
     def write(self, packet: bytes) -> None:
         """The userspace side writes a packet: it enters the stack as received."""
-        self.sim.call_soon(self.receive, packet)
+        self.sim.call_soon_batched(self.receive_batch, packet)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
+from emu.net.fastpath import config_changed, flow_cache
 from emu.wire.ipv4 import PROTO_UDP
 from emu.wire.udp import UdpRepr
 
@@ -47,6 +48,7 @@ class UdpSocket:
             raise OSError(f"EADDRINUSE: port {port} is in use in {self.ns.name}")
         sockets[(ip, port)] = self
         self.local = (ip, port)
+        config_changed()
 
     def _free_port(self) -> int:
         low, high = EPHEMERAL_PORTS
@@ -62,6 +64,7 @@ class UdpSocket:
         if self.local is not None:
             self.ns.stack.udp_sockets.pop(self.local, None)
             self.local = None
+            config_changed()
 
     def sendto(self, data: bytes, address: tuple[bytes, int], ttl: int | None = None,
                tos: int = 0) -> None:
@@ -78,13 +81,26 @@ class UdpSocket:
         self.ns.stack.send(dst, PROTO_UDP, segment, src=src_ip, ttl=ttl, tos=tos,
                            pmtudisc=self.pmtudisc)
 
+    def sendto_batch(self, payloads: list[bytes], address: tuple[bytes, int]) -> None:
+        """Send `payloads` as one burst, like `sendto` for each in turn (sendmmsg).
+
+        The flow cache records the first datagram's walk through the slow path
+        and replays it for the rest of the flow (see emu.net.fastpath).
+        """
+        flow_cache(self.ns.sim).send_batch(self, payloads, address)
+
     def deliver(self, data: bytes, source: tuple[bytes, int], packet: bytes,
                 dev: "NetDevice") -> None:
         """Called by the stack for each datagram addressed to this socket."""
+        recorder = self.ns.sim.context
+        if recorder is not None:
+            recorder.on_deliver_begin(self, data, source, packet, dev)
         if self.on_receive is not None:
             self.on_receive(data, source, packet, dev)
         else:
             self.queue.append((data, source))
+        if recorder is not None:
+            recorder.on_deliver_end(self)
 
     def recvfrom(self) -> tuple[bytes, tuple[bytes, int]] | None:
         """The oldest queued datagram and its source, or None."""

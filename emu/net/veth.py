@@ -3,6 +3,7 @@
 Like Linux's veth_xmit, a frame longer than the peer's MTU is dropped
 (`frame-too-big`, counted on the peer), and delivery is queued on the
 scheduler rather than called recursively (the kernel's netif_rx backlog).
+Consecutive deliveries to one peer at one instant travel as one batch.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Veth(NetDevice):
         if not peer.fits_mtu(frame):
             peer.drop("frame-too-big")
             return
-        self.sim.call_soon(peer.receive, frame)
+        self.sim.call_soon_batched(peer.receive_batch, frame)
 
 
 def veth_pair(sim: Scheduler, name_a: str, mac_a: bytes, name_b: str, mac_b: bytes,

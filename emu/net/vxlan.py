@@ -20,6 +20,7 @@ import zlib
 from typing import TYPE_CHECKING
 
 from emu.net.device import NetDevice
+from emu.net.fastpath import config_changed
 from emu.net.stack import SendError
 from emu.net.udp import UdpSocket
 from emu.sim import Scheduler
@@ -38,8 +39,11 @@ def flow_source_port(inner_frame: bytes, low: int = PORT_MIN, high: int = PORT_M
     """udp_flow_src_port: a symmetric hash of the inner flow scaled into [low, high).
 
     Addresses are sorted (and ports, for TCP/UDP) so both directions of a
-    flow map to the same port, like the kernel's consistent flow hash. ICMP
-    echo flows hash their identifier. Non-IP frames hash their MAC pair.
+    flow map to the same port, like the kernel's consistent flow hash. Like
+    skb_get_hash's flow dissector, ICMP contributes no identifier (every
+    ping between two pods shares one port) and fragments contribute no
+    ports (all fragments of a datagram share one port). Non-IP frames hash
+    their MAC pair.
     """
     key: bytes
     if len(inner_frame) >= 34 and inner_frame[12:14] == b"\x08\x00":
@@ -49,10 +53,9 @@ def flow_source_port(inner_frame: bytes, low: int = PORT_MIN, high: int = PORT_M
         proto = ip[9]
         extra = b""
         transport = ip[header_len:header_len + 8]
-        if proto in (6, 17) and len(transport) >= 4:
+        is_fragment = ((ip[6] << 8) | ip[7]) & 0x3FFF
+        if proto in (6, 17) and not is_fragment and len(transport) >= 4:
             extra = b"".join(sorted((bytes(transport[0:2]), bytes(transport[2:4]))))
-        elif proto == 1 and len(transport) >= 6 and transport[0] in (0, 8):
-            extra = bytes(transport[4:6])
         key = a + b + bytes([proto]) + extra
     else:
         key = b"".join(sorted((bytes(inner_frame[0:6]), bytes(inner_frame[6:12]))))
@@ -121,6 +124,7 @@ class Vxlan(NetDevice):
         if self.vni in sock.devices:
             raise ValueError(f"{ns.name}: VNI {self.vni} on port {self.port} exists already")
         sock.devices[self.vni] = self
+        config_changed()
 
     def detach(self) -> None:
         sock = self.namespace.stack.udp_sockets.get((None, self.port))
@@ -128,15 +132,18 @@ class Vxlan(NetDevice):
             sock.devices.pop(self.vni, None)
             if not sock.devices:
                 sock.close()
+            config_changed()
 
     def fdb_append(self, mac: bytes, dst: bytes) -> None:
         """`bridge fdb append MAC dev DEV dst DST`."""
         self.fdb[mac] = dst
         self.generation += 1
+        config_changed()
 
     def fdb_delete(self, mac: bytes) -> None:
         if self.fdb.pop(mac, None) is not None:
             self.generation += 1
+            config_changed()
 
     def fdb_show(self) -> list[str]:
         return [f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"

@@ -6,6 +6,13 @@ problem, and nothing else escapes the loader for bad input.
 """
 
 
+def _printable(text: str) -> str:
+    """Escape control characters (a YAML key may hold a newline) so the
+    message stays on one line and shows what was really written."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 class ScenarioError(Exception):
     """A scenario file is unreadable or invalid.
 
@@ -16,6 +23,6 @@ class ScenarioError(Exception):
     """
 
     def __init__(self, path: str, problem: str) -> None:
-        self.path = path
-        self.problem = " ".join(problem.split())
-        super().__init__(f"{path}: {self.problem}" if path else self.problem)
+        self.path = _printable(path)
+        self.problem = _printable(" ".join(problem.split()))
+        super().__init__(f"{self.path}: {self.problem}" if self.path else self.problem)

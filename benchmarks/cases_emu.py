@@ -1,0 +1,252 @@
+"""Benchmark cases that drive the emulator through its public API.
+
+Three levels, cheapest first: the learning bridge alone (`Bridge.
+handle_port_frame` with pre-built frames over an FDB of 10 to 1M MACs), the
+VXLAN codec alone (`emu.wire.vxlan.encapsulate` / `decapsulate` with full
+checksums), and whole pod->pod paths through a built cluster (frames
+injected at the source pod's eth0, counted by a UDP socket in the
+destination pod while the scheduler runs), capture off or on.
+
+Every case takes a `batch`: how many frames are handed over per call before
+the work is drained. Today only the end-to-end path has a batch entry point
+(`NetDevice.transmit_batch`); the bridge and codec cases hand frames over one
+call each, so `batch` only sizes their loop. Where a batched API appears,
+the one-line `step` of the case is the place to use it.
+"""
+
+from __future__ import annotations
+
+import random
+from itertools import cycle
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import topology
+from benchmarks.case import CaseUnavailable, SteppedCase, current_rss_mb
+from emu.capture import CaptureSet
+from emu.net import Bridge, NetDevice, UdpSocket
+from emu.net.vxlan import flow_source_port
+from emu.scenario.run import _Captures
+from emu.sim import Scheduler
+from emu.wire.ethernet import ETHERTYPE_IPV4, ethernet_header
+from emu.wire.ipv4 import PROTO_UDP, Ipv4Repr
+from emu.wire.udp import UdpRepr
+from emu.wire.vxlan import OuterHeaders, decapsulate, encapsulate
+
+BRIDGE_PORTS = 4
+DISTINCT_FRAMES = 1024  # frames cycled through per case: many flows, no single hot one
+MIN_FRAME = 14 + 20 + 8  # Ethernet + IPv4 + UDP headers
+
+
+class _SinkPort(NetDevice):
+    """A bridge port whose wire counts frames: measures the bridge, not a peer."""
+
+    kind = "sink"
+
+    def __init__(self, sim: Scheduler, index: int) -> None:
+        super().__init__(sim, f"port{index}", bytes([0x02, 0xEE, 0, 0, 0, index]))
+        self.sent = 0
+
+    def _xmit(self, frame: bytes) -> None:
+        self.sent += 1
+
+
+def _mac(index: int) -> bytes:
+    """The index-th learned MAC: locally administered unicast, distinct for 2**40."""
+    return b"\x02" + index.to_bytes(5, "big")
+
+
+class BridgeCase(SteppedCase):
+    """The cni0 learning bridge forwarding known unicast with `macs` learned MACs.
+
+    Each frame comes in on the port its source MAC was learned on (so it
+    refreshes, never moves, that entry) and goes to a MAC learned on another
+    port, picked at random from the whole table, so the lookups spread over
+    every entry as in a big L2 domain.
+    """
+
+    def __init__(self, name: str, macs: int, batch: int, seed: int = 6) -> None:
+        if macs < 2 * BRIDGE_PORTS:
+            raise ValueError(f"macs: need at least {2 * BRIDGE_PORTS}, got {macs}")
+        super().__init__(name, "bridge", macs=macs, batch=batch, frame_size=60)
+        self.seed = seed
+
+    def describe(self) -> str:
+        text = f"{self.params['macs']:,} MACs"
+        if self.extra:
+            text += f", FDB +{self.extra['fdb_mb']:.0f} MiB, filled in {self.extra['fdb_fill_s']:.1f} s"
+        return text
+
+    def setup(self) -> None:
+        self.sim = Scheduler()
+        self.bridge = Bridge(self.sim, "cni0", b"\x02\xbb\x00\x00\x00\x01")
+        self.ports = [_SinkPort(self.sim, i) for i in range(BRIDGE_PORTS)]
+        for port in self.ports:
+            self.bridge.add_port(port)
+        macs = self.params["macs"]
+        before_mb, start = current_rss_mb(), time.perf_counter()
+        learn = self.bridge.fdb.learn
+        ports = self.ports
+        for index in range(macs):
+            learn(_mac(index), ports[index % BRIDGE_PORTS], 0)
+        self.extra["fdb_fill_s"] = round(time.perf_counter() - start, 3)
+        self.extra["fdb_mb"] = round(current_rss_mb() - before_mb, 1)
+        rng = random.Random(self.seed)
+        padding = bytes(60 - 14)
+        self.frames = []
+        for _ in range(DISTINCT_FRAMES):
+            src, dst = rng.randrange(macs), rng.randrange(macs)
+            if src % BRIDGE_PORTS == dst % BRIDGE_PORTS:
+                dst = (dst + 1) % macs
+            frame = ethernet_header(_mac(dst), _mac(src), ETHERTYPE_IPV4) + padding
+            self.frames.append((ports[src % BRIDGE_PORTS], frame))
+        self.batches = cycle(_batches(self.frames, self.params["batch"]))
+
+    def step(self) -> int:
+        batch = next(self.batches)
+        handle = self.bridge.handle_port_frame
+        for port, frame in batch:
+            handle(port, frame)
+        return len(batch)
+
+
+def _batches(items: list, size: int) -> list[list]:
+    """`items` cut into consecutive batches of `size` (the last may be shorter)."""
+    if size < 1:
+        raise ValueError(f"batch: must be at least 1, got {size}")
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def inner_frames(size: int, count: int = DISTINCT_FRAMES) -> list[bytes]:
+    """`count` pod->pod UDP frames of exactly `size` bytes, one flow each."""
+    if size < MIN_FRAME:
+        raise ValueError(f"frame_size: must be at least {MIN_FRAME}, got {size}")
+    src_ip, dst_ip = b"\x0a\xf4\x01\x02", b"\x0a\xf4\x02\x02"
+    payload = bytes(i & 0xFF for i in range(size - MIN_FRAME))
+    frames = []
+    for flow in range(count):
+        segment = UdpRepr(20000 + flow, topology.RECEIVER_PORT, len(payload)).build(
+            payload, src_ip, dst_ip)
+        packet = Ipv4Repr(src=src_ip, dst=dst_ip, protocol=PROTO_UDP, payload_len=len(segment),
+                          ident=flow, df=True).build(segment)
+        frames.append(ethernet_header(b"\x0a\x58\x0a\xf4\x02\x02", b"\x0a\x58\x0a\xf4\x01\x02",
+                                      ETHERTYPE_IPV4) + packet)
+    return frames
+
+
+def _outer_headers(inner: bytes, ident: int) -> OuterHeaders:
+    """What flannel.1 on n1 puts around `inner`: the node addresses, hashed source port."""
+    return OuterHeaders(src_mac=b"\x02\x42\xac\x12\x00\x0b", dst_mac=b"\x02\x42\xac\x12\x00\x0c",
+                        src_ip=b"\xac\x12\x00\x0b", dst_ip=b"\xac\x12\x00\x0c",
+                        src_port=flow_source_port(inner), ident=ident)
+
+
+class VxlanEncapCase(SteppedCase):
+    """VXLAN encapsulation of `frame_size`-byte inner frames, IPv4 and UDP checksums valid."""
+
+    def __init__(self, name: str, frame_size: int, batch: int) -> None:
+        super().__init__(name, "vxlan_encap", frame_size=frame_size, batch=batch)
+
+    def describe(self) -> str:
+        return f"encap, {self.params['frame_size']} B inner frames"
+
+    def setup(self) -> None:
+        frames = inner_frames(self.params["frame_size"])
+        work = [(frame, _outer_headers(frame, i)) for i, frame in enumerate(frames)]
+        self.batches = cycle(_batches(work, self.params["batch"]))
+
+    def step(self) -> int:
+        batch = next(self.batches)
+        for inner, outer in batch:
+            encapsulate(inner, outer)
+        return len(batch)
+
+
+class VxlanDecapCase(SteppedCase):
+    """VXLAN decapsulation with full validation (lengths, IPv4 and UDP checksums)."""
+
+    def __init__(self, name: str, frame_size: int, batch: int) -> None:
+        super().__init__(name, "vxlan_decap", frame_size=frame_size, batch=batch)
+
+    def describe(self) -> str:
+        return f"decap, {self.params['frame_size']} B inner frames"
+
+    def setup(self) -> None:
+        frames = inner_frames(self.params["frame_size"])
+        wire = [encapsulate(frame, _outer_headers(frame, i)) for i, frame in enumerate(frames)]
+        self.batches = cycle(_batches(wire, self.params["batch"]))
+
+    def step(self) -> int:
+        batch = next(self.batches)
+        for frame in batch:
+            decapsulate(frame)
+        return len(batch)
+
+
+class PodToPodCase(SteppedCase):
+    """UDP frames from pod p1a to `destination` through the whole emulated cluster.
+
+    Setup builds the benchmark cluster and records DISTINCT_FRAMES datagrams
+    from p1a's stack (`topology.record_traffic`). A round then injects them at eth0,
+    `batch` per `transmit_batch` call, runs the scheduler until the instant
+    is drained and counts what the destination pod's socket received. With
+    `capture`, every device of every node and pod is captured to pcap files,
+    as `emu run` does.
+    """
+
+    def __init__(self, name: str, backend: str, destination: str, batch: int,
+                 capture: bool = False) -> None:
+        super().__init__(name, "end_to_end", backend=backend, destination=destination,
+                         batch=batch, capture=capture,
+                         frame_size=MIN_FRAME + topology.PAYLOAD_LEN)
+        self.capture_dir: Path | None = None
+        self.capture_set: CaptureSet | None = None
+
+    def describe(self) -> str:
+        params = self.params
+        return (f"{params['backend']}, {topology.SOURCE_POD}->{params['destination']}, batch "
+                f"{params['batch']}{', capture on' if params['capture'] else ''}")
+
+    def setup(self) -> None:
+        emulated = topology.build(self.params["backend"])
+        self.sim = emulated.sim
+        target = emulated.cluster.pods[self.params["destination"]]
+        self.received = 0
+        receiver = UdpSocket(target.ns, on_receive=self._count)
+        receiver.bind(None, topology.RECEIVER_PORT)
+        try:
+            recorded = topology.record_traffic(emulated, self.params["destination"],
+                                               DISTINCT_FRAMES)
+        except RuntimeError as error:
+            raise CaseUnavailable(str(error)) from None
+        if self.received != DISTINCT_FRAMES:
+            raise CaseUnavailable(f"priming delivered {self.received} of {DISTINCT_FRAMES} "
+                                  "datagrams")
+        self.eth0 = emulated.cluster.pods[topology.SOURCE_POD].ns.device("eth0")
+        if self.params["capture"]:
+            self.capture_dir = Path(tempfile.mkdtemp(prefix="emu-bench-capture-"))
+            self.capture_set = CaptureSet(self.capture_dir)
+            _Captures(self.capture_set, emulated).attach_all()
+        self.batches = cycle(_batches(recorded.sent, self.params["batch"]))
+
+    def _count(self, data: bytes, source: tuple[bytes, int], packet: bytes, dev: NetDevice) -> None:
+        self.received += 1
+
+    def _drain(self) -> None:
+        """Run every event of the current instant: the frames' whole walk."""
+        self.sim.run(until_ns=self.sim.now_ns)
+
+    def step(self) -> int:
+        batch = next(self.batches)
+        before = self.received
+        self.eth0.transmit_batch(batch)
+        self._drain()
+        return self.received - before
+
+    def close(self) -> None:
+        if self.capture_set is not None:
+            self.capture_set.close()
+        if self.capture_dir is not None:
+            shutil.rmtree(self.capture_dir, ignore_errors=True)

@@ -1,0 +1,300 @@
+"""The benchmark suite: which cases run, how rounds interleave, what is reported.
+
+Every case is set up once, then measured in rounds that go round-robin over
+all cases (case A, B, C, A, B, C, ...), so a slow drift of the machine (a
+noisy neighbour, thermal limits) spreads over every case instead of landing
+on whichever ran last. Each case reports the median of its rounds and their
+min and max. Output: a rich table, a JSON document (`cases`: name ->
+`{"fps", "min", "max", "rounds", ...}`, fps null where a case cannot run;
+`peak_rss_mb`; `ratios`), a PNG plot, and the ratios emulator/kernel and
+emulator/scapy printed last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn)
+from rich.table import Table
+
+from benchmarks.baseline import ChainCase
+from benchmarks.baseline_dpkt import DpktChain
+from benchmarks.baseline_scapy import ScapyChain
+from benchmarks.case import Case, CaseUnavailable
+from benchmarks.cases_emu import BridgeCase, PodToPodCase, VxlanDecapCase, VxlanEncapCase
+from benchmarks.kernel import KernelCase
+
+REQUIRED_CASES = (
+    "bridge_1k_macs", "bridge_1m_macs", "vxlan_encap_batch", "vxlan_decap_batch", "same_node",
+    "cross_node_vxlan", "cross_node_hostgw", "cross_node_udp", "cross_node_vxlan_capture",
+    "scapy_cross_node_vxlan", "dpkt_cross_node_vxlan", "kernel_cross_node_vxlan",
+    "kernel_same_node",
+)
+NAMED_FDB_SIZES = (1_000, 1_000_000)  # bridge_1k_macs, bridge_1m_macs
+NAMED_FRAME_SIZE = 100  # vxlan_encap_batch / vxlan_decap_batch: 100-byte inner frames
+RATIOS = (
+    ("emulator/kernel cross-node vxlan", "cross_node_vxlan", "kernel_cross_node_vxlan"),
+    ("emulator/kernel same-node", "same_node", "kernel_same_node"),
+    ("emulator/scapy cross-node vxlan", "cross_node_vxlan", "scapy_cross_node_vxlan"),
+    ("emulator/dpkt cross-node vxlan", "cross_node_vxlan", "dpkt_cross_node_vxlan"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure. `batch`: frames handed over per call where the API
+    takes batches (end-to-end today), and the loop size elsewhere."""
+
+    rounds: int
+    budget_s: float
+    fdb_sizes: tuple[int, ...]
+    frame_sizes: tuple[int, ...]
+    batch: int = 256
+    kernel: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rounds < 1:
+            raise ValueError(f"rounds: must be at least 1, got {self.rounds}")
+        if self.budget_s <= 0:
+            raise ValueError(f"budget_s: must be positive, got {self.budget_s}")
+
+
+QUICK = Settings(rounds=5, budget_s=0.4, fdb_sizes=(10, 1_000, 100_000, 1_000_000),
+                 frame_sizes=(64, 100, 512, 1450))
+FULL = Settings(rounds=7, budget_s=1.0,
+                fdb_sizes=(10, 100, 1_000, 10_000, 100_000, 1_000_000),
+                frame_sizes=(64, 100, 256, 512, 1024, 1450))
+
+
+class _Disabled(Case):
+    """A case the settings turned off: reported with fps null."""
+
+    def setup(self) -> None:
+        raise CaseUnavailable("turned off by the settings")
+
+
+def count_label(count: int) -> str:
+    """1000 -> '1k', 1000000 -> '1m', 250 -> '250': case-name spelling."""
+    for unit, suffix in ((1_000_000, "m"), (1_000, "k")):
+        if count >= unit and count % unit == 0:
+            return f"{count // unit}{suffix}"
+    return str(count)
+
+
+def build_cases(settings: Settings) -> list[Case]:
+    """Every case of one run, in reporting order; the required names always."""
+    cases: list[Case] = []
+    for macs in sorted(set(settings.fdb_sizes) | set(NAMED_FDB_SIZES)):
+        cases.append(BridgeCase(f"bridge_{count_label(macs)}_macs", macs, settings.batch))
+    for codec, kind in ((VxlanEncapCase, "encap"), (VxlanDecapCase, "decap")):
+        for size in sorted(set(settings.frame_sizes) | {NAMED_FRAME_SIZE}):
+            name = f"vxlan_{kind}_batch" if size == NAMED_FRAME_SIZE else f"vxlan_{kind}_{size}b"
+            cases.append(codec(name, size, settings.batch))
+    batch = settings.batch
+    cases += [
+        PodToPodCase("same_node", "vxlan", "p1b", batch),
+        PodToPodCase("cross_node_vxlan", "vxlan", "p2a", batch),
+        PodToPodCase("cross_node_vxlan_per_frame", "vxlan", "p2a", 1),
+        PodToPodCase("cross_node_hostgw", "host-gw", "p2a", batch),
+        PodToPodCase("cross_node_udp", "udp", "p2a", batch),
+        PodToPodCase("cross_node_vxlan_capture", "vxlan", "p2a", batch, capture=True),
+        ChainCase("scapy_cross_node_vxlan", "scapy", ScapyChain),
+        ChainCase("dpkt_cross_node_vxlan", "dpkt", DpktChain),
+    ]
+    for name, destination in (("kernel_cross_node_vxlan", "p2a"), ("kernel_same_node", "p1b")):
+        cases.append(KernelCase(name, destination) if settings.kernel
+                     else _Disabled(name, "kernel", destination=destination))
+    return cases
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(TextColumn("{task.description:<44}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console)
+
+
+def measure_cases(cases: list[Case], settings: Settings, console: Console) -> dict[str, dict]:
+    """Set every case up, run the interleaved rounds, close every case.
+
+    Returns name -> {"samples": [frames/s per round], "note": why it did not
+    run or None}. Cases are closed even when a round fails or is interrupted.
+    """
+    outcome = {case.name: {"samples": [], "note": None} for case in cases}
+    live: list[Case] = []
+    try:
+        with _progress(console) as progress:
+            task = progress.add_task("setup", total=len(cases) * (1 + settings.rounds))
+            for case in cases:
+                progress.update(task, description=f"setup {case.name}")
+                try:
+                    case.setup()
+                    live.append(case)
+                except CaseUnavailable as reason:
+                    outcome[case.name]["note"] = str(reason)
+                    progress.advance(task, settings.rounds)
+                progress.advance(task)
+            for round_index in range(settings.rounds):
+                for case in live:
+                    progress.update(task, description=f"round {round_index + 1}/{settings.rounds} "
+                                                      f"{case.name}")
+                    frames, seconds = case.measure(settings.budget_s)
+                    outcome[case.name]["samples"].append(frames / seconds)
+                    progress.advance(task)
+    finally:
+        for case in cases:
+            case.close()
+    return outcome
+
+
+def machine_info() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
+            "implementation": platform.python_implementation(), "kernel": platform.release()}
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def build_document(cases: list[Case], outcome: dict[str, dict], settings: Settings) -> dict:
+    """The JSON document of one run."""
+    entries = {}
+    for case in cases:
+        samples = outcome[case.name]["samples"]
+        entry = {"fps": round(statistics.median(samples)) if samples else None,
+                 "min": round(min(samples)) if samples else None,
+                 "max": round(max(samples)) if samples else None,
+                 "rounds": len(samples), "group": case.group, "params": case.params,
+                 "description": case.describe()}
+        if case.extra:
+            entry["extra"] = case.extra
+        if outcome[case.name]["note"]:
+            entry["note"] = outcome[case.name]["note"]
+        entries[case.name] = entry
+    ratios = {}
+    for label, numerator, denominator in RATIOS:
+        top, bottom = entries[numerator]["fps"], entries[denominator]["fps"]
+        ratios[label] = round(top / bottom, 3) if top and bottom else None
+    return {"machine": machine_info(), "settings": asdict(settings), "cases": entries,
+            "ratios": ratios, "peak_rss_mb": peak_rss_mb()}
+
+
+def _fps(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def render_table(document: dict) -> Table:
+    """One row per case: median, min and max frames/s, and what it measures."""
+    rounds = document["settings"]["rounds"]
+    table = Table(title=f"frames per second: median, min and max of {rounds} interleaved rounds",
+                  show_edge=False)
+    table.add_column("case", no_wrap=True)
+    for column in ("fps", "min", "max"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("what")
+    for name, entry in document["cases"].items():
+        table.add_row(name, _fps(entry["fps"]), _fps(entry["min"]), _fps(entry["max"]),
+                      entry.get("note") or entry["description"])
+    return table
+
+
+def ratio_lines(document: dict) -> list[str]:
+    """The closing lines: how the emulator compares with the kernel and scapy."""
+    lines = []
+    for label, value in document["ratios"].items():
+        lines.append(f"{label}: " + ("n/a (a case did not run)" if value is None
+                                      else f"{value:,.3f}x"))
+    return lines
+
+
+def write_plot(document: dict, path: Path) -> None:
+    """PNG: frames/s vs inner frame size (codec), vs FDB size (bridge), and
+    the pod->pod paths side by side (emulator, baselines, kernel); log scales,
+    bars from min to max."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    cases = document["cases"]
+    figure, (sizes, fdb, paths) = pyplot.subplots(1, 3, figsize=(18, 5.5))
+    for group, label in (("vxlan_encap", "encap"), ("vxlan_decap", "decap")):
+        _line(sizes, [e for e in cases.values() if e["group"] == group], "frame_size", label)
+    sizes.set(title="VXLAN codec", xlabel="inner frame bytes", ylabel="frames/s", yscale="log")
+    sizes.legend()
+    _line(fdb, [e for e in cases.values() if e["group"] == "bridge"], "macs", "bridge")
+    fdb.set(title="learning bridge", xlabel="MACs in the FDB", ylabel="frames/s",
+            xscale="log", yscale="log")
+    ran = [(name, e) for name, e in cases.items()
+           if e["group"] in ("end_to_end", "baseline", "kernel") and e["fps"]]
+    colours = {"end_to_end": "tab:blue", "baseline": "tab:orange", "kernel": "tab:green"}
+    positions = range(len(ran))
+    paths.bar(positions, [e["fps"] for _, e in ran], color=[colours[e["group"]] for _, e in ran],
+              yerr=[[e["fps"] - e["min"] for _, e in ran], [e["max"] - e["fps"] for _, e in ran]])
+    paths.set_xticks(list(positions), [name for name, _ in ran], rotation=60, ha="right",
+                     fontsize=8)
+    paths.set(title="pod -> pod UDP (64-byte payload)", ylabel="frames/s", yscale="log")
+    machine = document["machine"]
+    figure.suptitle(f"emu benchmarks: {machine['cpu']}, {machine['nproc']} CPUs, "
+                    f"{machine['implementation']} {machine['python']}")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def _line(axes, entries: list[dict], param: str, label: str) -> None:
+    points = sorted((e["params"][param], e) for e in entries if e["fps"])
+    if not points:
+        return
+    xs = [x for x, _ in points]
+    axes.errorbar(xs, [e["fps"] for _, e in points], marker="o", label=label, capsize=3,
+                  yerr=[[e["fps"] - e["min"] for _, e in points],
+                        [e["max"] - e["fps"] for _, e in points]])
+
+
+def run(settings: Settings, json_path: Path, plot_path: Path, console: Console) -> dict:
+    """Measure everything, print the table and ratios, write the JSON and the plot.
+
+    Raises ValueError before measuring if an output's directory does not exist.
+    """
+    for path in (json_path, plot_path):
+        if not path.resolve().parent.is_dir():
+            raise ValueError(f"{path}: directory {path.parent} does not exist")
+    cases = build_cases(settings)
+    outcome = measure_cases(cases, settings, console)
+    document = build_document(cases, outcome, settings)
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    write_plot(document, plot_path)
+    machine = document["machine"]
+    console.print(render_table(document))
+    console.print(f"machine: {machine['cpu']}, {machine['nproc']} CPUs, {machine['implementation']} "
+                  f"{machine['python']}, Linux {machine['kernel']}; peak RSS "
+                  f"{document['peak_rss_mb']:.0f} MiB", markup=False)
+    console.print(f"wrote {json_path} and {plot_path}", markup=False)
+    for line in ratio_lines(document):
+        console.print(line, markup=False)
+    return document
+
+
+def wide_console() -> Console:
+    """The terminal, or 120 columns when output goes to a file or pipe (rich
+    would assume 80 there and wrap the table)."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=120)

@@ -1,0 +1,116 @@
+"""Random valid scenarios, for holding the emulator against the kernel on
+topologies nobody captured by hand.
+
+``scenario_documents()`` draws a scenario as the mapping a YAML file would
+hold: 1 to 4 nodes with 0 to 4 pods each, any backend with a random VNI and
+port, a subnet length of 22 to 28, an underlay MTU of 576 to 9000, the pod MTU automatic or overridden,
+hairpin on or off, a bridge name, and 1 to 3 ping commands between random
+nodes and pods (random -s, -t, -M do/dont, -c 1 to 3, with short -i and -W
+so that a live run stays quick and ends before the kernel's own timers fire). Addresses the emulator chooses (leased
+subnets, pod IPs) are not drawn: the strategy builds the cluster once to
+learn them, so the pings aim at addresses that exist, or at one address of
+the flannel network that no lease holds (the unreachable paths). Never at
+an unused address of a leased subnet: the kernel goes on retrying ARP for
+it after ping exits, a tail no fixed capture window can hold. Every document loads
+with ``load_scenario_text(yaml.safe_dump(doc))``.
+"""
+
+from __future__ import annotations
+
+import hypothesis.strategies as st
+import yaml
+
+from emu.scenario import load_scenario_text
+from emu.scenario.build import build_cluster
+
+BACKENDS = ("vxlan", "host-gw", "udp")
+BRIDGE_NAMES = ("cni0", "cbr0", "kube-bridge", "br-pods")
+MAX_NODES = 4
+MAX_PODS = 4
+MAX_COMMANDS = 3
+# Intervals at least 10 ms away from the kernel's redirect backoff steps (40, 80 ms, ...),
+# and runs short enough (3 commands of at most 0.2 s + 1 s wait each) to end before the
+# first neighbour entry used leaves DELAY (5 s) and the kernel sends a unicast ARP probe
+# after the last command, outside the emulator's run.
+INTERVALS = ("0.05", "0.1")
+UNLEASED = ""  # owner of the address in Network that no lease holds: routing errors
+
+
+def scenario_yaml(document: dict) -> str:
+    """The document as the YAML text of a scenario file."""
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=110)
+
+
+@st.composite
+def _backend(draw: st.DrawFn) -> dict:
+    kind = draw(st.sampled_from(BACKENDS))
+    if kind == "vxlan":
+        return {"Type": kind, "VNI": draw(st.integers(0, 2**24 - 1)),
+                "Port": draw(st.integers(1, 65535))}
+    if kind == "udp":
+        return {"Type": kind, "Port": draw(st.integers(1, 65535))}
+    return {"Type": kind}
+
+
+@st.composite
+def _ping(draw: st.DrawFn, destination: str) -> str:
+    words = ["ping", "-c", str(draw(st.integers(1, 3))), "-i", draw(st.sampled_from(INTERVALS)),
+             "-W", "1"]
+    if draw(st.booleans()):
+        words += ["-s", str(draw(st.one_of(st.integers(0, 1600), st.integers(1600, 9100))))]
+    if draw(st.booleans()):
+        words += ["-t", str(draw(st.integers(1, 4)))]
+    mode = draw(st.sampled_from([None, "do", "dont"]))
+    if mode is not None:
+        words += ["-M", mode]
+    return " ".join(words + [destination])
+
+
+def _addresses(document: dict) -> list[tuple[str, str]]:
+    """(namespace, address) of every node's and pod's interfaces, as the
+    emulator assigns them (node eth0, flannel device, cni0 gateway, pod eth0;
+    the gateway address also on a node without pods, where no cni0 holds it)."""
+    emulated = build_cluster(load_scenario_text(scenario_yaml(document)))
+    found = []
+    for node in emulated.cluster.nodes.values():
+        found.append((node.name, str(node.ip)))
+        if emulated.flanneld[node.name].backend.device is not None:
+            found.append((node.name, str(emulated.flanneld[node.name].lease.subnet.network_address)))
+        found.append((node.name, str(node.cni.gateway)))
+        found.extend((pod.name, str(pod.ip)) for pod in node.pods.values())
+    leased = [f.lease.subnet for f in emulated.flanneld.values()]
+    network = emulated.scenario.net_conf.network
+    nowhere = next(ip for ip in (network.network_address + k * 7919 + 77 for k in range(1, 64))
+                   if not any(ip in subnet for subnet in leased))
+    found.append((UNLEASED, str(nowhere)))
+    return found
+
+
+@st.composite
+def scenario_documents(draw: st.DrawFn) -> dict:
+    """A random valid scenario document (see the module docstring)."""
+    pods_per_node = draw(st.lists(st.integers(0, MAX_PODS), min_size=1, max_size=MAX_NODES))
+    nodes = []
+    for index, count in enumerate(pods_per_node, start=1):
+        pods = [{"name": f"p{index}{chr(ord('a') + k)}"} for k in range(count)]
+        nodes.append({"name": f"n{index}", "pods": pods})
+    document = {
+        "name": "random",
+        "seed": draw(st.integers(0, 2**16)),
+        "net-conf": {"Network": "10.244.0.0/16", "SubnetLen": draw(st.sampled_from([22, 24, 26, 28])),
+                     "Backend": draw(_backend())},
+        "underlay": {"subnet": "172.18.0.0/24", "mtu": draw(st.integers(576, 9000))},
+        "cni": {"bridge": draw(st.sampled_from(BRIDGE_NAMES)),
+                "mtu": draw(st.one_of(st.just("auto"), st.integers(576, 9000))),
+                "hairpinMode": draw(st.booleans())},
+        "nodes": nodes,
+    }
+    addresses = _addresses(document)
+    sources = [name for name, _ in addresses if name != UNLEASED]
+    traffic = []
+    for _ in range(draw(st.integers(1, MAX_COMMANDS))):
+        source = draw(st.sampled_from(sources))
+        _, destination = draw(st.sampled_from(addresses))
+        traffic.append({"from": source, "run": draw(_ping(destination))})
+    document["traffic"] = traffic
+    return document

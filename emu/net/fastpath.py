@@ -1,0 +1,573 @@
+"""The flow cache: walk the slow path once per flow, replay the walk for the rest.
+
+Why: a datagram's hop-by-hop walk (veths, bridge, routing, VXLAN or flannel
+encapsulation, delivery) costs tens of microseconds in Python, but every
+datagram of a flow takes the same decisions. So `UdpSocket.sendto_batch`
+sends the first datagram of a flow (socket, destination, payload length)
+through the slow path while a `Recorder` watches it, and replays the
+recording for later datagrams.
+
+Recording (the recorder is the scheduler's `context`, so it follows exactly
+the events this one datagram causes, even among other traffic): every frame
+shown to a device's taps, the counters each event changed (all namespaces'
+and devices' counters, snapshotted around each event), the IP identifiers
+each stack consumed, FDB entries learned and looked up, neighbour entries
+used and the terminal delivery. Events are numbered by level (hop depth in
+the FIFO queue). A walk is cached only if it ended in at most one terminal
+delivery, with no configuration change (epoch) during the walk, no
+fragmentation, no ICMP, no neighbour resolution and no timer.
+
+Replay of M datagrams: level 0 at once, then one scheduler event per level,
+so the M datagrams take the queue positions their slow walks would have
+(a burst of M `sendto` calls runs level by level, datagram after datagram).
+Per level: counters += M x recorded change, each stack's identifier counter
+advances as M walks would, FDB entries and neighbours are refreshed, taps
+get the exact frames (rebuilt from layered templates: payload, identifiers
+and IPv4/UDP checksums recomputed with numpy over the batch), the terminal
+socket gets the datagrams. A replay is valid while the global configuration
+epoch is unchanged and, at the batch's instant, every looked-up FDB entry is
+live and every neighbour used is in a state where the slow path just sends.
+If the epoch changes while a replay is in flight, the datagrams resume on
+the slow path from the level they reached.
+
+Not replayed (the slow path runs instead, counted in `FastPathStats`): the
+reasons above, frames other than IPv4/UDP (with VXLAN or IPv4-in-UDP
+encapsulation), ambiguous identifiers. Userspace state that is not network
+configuration (flanneld's udp-backend lease map) is not part of the epoch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from emu.wire.checksum import pseudo_header_sum
+from emu.wire.errors import WireError
+from emu.wire.ipv4 import PROTO_UDP, Ipv4Packet
+from emu.wire.udp import UdpDatagram
+
+# numpy is imported where templates are built, so importing emu.net stays light.
+if TYPE_CHECKING:
+    import numpy as np
+
+    from emu.net.device import NetDevice
+    from emu.net.fdb import Fdb
+    from emu.net.namespace import Namespace
+    from emu.net.neighbour import Neighbour, NeighbourTable
+    from emu.net.stack import Ipv4Stack
+    from emu.net.udp import UdpSocket
+    from emu.sim import Event, Scheduler
+
+_epoch = 0
+SERVICE = "flow-cache"
+SENDABLE_STATES = ("REACHABLE", "DELAY", "PROBE", "PERMANENT")
+NAMESPACE_COUNTERS = ("sent", "delivered", "forwarded")
+DEVICE_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
+BRIDGE_COUNTERS = ("flooded", "forwarded", "delivered_local")
+
+
+def config_changed() -> None:
+    """Bump the configuration epoch: every cached flow must be re-recorded.
+
+    Called by every change of routes, addresses, devices (added, removed, up
+    or down), neighbours, bridge and VXLAN FDB entries (new, moved, removed)
+    and socket bindings, in any simulation (one process-wide counter:
+    conservative and simple).
+    """
+    global _epoch
+    _epoch += 1
+
+
+def flow_cache(sim: "Scheduler") -> "FlowCache":
+    """The flow cache of one simulation (created on first use)."""
+    cache = sim.services.get(SERVICE)
+    if cache is None:
+        cache = sim.services[SERVICE] = FlowCache(sim)
+    return cache
+
+
+def register_namespace(ns: "Namespace") -> None:
+    """Namespaces register so recordings can snapshot all their counters."""
+    flow_cache(ns.sim).namespaces.append(ns)
+
+
+class Unsupported(Exception):
+    """A recorded walk that cannot be replayed; the message is the reason."""
+
+
+@dataclass
+class FastPathStats:
+    """What the fast path did: proof that replays happen, and why they did not."""
+
+    flows_recorded: int = 0
+    datagrams_replayed: int = 0
+    datagrams_slow: int = 0
+    not_recorded: Counter = field(default_factory=Counter)
+    fallbacks: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict:
+        return {"flows_recorded": self.flows_recorded, "datagrams_replayed": self.datagrams_replayed,
+                "datagrams_slow": self.datagrams_slow, "not_recorded": dict(self.not_recorded),
+                "fallbacks": dict(self.fallbacks)}
+
+
+# == frame templates ============================================================
+@dataclass(frozen=True)
+class IdentSource:
+    """Which stack produced an identifier: the i-th of m it consumed per datagram at a level."""
+
+    stack: "Ipv4Stack"
+    level: int
+    index: int
+    per_datagram: int
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One IPv4 header plus the UDP header after it, inside a template."""
+
+    ip_offset: int
+    ip_header_len: int
+    ident: IdentSource
+    udp_offset: int
+    udp_length: int
+    udp_checksum: bool
+    pseudo: int
+
+
+class FrameTemplate:
+    """A recorded frame (or IP packet) as layers: Ethernet / IPv4 / UDP /
+    [VXLAN / Ethernet / IPv4 / UDP | IPv4 / UDP] / payload. Constant bytes are
+    kept; per datagram the payload, each IPv4 identifier and every checksum
+    are recomputed, innermost layer first."""
+
+    def __init__(self, frame: bytes, ethernet: bool, payload: bytes,
+                 idents: dict[int, list[IdentSource]]) -> None:
+        self.frame = frame
+        self.layers: list[_Layer] = []
+        offset = 0
+        while True:
+            if ethernet:
+                if frame[offset + 12:offset + 14] != b"\x08\x00":
+                    raise Unsupported("frame-not-ipv4")
+                offset += 14
+            layer, inner, inner_len = self._parse_layer(frame, offset, idents)
+            self.layers.append(layer)
+            if inner_len == len(payload):
+                if frame[inner:inner + inner_len] != payload:
+                    raise Unsupported("payload-rewritten")
+                self.payload_offset = inner
+                return
+            if inner_len >= 8 + 14 + 28 and frame[inner] == 0x08:
+                offset, ethernet = inner + 8, True  # VXLAN, then an Ethernet frame
+            elif inner_len >= 28 and frame[inner] >> 4 == 4:
+                offset, ethernet = inner, False  # IPv4 in UDP (flannel's udp backend)
+            else:
+                raise Unsupported("frame-unknown-encapsulation")
+
+    @staticmethod
+    def _parse_layer(frame: bytes, offset: int, idents: dict[int, list[IdentSource]]):
+        try:
+            ip = Ipv4Packet(memoryview(frame)[offset:])
+            if ip.protocol != PROTO_UDP or ip.is_fragment():
+                raise Unsupported("frame-not-udp")
+            udp_offset = offset + ip.header_len
+            udp = UdpDatagram(memoryview(frame)[udp_offset:offset + ip.total_length])
+        except WireError as error:
+            raise Unsupported(f"frame-{error.reason}") from None
+        sources = idents.get(ip.ident, [])
+        if len(sources) != 1:
+            raise Unsupported("ident-ambiguous" if sources else "ident-unknown")
+        pseudo = pseudo_header_sum(ip.src, ip.dst, PROTO_UDP, udp.length)
+        layer = _Layer(offset, ip.header_len, sources[0], udp_offset, udp.length,
+                       udp.checksum != 0, pseudo)
+        return layer, udp_offset + 8, udp.length - 8
+
+    def build(self, replay: "Replay") -> list[bytes]:
+        """The frame of every datagram of `replay`."""
+        import numpy as np
+
+        from emu.wire.vxlan_batch import ipv4_checksum_rows, rows_to_bytes, udp_checksum_rows
+        count = replay.count
+        rows = np.empty((count, len(self.frame)), np.uint8)
+        rows[:] = np.frombuffer(self.frame, np.uint8)
+        start = self.payload_offset
+        rows[:, start:start + replay.payloads.shape[1]] = replay.payloads
+        for layer in reversed(self.layers):
+            idents = replay.idents(layer.ident)
+            rows[:, layer.ip_offset + 4] = idents >> 8
+            rows[:, layer.ip_offset + 5] = idents & 0xFF
+            ipv4_checksum_rows(rows, layer.ip_offset, layer.ip_header_len)
+            if layer.udp_checksum:
+                udp_checksum_rows(rows, layer.udp_offset, layer.udp_length, layer.pseudo)
+        return rows_to_bytes(rows)
+
+
+class _Slot:
+    """Marks where a frame sits inside a recorded event's arguments."""
+
+    __slots__ = ("template",)
+
+    def __init__(self, template: int) -> None:
+        self.template = template
+
+
+# == what one level of a walk did ===============================================
+@dataclass
+class Level:
+    """The effects of one datagram's walk at one queue depth."""
+
+    entering: list[tuple[Callable, tuple]] = field(default_factory=list)
+    frames: list[tuple["NetDevice", int]] = field(default_factory=list)
+    ident_counts: dict["Ipv4Stack", int] = field(default_factory=dict)
+    counters: list[tuple[Any, str, int]] = field(default_factory=list)
+    fdb_learned: list[tuple["Fdb", bytes, "NetDevice"]] = field(default_factory=list)
+    fdb_looked_up: list[tuple["Fdb", bytes]] = field(default_factory=list)
+    neighbours: list[tuple["NeighbourTable", "Neighbour", bool]] = field(default_factory=list)
+    delivery: tuple | None = None  # (socket, source, packet template, device)
+
+
+@dataclass
+class FlowEntry:
+    """A replayable walk."""
+
+    epoch: int
+    levels: list[Level]
+    templates: list[FrameTemplate]
+
+    def invalid_reason(self, now_ns: int) -> str | None:
+        if _epoch != self.epoch:
+            return "config-changed"
+        for level in self.levels:
+            for fdb, mac in level.fdb_looked_up:
+                if not fdb.is_live(mac, now_ns):
+                    return "fdb-entry-aged"
+            for table, n, _ in level.neighbours:
+                if table.entries.get(n.ip) is not n or n.state.value not in SENDABLE_STATES:
+                    return "neighbour-not-sendable"
+        return None
+
+
+# == recording ====================================================================
+class Recorder:
+    """Watches one datagram's walk (as the scheduler context) and builds a FlowEntry."""
+
+    def __init__(self, cache: "FlowCache", key: tuple, payload: bytes) -> None:
+        self.cache = cache
+        self.key = key
+        self.payload = payload
+        self.epoch = _epoch
+        self.failure: str | None = None
+        self.levels: list[Level] = []
+        self.level = 0
+        self.pending = 0
+        self._level_of: dict[int, int] = {}
+        self._before: dict = {}
+        self._frames: list[tuple[int, "NetDevice", bytes]] = []
+        self._entering: list[tuple[int, Callable, tuple]] = []
+        self._idents: list[tuple[int, "Ipv4Stack", int]] = []
+        self._deliveries: list[tuple] = []
+        self._activity_mark = 0
+
+    def unsupported(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+
+    # -- scheduler context protocol ---------------------------------------------
+    def on_scheduled(self, event: "Event") -> None:
+        if event.time_ns != self.cache.sim.now_ns:
+            self.unsupported("timer")
+            return
+        self._level_of[id(event)] = self.level + 1
+        self.pending += 1
+
+    def on_enter(self, event: "Event | None") -> None:
+        self.level = 0 if event is None else self._level_of.pop(id(event))
+        while len(self.levels) <= self.level:
+            self.levels.append(Level())
+        if event is not None:
+            self._entering.append((self.level, event.callback, event.args))
+        if _epoch != self.epoch:
+            self.unsupported("config-changed-during-walk")
+        self._before = self._snapshot()
+
+    def on_exit(self, event: "Event | None") -> None:
+        after = self._snapshot()
+        counters = self.levels[self.level].counters
+        for key, (target, name, value) in after.items():
+            old = self._before.get(key)
+            delta = value - (old[2] if old is not None else 0)
+            if delta:
+                counters.append((target, name, delta))
+        if _epoch != self.epoch:
+            self.unsupported("config-changed-during-walk")
+        if event is not None:
+            self.pending -= 1
+        if self.pending == 0:
+            self.cache.finish_recording(self)
+
+    # -- hooks in the devices and the stack --------------------------------------
+    def on_frame(self, dev: "NetDevice", frame: bytes) -> None:
+        self._frames.append((self.level, dev, bytes(frame)))
+
+    def on_ident(self, stack: "Ipv4Stack", ident: int) -> None:
+        self._idents.append((self.level, stack, ident))
+
+    def on_fdb_learn(self, fdb: "Fdb", mac: bytes, port: "NetDevice") -> None:
+        self.levels[self.level].fdb_learned.append((fdb, bytes(mac), port))
+
+    def on_fdb_lookup(self, fdb: "Fdb", mac: bytes, found: bool) -> None:
+        if found:
+            self.levels[self.level].fdb_looked_up.append((fdb, bytes(mac)))
+
+    def on_neighbour(self, table: "NeighbourTable", n: "Neighbour | None", confirm: bool) -> None:
+        if n is None or n.state.value not in SENDABLE_STATES:
+            self.unsupported("neighbour-resolution")
+            return
+        self.levels[self.level].neighbours.append((table, n, confirm))
+
+    def on_deliver_begin(self, sock: "UdpSocket", data: bytes, source: tuple, packet: bytes,
+                         dev: "NetDevice") -> None:
+        self._activity_mark = self._activity()
+        self._deliveries.append((self.level, sock, source, bytes(packet), dev, data))
+
+    def on_deliver_end(self, sock: "UdpSocket") -> None:
+        if self._activity() != self._activity_mark:
+            # The receiver forwarded it (a userspace proxy): a hop, not the end.
+            self._deliveries.pop()
+        elif self._deliveries[-1][-1] != self.payload:
+            self.unsupported("payload-rewritten")
+
+    def _activity(self) -> int:
+        return len(self._frames) + len(self._idents) + self.pending
+
+    def _snapshot(self) -> dict:
+        values: dict = {}
+        for ns in self.cache.namespaces:
+            for name in NAMESPACE_COUNTERS:
+                values[(id(ns), name)] = (ns, name, getattr(ns, name))
+            for reason, count in ns.drops.items():
+                values[(id(ns.drops), reason)] = (ns.drops, reason, count)
+            for dev in ns.devices.values():
+                stats = dev.stats
+                for name in DEVICE_COUNTERS:
+                    values[(id(stats), name)] = (stats, name, getattr(stats, name))
+                for reason, count in stats.drops.items():
+                    values[(id(stats.drops), reason)] = (stats.drops, reason, count)
+                if hasattr(dev, "flooded"):
+                    for name in BRIDGE_COUNTERS:
+                        values[(id(dev), name)] = (dev, name, getattr(dev, name))
+        return values
+
+    # -- building the entry ---------------------------------------------------------
+    def build(self) -> FlowEntry:
+        """The replayable entry, or Unsupported with the reason."""
+        if self.failure is not None:
+            raise Unsupported(self.failure)
+        if len(self._deliveries) > 1:
+            raise Unsupported("several-deliveries")
+        idents = self._ident_sources()
+        templates: list[FrameTemplate] = []
+        by_frame: dict[tuple[bytes, bool], int] = {}
+
+        def template_of(frame: bytes, ethernet: bool) -> int:
+            key = (frame, ethernet)
+            if key not in by_frame:
+                by_frame[key] = len(templates)
+                templates.append(FrameTemplate(frame, ethernet, self.payload, idents))
+            return by_frame[key]
+
+        def slots(value: Any) -> Any:
+            """Event arguments with every frame replaced by its template's slot
+            (a frame in flight was shown to a tap on one side of its hop)."""
+            if isinstance(value, bytes):
+                for ethernet in (True, False):
+                    if (value, ethernet) in by_frame:
+                        return _Slot(by_frame[(value, ethernet)])
+                raise Unsupported("frame-in-flight-never-captured")
+            if isinstance(value, (list, tuple)):
+                return type(value)(slots(item) for item in value)
+            return value
+
+        for level, dev, frame in self._frames:
+            self.levels[level].frames.append((dev, template_of(frame, dev.has_l2)))
+        for level, callback, args in self._entering:
+            self.levels[level].entering.append((callback, slots(args)))
+        for level, sock, source, packet, dev, _ in self._deliveries:
+            self.levels[level].delivery = (sock, source, template_of(packet, False), dev)
+        for level, stack, _ in self._idents:
+            counts = self.levels[level].ident_counts
+            counts[stack] = counts.get(stack, 0) + 1
+        return FlowEntry(self.epoch, self.levels, templates)
+
+    def _ident_sources(self) -> dict[int, list[IdentSource]]:
+        per_level: Counter = Counter((level, stack) for level, stack, _ in self._idents)
+        seen: Counter = Counter()
+        sources: dict[int, list[IdentSource]] = {}
+        for level, stack, ident in self._idents:
+            index = seen[(level, stack)]
+            seen[(level, stack)] += 1
+            source = IdentSource(stack, level, index, per_level[(level, stack)])
+            sources.setdefault(ident, []).append(source)
+        return sources
+
+
+# == replay =======================================================================
+class Replay:
+    """M datagrams of one flow walking a FlowEntry, level by level."""
+
+    def __init__(self, entry: FlowEntry, payloads: list[bytes]) -> None:
+        self.entry = entry
+        self.raw_payloads = payloads
+        self.count = len(payloads)
+        self._payloads: "np.ndarray | None" = None
+        self._frames: dict[int, list[bytes]] = {}
+        self.bases: dict[tuple["Ipv4Stack", int], int] = {}
+
+    @property
+    def payloads(self) -> "np.ndarray":
+        if self._payloads is None:
+            import numpy as np
+            self._payloads = np.frombuffer(b"".join(self.raw_payloads), np.uint8).reshape(
+                self.count, len(self.raw_payloads[0]))
+        return self._payloads
+
+    def idents(self, source: IdentSource) -> "np.ndarray":
+        import numpy as np
+        base = self.bases[(source.stack, source.level)]
+        steps = np.arange(self.count, dtype=np.int64) * source.per_datagram
+        return (base + source.index + steps) & 0xFFFF
+
+    def frames(self, template: int) -> list[bytes]:
+        built = self._frames.get(template)
+        if built is None:
+            built = self._frames[template] = self.entry.templates[template].build(self)
+        return built
+
+    def fill(self, value: Any, j: int) -> Any:
+        """Recorded event arguments with datagram j's frames in place of the slots."""
+        if isinstance(value, _Slot):
+            return self.frames(value.template)[j]
+        if isinstance(value, (list, tuple)):
+            return type(value)(self.fill(item, j) for item in value)
+        return value
+
+
+class FlowCache:
+    """Recorded flows of one simulation, and the batch send that uses them."""
+
+    def __init__(self, sim: "Scheduler") -> None:
+        self.sim = sim
+        self.namespaces: list["Namespace"] = []
+        self.flows: dict[tuple, FlowEntry] = {}
+        self.stats = FastPathStats()
+
+    def send_batch(self, sock: "UdpSocket", payloads: list[bytes], address: tuple[bytes, int]) -> None:
+        """Like `sock.sendto(p, address)` for each payload, in order (a burst)."""
+        start = 0
+        for end in range(1, len(payloads) + 1):
+            if end == len(payloads) or len(payloads[end]) != len(payloads[start]):
+                self._send_run(sock, [bytes(p) for p in payloads[start:end]], address)
+                start = end
+
+    def _send_run(self, sock: "UdpSocket", payloads: list[bytes], address: tuple[bytes, int]) -> None:
+        key = (sock, address, len(payloads[0]))
+        entry = self.flows.get(key)
+        if entry is not None:
+            reason = entry.invalid_reason(self.sim.now_ns)
+            if reason is None:
+                self.stats.datagrams_replayed += len(payloads)
+                self._replay_level(Replay(entry, payloads), 0)
+                return
+            del self.flows[key]
+            self.stats.fallbacks[reason] += 1
+        if self.sim.context is not None:
+            self.stats.fallbacks["nested-recording"] += 1
+        else:
+            self._record(key, sock, payloads[0], address)
+            payloads = payloads[1:]
+        self.stats.datagrams_slow += len(payloads)
+        for payload in payloads:
+            sock.sendto(payload, address)
+
+    def _record(self, key: tuple, sock: "UdpSocket", payload: bytes, address: tuple[bytes, int]) -> None:
+        self.stats.datagrams_slow += 1
+        recorder = Recorder(self, key, payload)
+        self.sim.context = recorder
+        try:
+            recorder.on_enter(None)
+            try:
+                sock.sendto(payload, address)
+            except BaseException:
+                recorder.unsupported("send-error")
+                raise
+            finally:
+                recorder.on_exit(None)
+        finally:
+            self.sim.context = None
+
+    def finish_recording(self, recorder: Recorder) -> None:
+        """Called when the recorded walk has no more events in flight."""
+        try:
+            entry = recorder.build()
+        except Unsupported as reason:
+            self.stats.not_recorded[str(reason)] += 1
+            return
+        self.flows[recorder.key] = entry
+        self.stats.flows_recorded += 1
+
+    # -- replay ----------------------------------------------------------------------
+    def _replay_level(self, replay: Replay, index: int) -> None:
+        entry = replay.entry
+        level = entry.levels[index]
+        if index and _epoch != entry.epoch:
+            self.stats.fallbacks["config-changed-in-flight"] += 1
+            self._resume_slow(replay, level)
+            return
+        now = self.sim.now_ns
+        count = replay.count
+        for stack, per_datagram in level.ident_counts.items():
+            replay.bases[(stack, index)] = stack.reserve_idents(count * per_datagram)
+        for fdb, mac, port in level.fdb_learned:
+            fdb.learn(mac, port, now)
+        for table, n, confirm in level.neighbours:
+            n.used_ns = now
+            if confirm and n.state.value != "PERMANENT":
+                n.confirmed_ns = now
+        for target, name, delta in level.counters:
+            if isinstance(target, Counter):
+                target[name] += delta * count
+            else:
+                setattr(target, name, getattr(target, name) + delta * count)
+        if any(dev.taps for dev, _ in level.frames):
+            self._emit_taps(replay, level, now)
+        if level.delivery is not None:
+            self._deliver(replay, level.delivery)
+        if index + 1 < len(entry.levels):
+            self.sim.call_soon(self._replay_level, replay, index + 1)
+
+    @staticmethod
+    def _emit_taps(replay: Replay, level: Level, now: int) -> None:
+        shown = [(dev.taps, replay.frames(template)) for dev, template in level.frames if dev.taps]
+        for j in range(replay.count):
+            for taps, frames in shown:
+                for tap in taps:
+                    tap(now, frames[j])
+
+    @staticmethod
+    def _deliver(replay: Replay, delivery: tuple) -> None:
+        sock, source, template, dev = delivery
+        if sock.on_receive is None:
+            sock.queue.extend((payload, source) for payload in replay.raw_payloads)
+            return
+        packets = replay.frames(template)
+        for payload, packet in zip(replay.raw_payloads, packets):
+            sock.on_receive(payload, source, packet, dev)
+
+    def _resume_slow(self, replay: Replay, level: Level) -> None:
+        """The configuration changed mid-flight: hand the datagrams back to the
+        slow path at the level they reached, as their events would have run."""
+        for j in range(replay.count):
+            for callback, args in level.entering:
+                callback(*replay.fill(args, j))
