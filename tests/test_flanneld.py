@@ -8,7 +8,7 @@ or from the scenario text itself, never read back from the emulator.
 from __future__ import annotations
 
 import json
-from ipaddress import IPv4Network
+from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 from click.testing import CliRunner
@@ -109,6 +109,26 @@ def test_lease_json_is_flannels_for_host_gw():
     stored = emulated.store.get(subnet_key(IPv4Network("10.244.2.0/24")), 0)
     # host-gw has no BackendData: the omitempty key is absent.
     assert stored.value == '{"PublicIP":"172.18.0.12","PublicIPv6":null,"BackendType":"host-gw"}'
+
+
+def test_lease_json_is_flannels_for_udp():
+    # flannel's udp backend registers LeaseAttrs{PublicIP} only: BackendType
+    # is empty and omitted, like BackendData.
+    text = "name: j\nnet-conf: {Network: 10.244.0.0/16, Backend: {Type: udp}}\n"
+    emulated = build_cluster(load_scenario_text(text + HOST_GW_NODES))
+    stored = emulated.store.get(subnet_key(IPv4Network("10.244.2.0/24")), 0)
+    assert stored.value == '{"PublicIP":"172.18.0.12","PublicIPv6":null}'
+
+
+def test_vxlan_ignores_a_lease_of_another_backend_type():
+    text = "name: j\nnet-conf: {Network: 10.244.0.0/16, Backend: {Type: vxlan}}\n"
+    emulated = build_cluster(load_scenario_text(text + HOST_GW_NODES))
+    emulated.manager.acquire_lease(IPv4Address("172.18.0.99"), "host-gw", None, 0,
+                                   requested=IPv4Network("10.244.9.0/24"))
+    n1 = emulated.cluster.nodes["n1"].ns
+    assert not any("10.244.9.0" in line for line in n1.show_routes())
+    assert any("ignoring non-vxlan subnet 10.244.9.0/24: type=host-gw" in line
+               for line in emulated.flanneld["n1"].log)
 
 
 def test_lease_is_renewed_one_hour_before_its_24_hour_expiry():

@@ -391,7 +391,7 @@ def test_bad_acquire_arguments_name_the_field():
     with pytest.raises(ValueError, match="public_ip"):
         sm.acquire_lease("not-an-ip", "vxlan", None, 0)
     with pytest.raises(ValueError, match="backend_type"):
-        sm.acquire_lease(node_ip(1), "", None, 0)
+        sm.acquire_lease(node_ip(1), 5, None, 0)
     with pytest.raises(ValueError, match="BackendData cannot be encoded"):
         sm.acquire_lease(node_ip(1), "vxlan", {"VNI": object()}, 0)
 

@@ -19,8 +19,12 @@ from emu.net import Namespace
 from emu.sim import Event
 
 
+TYPED_BACKENDS = ("vxlan", "host-gw")
+
+
 class Backend(Protocol):
     type: str
+    lease_type: str
     mtu: int
     device: object
 
@@ -56,7 +60,7 @@ class Flanneld:
     def start(self) -> Lease:
         """Acquire the lease and program everything; raises LeaseError."""
         self.lease = self.manager.acquire_lease(
-            IPv4Address(self.public_ip), self.backend.type, self.backend.backend_data(), self.now,
+            IPv4Address(self.public_ip), self.backend.lease_type, self.backend.backend_data(), self.now,
             requested=self.requested_subnet)
         self.backend.setup(self.lease)
         self.subnet_env = render_subnet_env(self.manager.network, self.lease.subnet,
@@ -104,6 +108,11 @@ class Flanneld:
 
     def _add(self, lease: Lease) -> None:
         if self.lease is not None and lease.subnet == self.lease.subnet:
+            return
+        if self.backend.type in TYPED_BACKENDS and lease.backend_type != self.backend.lease_type:
+            # flannel's vxlan and host-gw backends skip leases of another type.
+            self._log(f"ignoring non-{self.backend.type} subnet {lease.subnet}: "
+                      f"type={lease.backend_type or '(none)'}")
             return
         problem = self.backend.add_remote(lease)
         if problem:

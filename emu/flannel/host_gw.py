@@ -14,6 +14,7 @@ from emu.net.device import NetDevice
 
 class HostGwBackend:
     type = "host-gw"
+    lease_type = "host-gw"
 
     def __init__(self, ns: Namespace, external: NetDevice, underlay_mtu: int) -> None:
         self.ns = ns

@@ -198,8 +198,8 @@ class SubnetManager:
         from SubnetMin up.
         """
         public_ip = _as_address(public_ip, "public_ip")
-        if not isinstance(backend_type, str) or not backend_type:
-            raise ValueError(f"backend_type must be a non-empty string, got {backend_type!r}")
+        if not isinstance(backend_type, str):
+            raise ValueError(f"backend_type must be a string, got {backend_type!r}")
         if backend_data is not None and not isinstance(backend_data, dict):
             raise ValueError(f"backend_data must be a dict or None, got {type(backend_data).__name__}")
         if requested is not None:

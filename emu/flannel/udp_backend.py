@@ -26,9 +26,11 @@ from ipaddress import IPv4Network
 from emu.flannel.leases import Lease
 from emu.net import Namespace, Tun, UdpSocket
 from emu.net.device import NetDevice
+from emu.net.fastpath import config_changed
 from emu.net.route import SCOPE_UNIVERSE
 from emu.net.stack import SendError
 from emu.wire.icmp import DEST_UNREACHABLE, NET_UNREACHABLE, IcmpRepr
+from emu.wire.addr import ip_from_str
 from emu.wire.ipv4 import PROTO_ICMP, Ipv4Repr, decrement_ttl
 
 DEVICE_NAME = "flannel0"
@@ -40,6 +42,8 @@ DROP_SHORT = "flanneld-short-packet"
 
 class UdpBackend:
     type = "udp"
+    # flannel's udp backend registers its lease with no BackendType at all.
+    lease_type = ""
 
     def __init__(self, ns: Namespace, network: IPv4Network, underlay_mtu: int, port: int,
                  public_ip: str) -> None:
@@ -65,14 +69,17 @@ class UdpBackend:
         self.ns.add_route(str(self.network), tun, scope=SCOPE_UNIVERSE)
         self.device = tun
         self.socket = UdpSocket(self.ns, on_receive=self._udp_to_tun)
-        self.socket.bind(None, self.port)
+        # flanneld listens on the node's public address only (net.ListenUDP on IfaceAddr).
+        self.socket.bind(ip_from_str(self.public_ip), self.port)
 
     def add_remote(self, lease: Lease) -> str | None:
         self.routes[lease.subnet] = lease.public_ip.packed
+        config_changed()
         return None
 
     def remove_remote(self, lease: Lease) -> None:
         self.routes.pop(lease.subnet, None)
+        config_changed()
 
     def teardown(self) -> None:
         if self.socket is not None:

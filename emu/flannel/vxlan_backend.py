@@ -21,6 +21,7 @@ DEVICE_NAME = "flannel.1"
 
 class VxlanBackend:
     type = "vxlan"
+    lease_type = "vxlan"
 
     def __init__(self, ns: Namespace, public_ip: str, underlay_mtu: int, vni: int, port: int,
                  vtep_mac: bytes) -> None:
