@@ -21,6 +21,25 @@ class Chain(Protocol):
         """The frame p2a receives for `frame` sent by p1a, or None if dropped."""
 
 
+class HopByHopChain:
+    """The shared walk of both naive chains: each hop returns the frame it
+    passes on, or None where it refuses it."""
+
+    HOPS = ("_bridge1", "_route1", "_encapsulate", "_switch", "_decapsulate", "_route2",
+            "_bridge2", "_deliver")
+
+    def forward(self, frame: bytes) -> bytes | None:
+        """Walk `frame` from p1a's eth0 to p2a; None where a hop refuses it."""
+        hops = self.__dict__.get("_hops")
+        if hops is None:
+            hops = self._hops = [getattr(self, name) for name in self.HOPS]
+        for hop in hops:
+            frame = hop(frame)
+            if frame is None:
+                return None
+        return frame
+
+
 class ChainCase(SteppedCase):
     """Frames/s of a naive chain, one frame per step (they have no batch API)."""
 

@@ -18,27 +18,19 @@ from dpkt.ip import IP, IP_PROTO_UDP
 from dpkt.udp import UDP
 
 from benchmarks import topology
+from benchmarks.baseline import HopByHopChain
 from emu.net.vxlan import flow_source_port
 
 _VXLAN = struct.Struct("!II")
 VXLAN_FLAG_I = 0x08
 
 
-class DpktChain:
+class DpktChain(HopByHopChain):
     """The chain's hops over dpkt packets; `forward` returns the delivered bytes."""
 
     def __init__(self, chain: topology.VxlanChain) -> None:
         self.chain = chain
         self.vxlan_header = _VXLAN.pack(VXLAN_FLAG_I << 24, chain.vni << 8)
-
-    def forward(self, frame: bytes) -> bytes | None:
-        """Walk `frame` from p1a's eth0 to p2a; None where a hop refuses it."""
-        for hop in (self._bridge1, self._route1, self._encapsulate, self._switch,
-                    self._decapsulate, self._route2, self._bridge2, self._deliver):
-            frame = hop(frame)
-            if frame is None:
-                return None
-        return frame
 
     def _bridge1(self, frame: bytes) -> bytes | None:
         """n1's cni0: the frame is for the gateway MAC, so it goes up to routing."""

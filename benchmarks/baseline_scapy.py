@@ -18,12 +18,13 @@ from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
 from benchmarks import topology
+from benchmarks.baseline import HopByHopChain
 from emu.net.vxlan import flow_source_port
 from emu.wire.addr import ip_to_str, mac_to_str
 
 
 
-class ScapyChain:
+class ScapyChain(HopByHopChain):
     """The chain's hops over scapy packets; `forward` returns the delivered bytes."""
 
     def __init__(self, chain: topology.VxlanChain) -> None:
@@ -34,15 +35,6 @@ class ScapyChain:
         self.gateway2 = mac_to_str(chain.gateway2_mac)
         self.pod2_mac, self.pod2_ip = mac_to_str(chain.remote_pod_mac), ip_to_str(chain.remote_pod_ip)
         self.vni, self.port = chain.vni, chain.port
-
-    def forward(self, frame: bytes) -> bytes | None:
-        """Walk `frame` from p1a's eth0 to p2a; None where a hop refuses it."""
-        for hop in (self._bridge1, self._route1, self._encapsulate, self._switch,
-                    self._decapsulate, self._route2, self._bridge2, self._deliver):
-            frame = hop(frame)
-            if frame is None:
-                return None
-        return frame
 
     def _bridge1(self, frame: bytes) -> bytes | None:
         """n1's cni0: the frame is for the gateway MAC, so it goes up to routing."""

@@ -101,8 +101,8 @@ class Fdb:
         return {mac: self._entry(slot) for mac, slot in self._slot.items()}
 
     # -- the data path ------------------------------------------------------
-    def lookup(self, mac: bytes, now_ns: int) -> FdbEntry | None:
-        """The live entry for `mac` (an aged one is removed), or None."""
+    def _live_slot(self, mac: bytes, now_ns: int) -> int | None:
+        """The slot of `mac` if its entry is live; an aged entry is removed."""
         slot = self._slot.get(mac)
         if slot is None:
             return None
@@ -110,18 +110,17 @@ class Fdb:
             self._delete(mac)
             self._changed()
             return None
-        return self._entry(slot)
+        return slot
+
+    def lookup(self, mac: bytes, now_ns: int) -> FdbEntry | None:
+        """The live entry for `mac` (an aged one is removed), or None."""
+        slot = self._live_slot(mac, now_ns)
+        return None if slot is None else self._entry(slot)
 
     def lookup_port(self, mac: bytes, now_ns: int) -> tuple["NetDevice | None", bool] | None:
         """`lookup` without building an entry: (port, local) or None."""
-        slot = self._slot.get(mac)
-        if slot is None:
-            return None
-        if self._expired(slot, now_ns):
-            self._delete(mac)
-            self._changed()
-            return None
-        return self._ports[slot], bool(self._flags[slot] & LOCAL)
+        slot = self._live_slot(mac, now_ns)
+        return None if slot is None else (self._ports[slot], bool(self._flags[slot] & LOCAL))
 
     def is_live(self, mac: bytes, now_ns: int) -> bool:
         """True when `mac` has an entry that a lookup at `now_ns` would return."""
