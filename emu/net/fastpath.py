@@ -32,8 +32,8 @@ the slow path from the level they reached.
 
 Not replayed (the slow path runs instead, counted in `FastPathStats`): the
 reasons above, frames other than IPv4/UDP (with VXLAN or IPv4-in-UDP
-encapsulation), ambiguous identifiers. Userspace state that is not network
-configuration (flanneld's udp-backend lease map) is not part of the epoch.
+encapsulation), ambiguous identifiers. Userspace forwarding state that acts
+like configuration (flanneld's udp-backend lease map) bumps the epoch too.
 """
 
 from __future__ import annotations
