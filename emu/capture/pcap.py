@@ -86,9 +86,10 @@ class PcapWriter(ClosingContext):
         self.nanosecond = bool(nanosecond)
         self.snaplen = snaplen
         magic = MAGIC_NANOSECONDS if self.nanosecond else MAGIC_MICROSECONDS
-        self._file: BinaryIO | None = open(self.path, "wb")
+        # Unbuffered: each record is one write() system call, so the file on
+        # disk always ends on a whole record without a separate flush.
+        self._file: BinaryIO | None = open(self.path, "wb", buffering=0)
         self._file.write(GLOBAL_HEADER.pack(magic, VERSION_MAJOR, VERSION_MINOR, 0, 0, snaplen, self.linktype))
-        self._file.flush()
 
     def write(self, ts_ns: int, frame: Frame) -> None:
         """Append one frame captured at virtual time ``ts_ns`` (nanoseconds)."""
@@ -98,9 +99,7 @@ class PcapWriter(ClosingContext):
         seconds, ns = divmod(ts_ns, NS_PER_SECOND)
         fraction = ns if self.nanosecond else ns // NS_PER_MICROSECOND
         caplen = min(len(data), self.snaplen)
-        self._file.write(RECORD_HEADER.pack(seconds, fraction, caplen, len(data)))
-        self._file.write(data[:caplen])
-        self._file.flush()
+        self._file.write(RECORD_HEADER.pack(seconds, fraction, caplen, len(data)) + data[:caplen])
 
     def close(self) -> None:
         """Close the file; closing twice is harmless."""

@@ -86,7 +86,8 @@ class PcapngWriter(ClosingContext):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._interfaces: list[_Interface] = []
-        self._file: BinaryIO | None = open(self.path, "wb")
+        # Unbuffered: each block is one write() system call (see pcap.py).
+        self._file: BinaryIO | None = open(self.path, "wb", buffering=0)
         body = SECTION_HEADER_BODY.pack(BYTE_ORDER_MAGIC, VERSION_MAJOR, VERSION_MINOR, SECTION_LENGTH_UNKNOWN)
         body += _options(_option(SHB_USERAPPL, USER_APPLICATION.encode()))
         self._write_block(BLOCK_SECTION_HEADER, body)
@@ -129,7 +130,6 @@ class PcapngWriter(ClosingContext):
         if self._file is None:
             raise ValueError(f"{self.path}: writer is closed")
         self._file.write(_block(block_type, body))
-        self._file.flush()
 
     def close(self) -> None:
         """Close the file; closing twice is harmless."""

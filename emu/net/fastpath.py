@@ -79,6 +79,11 @@ def config_changed() -> None:
     _epoch += 1
 
 
+def epoch() -> int:
+    """The current configuration epoch (caches keyed on it are still valid)."""
+    return _epoch
+
+
 def flow_cache(sim: "Scheduler") -> "FlowCache":
     """The flow cache of one simulation (created on first use)."""
     cache = sim.services.get(SERVICE)

@@ -51,21 +51,28 @@ def _options_for_later_fragments(options: bytes) -> bytes:
 
 
 def fragment(packet: bytes, mtu: int) -> list[bytes]:
-    """Split an IPv4 packet (DF clear) into fragments that fit `mtu`."""
+    """Split an IPv4 packet (DF clear) into fragments that fit `mtu`.
+
+    As Linux's ip_do_fragment: every fragment but the last carries a multiple
+    of 8 bytes; the rest goes into one last fragment as soon as it fits the
+    MTU whole, even when that is not a multiple of 8 (MTU 613: 592 + 593
+    bytes of data, not 592 + 592 + 1)."""
     header_len = (packet[0] & 0x0F) * 4
     total = (packet[2] << 8) | packet[3]
     payload = packet[header_len:total]
     flags_offset = (packet[6] << 8) | packet[7]
     base_offset = (flags_offset & OFFSET_MASK) * 8
     original_mf = flags_offset & FLAG_MF
-    chunk = (mtu - header_len) & ~7
+    room = mtu - header_len
+    chunk = room & ~7
     if chunk <= 0:
         raise ValueError(f"MTU {mtu} too small for a {header_len}-byte header")
     fragments = []
     later_options = _options_for_later_fragments(packet[20:header_len])
     position = 0
     while position < len(payload):
-        data = payload[position:position + chunk]
+        remaining = len(payload) - position
+        data = payload[position:position + (remaining if remaining <= room else chunk)]
         last = position + len(data) >= len(payload)
         header = bytearray(packet[:header_len])
         if position:

@@ -148,7 +148,8 @@ class Ping:
         self._sent_at[seq] = now
         try:
             self.ns.stack.send(self.dst, PROTO_ICMP, request, src=self.src, ttl=self.ttl,
-                               pmtudisc=self.pmtudisc, oif=self.oif, confirm=self._confirm)
+                               pmtudisc=self.pmtudisc, oif=self.oif, confirm=self._confirm,
+                               process=True)
         except SendError as error:
             self.result.errors += 1
             self._answered.add(seq)
@@ -158,7 +159,7 @@ class Ping:
                 self._line(f"ping: sendmsg: {error}")
         self._confirm = False
         if seq < self.count:
-            self.ns.sim.call_later(self.interval_ns, self._send, seq + 1)
+            self.ns.sim.call_process_at(now + self.interval_ns, self._send, seq + 1)
         else:
             self._finish_event = self.ns.sim.call_later(self.linger_ns, self._finish)
         self._check_done()

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from emu.net.fastpath import config_changed
+from emu.net.fastpath import config_changed, epoch
 from emu.wire.addr import int_to_ip, ip_to_int, ip_to_str
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
 
+ROUTE_CACHE_SIZE = 65536
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253
 SCOPE_HOST = 254
@@ -72,6 +73,8 @@ class RoutingTable:
     def __init__(self) -> None:
         self.routes: list[Route] = []
         self.generation = 0  # bumped on every change: flow caches key on it
+        self._cache: dict[tuple, Route | None] = {}
+        self._cache_epoch = -1
 
     def add(self, route: Route) -> None:
         mask = prefix_mask(route.prefixlen)
@@ -95,7 +98,27 @@ class RoutingTable:
         return removed
 
     def lookup(self, dst: bytes, oif: "NetDevice | None" = None) -> Route | None:
-        """Longest-prefix match (optionally only routes through `oif`)."""
+        """Longest-prefix match (optionally only routes through `oif`).
+
+        Results are cached per (destination, oif) until the configuration
+        epoch moves (any route, address or device change bumps it), so the
+        forwarding path does not rescan the table for every packet.
+        """
+        current = epoch()
+        if current != self._cache_epoch:
+            self._cache.clear()
+            self._cache_epoch = current
+        key = (dst, oif)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        route = self._longest_match(dst, oif)
+        if len(self._cache) < ROUTE_CACHE_SIZE:
+            self._cache[key] = route
+        return route
+
+    def _longest_match(self, dst: bytes, oif: "NetDevice | None") -> Route | None:
         value = ip_to_int(dst)
         best: Route | None = None
         for route in self.routes:

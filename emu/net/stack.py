@@ -162,13 +162,24 @@ class Ipv4Stack:
 
     # == output =================================================================
     def output_on(self, dev: "NetDevice", nexthop: bytes, packet: bytes, mtu: int,
-                  on_error: Callable[[bytes], None] | None = None, confirm: bool = False) -> None:
-        """ip_finish_output: fragment if needed, then hand to the neighbour layer."""
-        if len(packet) > mtu and self.ns.sim.context is not None:
+                  on_error: Callable[[bytes], None] | None = None, confirm: bool = False,
+                  process: bool = False) -> None:
+        """ip_finish_output: fragment if needed, then hand to the neighbour layer.
+
+        From process context (`process`), fragments after the first are sent
+        one by one as process work (see `send`)."""
+        if len(packet) <= mtu:
+            self.neigh_xmit(dev, nexthop, packet, on_error, confirm)
+            return
+        if self.ns.sim.context is not None:
             self.ns.sim.context.unsupported("fragmentation")
-        pieces = [packet] if len(packet) <= mtu else fragment(packet, mtu)
-        for piece in pieces:
-            self.neigh_xmit(dev, nexthop, piece, on_error, confirm)
+        first, *rest = fragment(packet, mtu)
+        self.neigh_xmit(dev, nexthop, first, on_error, confirm)
+        for piece in rest:
+            if process:
+                self.ns.sim.call_process(self.neigh_xmit, dev, nexthop, piece, on_error, confirm)
+            else:
+                self.neigh_xmit(dev, nexthop, piece, on_error, confirm)
 
     def neigh_xmit(self, dev: "NetDevice", nexthop: bytes, packet: bytes,
                    on_error: Callable[[bytes], None] | None = None, confirm: bool = False) -> None:
@@ -210,9 +221,15 @@ class Ipv4Stack:
 
     def send(self, dst: bytes, protocol: int, payload: bytes, src: bytes | None = None,
              ttl: int | None = None, tos: int = 0, pmtudisc: str = "want",
-             oif: "NetDevice | None" = None, confirm: bool = False) -> bytes:
+             oif: "NetDevice | None" = None, confirm: bool = False,
+             process: bool = False) -> bytes:
         """Send a locally generated datagram; returns the source address used.
 
+        `process` marks a send from an application's system call: its
+        fragments after the first then go out one by one in process context,
+        each after the previous one's same-instant processing has finished,
+        as Linux runs the softirq backlog between them. Sends made while
+        processing packets (ICMP, encapsulation) fragment in one go.
         Raises SendError for what the kernel refuses at send time.
         """
         if protocol != PROTO_UDP and self.ns.sim.context is not None:
@@ -238,7 +255,7 @@ class Ipv4Stack:
         self.ns.sent += 1
         nexthop = dst if local else (route.gateway or dst)
         self.output_on(route.dev, nexthop, packet, mtu, on_error=self._unreachable_report,
-                       confirm=confirm)
+                       confirm=confirm, process=process)
         return src
 
     # == ICMP errors ============================================================

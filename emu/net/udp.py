@@ -79,7 +79,7 @@ class UdpSocket:
         segment = UdpRepr(self.local[1], port, len(data)).build(
             data, src_ip or bytes(4), dst, with_checksum=self.checksum)
         self.ns.stack.send(dst, PROTO_UDP, segment, src=src_ip, ttl=ttl, tos=tos,
-                           pmtudisc=self.pmtudisc)
+                           pmtudisc=self.pmtudisc, process=True)
 
     def sendto_batch(self, payloads: list[bytes], address: tuple[bytes, int]) -> None:
         """Send `payloads` as one burst, like `sendto` for each in turn (sendmmsg).

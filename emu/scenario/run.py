@@ -122,7 +122,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
             pending["traffic"] -= 1
             following = index + 1
             if following < len(chain) and chain[following].at is None:
-                start(following)
+                sim.call_process(start, following)
 
         if ns is None:
             failed = PingResult(ping.command, str(ping.destination))
@@ -134,11 +134,19 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
 
     for index, spec in enumerate(chain):
         if spec.at is not None:
-            sim.call_at(seconds(spec.at), start, index)
+            sim.call_process_at(seconds(spec.at), start, index)
         elif index == 0:
-            sim.call_at(0, start, 0)
+            sim.call_process_at(0, start, 0)
 
-    sim.run(stop=lambda: pending["traffic"] == 0 and pending["events"] == 0)
+    def finished() -> bool:
+        # Stop once the last command has ended and its instant is fully
+        # processed (a sending process may still have fragments to send).
+        if pending["traffic"] or pending["events"]:
+            return False
+        following = sim.next_time()
+        return following is None or following > sim.now_ns
+
+    sim.run(stop=finished)
     result.traffic.sort(key=lambda t: chain.index(t.spec))
     result.end_ns = sim.now_ns
     for flanneld in emulated.flanneld.values():

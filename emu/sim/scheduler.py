@@ -11,6 +11,13 @@ events for one callback into one call `fn([item, ...])`. The coalesced items
 would have been consecutive FIFO events anyway, so a callee that handles the
 list exactly like consecutive single events sees the same world.
 
+Process context: `call_process_at` / `call_process` schedule work that an
+application does (ping sending, a process's next fragment). At any instant
+these run only once every ordinary event of that instant, including the ones
+they cause, has run: Linux processes the softirq backlog when a sending
+system call re-enables bottom halves, so a packet's whole same-instant chain
+completes before the process sends its next packet.
+
 Contexts: an object in `context` follows the events it causes. While it is
 set, every event scheduled for the current instant inherits it and the
 context hears `on_scheduled(event)`, `on_enter(event)` and `on_exit(event)`.
@@ -25,6 +32,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 NS_PER_SECOND = 1_000_000_000
+PRIORITY_SOFTIRQ = 0
+PRIORITY_PROCESS = 1
 
 
 def seconds(value: float) -> int:
@@ -37,6 +46,7 @@ class Event:
     """A scheduled callback; `cancel()` stops it from running."""
 
     time_ns: int
+    priority: int
     seq: int
     callback: Callable[..., Any] = field(compare=False)
     args: tuple = field(compare=False, default=())
@@ -63,9 +73,22 @@ class Scheduler:
 
     def call_at(self, time_ns: int, callback: Callable[..., Any], *args: Any) -> Event:
         """Run `callback(*args)` at absolute virtual time `time_ns`."""
+        return self._schedule(time_ns, PRIORITY_SOFTIRQ, callback, args)
+
+    def call_process_at(self, time_ns: int, callback: Callable[..., Any], *args: Any) -> Event:
+        """Run `callback(*args)` at `time_ns` in process context: after every
+        ordinary event of that instant (see the module docstring)."""
+        return self._schedule(time_ns, PRIORITY_PROCESS, callback, args)
+
+    def call_process(self, callback: Callable[..., Any], *args: Any) -> Event:
+        """`call_process_at` the current instant."""
+        return self._schedule(self.now_ns, PRIORITY_PROCESS, callback, args)
+
+    def _schedule(self, time_ns: int, priority: int, callback: Callable[..., Any],
+                  args: tuple) -> Event:
         if time_ns < self.now_ns:
             raise ValueError(f"cannot schedule in the past ({time_ns} < {self.now_ns})")
-        event = Event(time_ns, self._seq, callback, args)
+        event = Event(time_ns, priority, self._seq, callback, args)
         self._seq += 1
         self._open_batch = None
         context = self.context

@@ -1,0 +1,128 @@
+"""The kernel as the oracle: example scenarios and saved regressions run in real
+namespaces and in the emulator, every capture point compared; the exported
+script cleans up after itself on `down`, on error and on SIGINT.
+
+Needs root, iproute2, iputils ping and /dev/net/tun (CI has them); skipped
+with the missing piece named otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from emu.kernel import export_netns, kernel_unavailable
+from emu.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+REGRESSIONS = sorted((ROOT / "tests" / "regressions").glob("*.yaml"))
+UNAVAILABLE = kernel_unavailable()
+OUR_NAMESPACES = re.compile(r"^(emu[0-9a-f]{6}-|t7live-)")
+
+pytestmark = pytest.mark.skipif(UNAVAILABLE is not None, reason=f"kernel runs: {UNAVAILABLE}")
+
+
+def emu(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emu.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def our_namespaces() -> list[str]:
+    listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in listing.splitlines() if OUR_NAMESPACES.match(line)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_behind():
+    assert our_namespaces() == [], "namespaces of an earlier run are still there"
+    yield
+    assert our_namespaces() == []
+
+
+@pytest.mark.parametrize("scenario", EXAMPLES + REGRESSIONS, ids=lambda p: p.stem)
+def test_emu_verify_kernel_matches(scenario, tmp_path):
+    proc = emu("verify", "--kernel", str(scenario), "--keep", str(tmp_path))
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    points = re.fullmatch(r"fidelity: (\d+)/(\d+) points match", lines[-1])
+    assert points and points[1] == points[2] and int(points[2]) >= 1
+    assert len(lines) == int(points[2]) + 1
+    captured = sorted(path.stem for path in tmp_path.glob("*.pcap"))
+    assert captured and all(not name.startswith("emu") for name in captured)
+    assert all(path.stat().st_size > 24 for path in tmp_path.glob("*.pcap"))
+
+
+def _write_script(tmp_path: Path, example: str, prefix: str) -> Path:
+    script = export_netns(load_scenario(ROOT / "examples" / f"{example}.yaml"), prefix).script
+    path = tmp_path / "cluster.sh"
+    path.write_text(script)
+    return path
+
+
+def _run(path: Path, action: str, emu_command: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, EMU=emu_command)
+    return subprocess.run(["bash", str(path), action], capture_output=True, text=True, env=env)
+
+
+def _netns_of(prefix: str) -> list[str]:
+    return [name for name in our_namespaces() if name.startswith(prefix)]
+
+
+def _running(pid: str) -> bool:
+    """The process exists and has not exited (a zombie waiting to be reaped has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+def test_up_then_down_removes_everything(tmp_path):
+    path = _write_script(tmp_path, "udp-cross-node", "t7live-a-")
+    up = _run(path, "up", f"{sys.executable} -m emu.cli")
+    assert up.returncode == 0, up.stderr
+    assert sorted(_netns_of("t7live-a-")) == [f"t7live-a-{n}" for n in sorted(
+        ["ul", "n1", "n2", "p1a", "p1b", "p2a"])]
+    daemons = subprocess.run(["ip", "netns", "pids", "t7live-a-n1"], capture_output=True,
+                             text=True).stdout.split()
+    assert len(daemons) == 1
+    down = _run(path, "down", "unused")
+    assert down.returncode == 0, down.stderr
+    assert _netns_of("t7live-a-") == []
+    assert not _running(daemons[0])
+
+
+def test_a_failing_step_removes_the_cluster(tmp_path):
+    path = _write_script(tmp_path, "udp-same-node", "t7live-b-")
+    up = _run(path, "up", "false")  # flanneld-udp cannot start
+    assert up.returncode != 0
+    assert "removing the cluster" in up.stderr
+    assert _netns_of("t7live-b-") == []
+
+
+def test_sigint_removes_the_cluster(tmp_path):
+    path = _write_script(tmp_path, "udp-same-node", "t7live-c-")
+    env = dict(os.environ, EMU="sleep 60")  # never becomes ready: up waits
+    proc = subprocess.Popen(["bash", str(path), "up"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while not subprocess.run(["ip", "netns", "pids", "t7live-c-n1"], capture_output=True,
+                             text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the cluster never came up far enough"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 130
+    assert _netns_of("t7live-c-") == []
+
+
+def test_verify_kernel_refuses_bad_input():
+    proc = emu("verify", "--kernel", "no-such-file.yaml")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
