@@ -88,13 +88,15 @@ def _running(pid: str) -> bool:
 def test_up_then_down_removes_everything(tmp_path):
     path = _write_script(tmp_path, "udp-cross-node", "t7live-a-")
     up = _run(path, "up", f"{sys.executable} -m emu.cli")
-    assert up.returncode == 0, up.stderr
-    assert sorted(_netns_of("t7live-a-")) == [f"t7live-a-{n}" for n in sorted(
-        ["ul", "n1", "n2", "p1a", "p1b", "p2a"])]
-    daemons = subprocess.run(["ip", "netns", "pids", "t7live-a-n1"], capture_output=True,
-                             text=True).stdout.split()
-    assert len(daemons) == 1
-    down = _run(path, "down", "unused")
+    try:
+        assert up.returncode == 0, up.stderr
+        assert sorted(_netns_of("t7live-a-")) == [f"t7live-a-{n}" for n in sorted(
+            ["ul", "n1", "n2", "p1a", "p1b", "p2a"])]
+        daemons = subprocess.run(["ip", "netns", "pids", "t7live-a-n1"], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(daemons) == 1
+    finally:
+        down = _run(path, "down", "unused")
     assert down.returncode == 0, down.stderr
     assert _netns_of("t7live-a-") == []
     assert not _running(daemons[0])
@@ -103,9 +105,12 @@ def test_up_then_down_removes_everything(tmp_path):
 def test_a_failing_step_removes_the_cluster(tmp_path):
     path = _write_script(tmp_path, "udp-same-node", "t7live-b-")
     up = _run(path, "up", "false")  # flanneld-udp cannot start
+    leftovers = _netns_of("t7live-b-")
+    if leftovers:
+        _run(path, "down", "unused")  # the test fails below, but leaves nothing behind
     assert up.returncode != 0
     assert "removing the cluster" in up.stderr
-    assert _netns_of("t7live-b-") == []
+    assert leftovers == []
 
 
 def test_sigint_removes_the_cluster(tmp_path):
@@ -113,14 +118,21 @@ def test_sigint_removes_the_cluster(tmp_path):
     env = dict(os.environ, EMU="sleep 60")  # never becomes ready: up waits
     proc = subprocess.Popen(["bash", str(path), "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while not subprocess.run(["ip", "netns", "pids", "t7live-c-n1"], capture_output=True,
-                             text=True).stdout.strip():
-        assert time.monotonic() < deadline, "the cluster never came up far enough"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=10) == 130
-    assert _netns_of("t7live-c-") == []
+    try:
+        deadline = time.monotonic() + 60
+        while not subprocess.run(["ip", "netns", "pids", "t7live-c-n1"], capture_output=True,
+                                 text=True).stdout.strip():
+            assert time.monotonic() < deadline, "the cluster never came up far enough"
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        assert _netns_of("t7live-c-") == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _run(path, "down", "unused")  # whatever happened, leave nothing behind
 
 
 def test_verify_kernel_refuses_bad_input():

@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,16 @@ from emu.verify import compare_dirs
 REGRESSIONS = Path(__file__).resolve().parent / "regressions"
 SAVED = sorted(REGRESSIONS.glob("*.yaml"))
 RANDOM_SCENARIOS = 30
-SEED = int(os.environ.get("EMU_RANDOM_SEED", random.randrange(2**32)))
+# CI runs a fixed seed whose 30 scenarios are known to match, so a red CI
+# means a regression, not a newly explored corner; elsewhere every run
+# explores a fresh seed (and saves what it finds). EMU_RANDOM_SEED overrides.
+CI_SEED = 3047383714
+SEED = int(os.environ.get("EMU_RANDOM_SEED")
+           or (CI_SEED if os.environ.get("CI") == "true" else random.randrange(2**32)))
+# A failing live scenario is shrunk (each step is a live run); past this
+# budget the remaining shrink steps are skipped and the smallest failure
+# found so far is the one saved and reported.
+SHRINK_BUDGET_S = 180
 UNAVAILABLE = kernel_unavailable()
 
 
@@ -76,6 +86,7 @@ def test_random_topologies_match_the_kernel(capsys):
     with capsys.disabled():
         print(f"\nrandom topologies: EMU_RANDOM_SEED={SEED}, {RANDOM_SCENARIOS} scenarios")
     ran = []
+    first_failure: list[float] = []
 
     @seed(SEED)
     @settings(max_examples=RANDOM_SCENARIOS, deadline=None, database=None,
@@ -83,12 +94,15 @@ def test_random_topologies_match_the_kernel(capsys):
               suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     @given(scenario_documents())
     def scenario_matches(document):
+        if first_failure and time.monotonic() - first_failure[0] > SHRINK_BUDGET_S:
+            return  # out of shrinking budget: keep the failure already saved
         text = scenario_yaml(document)
         scenario = load_scenario_text(text)
         with tempfile.TemporaryDirectory(prefix="emu-random-") as scratch:
             report, _ = verify_kernel(scenario, Path(scratch) / "kernel")
             ran.append(report.total)
             if report.total and not report.ok:  # 0 points: nothing was sent on either side
+                first_failure[:] = first_failure or [time.monotonic()]
                 saved = _save_regression(text, Path(scratch) / "kernel")
                 raise AssertionError(f"saved as {saved}\n" + "\n".join(report.lines()))
 
