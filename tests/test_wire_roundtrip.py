@@ -29,7 +29,7 @@ from emu.wire.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, Ipv4Repr, decrement
 from emu.wire.udp import UdpDatagram, UdpRepr, udp_checksum
 from emu.wire.vxlan import FLAG_I, FLANNEL_PORT, VxlanHeader, VxlanRepr, decapsulate, encapsulate
 
-CAPTURES = Path("/work/shared/kernel-captures/vxlan-cross-node")
+CAPTURES = Path(__file__).resolve().parent / "kernel-captures" / "vxlan-cross-node"
 ANY_IP = st.binary(min_size=4, max_size=4)
 
 
