@@ -1,17 +1,14 @@
 """Benchmark cases that drive the emulator through its public API.
 
 Three levels, cheapest first: the learning bridge alone (`Bridge.
-handle_port_frame` with pre-built frames over an FDB of 10 to 1M MACs), the
-VXLAN codec alone (`emu.wire.vxlan.encapsulate` / `decapsulate` with full
-checksums), and whole pod->pod paths through a built cluster (frames
-injected at the source pod's eth0, counted by a UDP socket in the
+handle_port_batch` with pre-built frames over an FDB of 10 to 1M MACs), the
+VXLAN codec alone (`emu.wire.vxlan_batch` with full checksums, vectorised),
+and whole pod->pod paths through a built cluster (datagrams sent with the
+flow cache's `UdpSocket.sendto_batch`, or frames injected at the source
+pod's eth0 for the slow-path variants, counted by a UDP socket in the
 destination pod while the scheduler runs), capture off or on.
 
-Every case takes a `batch`: how many frames are handed over per call before
-the work is drained. Today only the end-to-end path has a batch entry point
-(`NetDevice.transmit_batch`); the bridge and codec cases hand frames over one
-call each, so `batch` only sizes their loop. Where a batched API appears,
-the one-line `step` of the case is the place to use it.
+Every case takes a `batch`: how many frames are handed over per call.
 """
 
 from __future__ import annotations
@@ -33,7 +30,8 @@ from emu.sim import Scheduler
 from emu.wire.ethernet import ETHERTYPE_IPV4, ethernet_header
 from emu.wire.ipv4 import PROTO_UDP, Ipv4Repr
 from emu.wire.udp import UdpRepr
-from emu.wire.vxlan import OuterHeaders, decapsulate, encapsulate
+from emu.wire.vxlan import OuterHeaders, encapsulate
+from emu.wire.vxlan_batch import decapsulate_batch, encapsulate_batch
 
 BRIDGE_PORTS = 4
 DISTINCT_FRAMES = 1024  # frames cycled through per case: many flows, no single hot one
@@ -95,20 +93,21 @@ class BridgeCase(SteppedCase):
         self.extra["fdb_mb"] = round(current_rss_mb() - before_mb, 1)
         rng = random.Random(self.seed)
         padding = bytes(60 - 14)
-        self.frames = []
-        for _ in range(DISTINCT_FRAMES):
-            src, dst = rng.randrange(macs), rng.randrange(macs)
-            if src % BRIDGE_PORTS == dst % BRIDGE_PORTS:
-                dst = (dst + 1) % macs
-            frame = ethernet_header(_mac(dst), _mac(src), ETHERTYPE_IPV4) + padding
-            self.frames.append((ports[src % BRIDGE_PORTS], frame))
-        self.batches = cycle(_batches(self.frames, self.params["batch"]))
+        batches = []
+        for ingress in range(BRIDGE_PORTS):
+            frames = []
+            for _ in range(DISTINCT_FRAMES // BRIDGE_PORTS):
+                src = rng.randrange(macs // BRIDGE_PORTS) * BRIDGE_PORTS + ingress
+                dst = rng.randrange(macs)
+                if dst % BRIDGE_PORTS == ingress:
+                    dst = (dst + 1) % macs
+                frames.append(ethernet_header(_mac(dst), _mac(src), ETHERTYPE_IPV4) + padding)
+            batches += [(ports[ingress], batch) for batch in _batches(frames, self.params["batch"])]
+        self.batches = cycle(batches)
 
     def step(self) -> int:
-        batch = next(self.batches)
-        handle = self.bridge.handle_port_frame
-        for port, frame in batch:
-            handle(port, frame)
+        port, batch = next(self.batches)
+        self.bridge.handle_port_batch(port, batch)
         return len(batch)
 
 
@@ -144,7 +143,8 @@ def _outer_headers(inner: bytes, ident: int) -> OuterHeaders:
 
 
 class VxlanEncapCase(SteppedCase):
-    """VXLAN encapsulation of `frame_size`-byte inner frames, IPv4 and UDP checksums valid."""
+    """VXLAN encapsulation of `frame_size`-byte inner frames, IPv4 and UDP checksums valid,
+    vectorised over the batch (`emu.wire.vxlan_batch.encapsulate_batch`)."""
 
     def __init__(self, name: str, frame_size: int, batch: int) -> None:
         super().__init__(name, "vxlan_encap", frame_size=frame_size, batch=batch)
@@ -154,18 +154,20 @@ class VxlanEncapCase(SteppedCase):
 
     def setup(self) -> None:
         frames = inner_frames(self.params["frame_size"])
-        work = [(frame, _outer_headers(frame, i)) for i, frame in enumerate(frames)]
-        self.batches = cycle(_batches(work, self.params["batch"]))
+        self.outer = _outer_headers(frames[0], 0)
+        work = [(frame, index, flow_source_port(frame)) for index, frame in enumerate(frames)]
+        self.batches = cycle([tuple(map(list, zip(*batch)))
+                              for batch in _batches(work, self.params["batch"])])
 
     def step(self) -> int:
-        batch = next(self.batches)
-        for inner, outer in batch:
-            encapsulate(inner, outer)
-        return len(batch)
+        inner, idents, ports = next(self.batches)
+        encapsulate_batch(inner, self.outer, idents, src_ports=ports)
+        return len(inner)
 
 
 class VxlanDecapCase(SteppedCase):
-    """VXLAN decapsulation with full validation (lengths, IPv4 and UDP checksums)."""
+    """VXLAN decapsulation with full validation (lengths, IPv4 and UDP checksums),
+    vectorised over the batch (`emu.wire.vxlan_batch.decapsulate_batch`)."""
 
     def __init__(self, name: str, frame_size: int, batch: int) -> None:
         super().__init__(name, "vxlan_decap", frame_size=frame_size, batch=batch)
@@ -180,8 +182,7 @@ class VxlanDecapCase(SteppedCase):
 
     def step(self) -> int:
         batch = next(self.batches)
-        for frame in batch:
-            decapsulate(frame)
+        decapsulate_batch(batch)
         return len(batch)
 
 
@@ -189,17 +190,19 @@ class PodToPodCase(SteppedCase):
     """UDP frames from pod p1a to `destination` through the whole emulated cluster.
 
     Setup builds the benchmark cluster and records DISTINCT_FRAMES datagrams
-    from p1a's stack (`topology.record_traffic`). A round then injects them at eth0,
-    `batch` per `transmit_batch` call, runs the scheduler until the instant
-    is drained and counts what the destination pod's socket received. With
-    `capture`, every device of every node and pod is captured to pcap files,
-    as `emu run` does.
+    from p1a's stack (`topology.record_traffic`). With `fast` (the default) a
+    round sends `batch` datagrams with `UdpSocket.sendto_batch`, the flow
+    cache's entry point (record once, replay the rest); without it, the
+    recorded frames are injected at eth0 with `transmit_batch` and walk the
+    slow path hop by hop. Either way the scheduler drains the instant and the
+    destination pod's socket counts arrivals. With `capture`, every device of
+    every node and pod is captured to pcap files, as `emu run` does.
     """
 
     def __init__(self, name: str, backend: str, destination: str, batch: int,
-                 capture: bool = False) -> None:
+                 capture: bool = False, fast: bool = True) -> None:
         super().__init__(name, "end_to_end", backend=backend, destination=destination,
-                         batch=batch, capture=capture,
+                         batch=batch, capture=capture, fast=fast,
                          frame_size=MIN_FRAME + topology.PAYLOAD_LEN)
         self.capture_dir: Path | None = None
         self.capture_set: CaptureSet | None = None
@@ -207,7 +210,8 @@ class PodToPodCase(SteppedCase):
     def describe(self) -> str:
         params = self.params
         return (f"{params['backend']}, {topology.SOURCE_POD}->{params['destination']}, batch "
-                f"{params['batch']}{', capture on' if params['capture'] else ''}")
+                f"{params['batch']}{', capture on' if params['capture'] else ''}"
+                f"{', flow cache' if params['fast'] else ', slow path'}")
 
     def setup(self) -> None:
         emulated = topology.build(self.params["backend"])
@@ -230,6 +234,11 @@ class PodToPodCase(SteppedCase):
             self.capture_set = CaptureSet(self.capture_dir)
             _Captures(self.capture_set, emulated).attach_all()
         self.batches = cycle(_batches(recorded.sent, self.params["batch"]))
+        self.sender = UdpSocket(emulated.cluster.pods[topology.SOURCE_POD].ns)
+        self.address = (target.ip.packed, topology.RECEIVER_PORT)
+        payloads = [index.to_bytes(4, "big") * (topology.PAYLOAD_LEN // 4)
+                    for index in range(DISTINCT_FRAMES)]
+        self.payload_batches = cycle(_batches(payloads, self.params["batch"]))
 
     def _count(self, data: bytes, source: tuple[bytes, int], packet: bytes, dev: NetDevice) -> None:
         self.received += 1
@@ -239,9 +248,11 @@ class PodToPodCase(SteppedCase):
         self.sim.run(until_ns=self.sim.now_ns)
 
     def step(self) -> int:
-        batch = next(self.batches)
         before = self.received
-        self.eth0.transmit_batch(batch)
+        if self.params["fast"]:
+            self.sender.sendto_batch(next(self.payload_batches), self.address)
+        else:
+            self.eth0.transmit_batch(next(self.batches))
         self._drain()
         return self.received - before
 

@@ -102,10 +102,13 @@ def build_cases(settings: Settings) -> list[Case]:
     cases += [
         PodToPodCase("same_node", "vxlan", "p1b", batch),
         PodToPodCase("cross_node_vxlan", "vxlan", "p2a", batch),
-        PodToPodCase("cross_node_vxlan_per_frame", "vxlan", "p2a", 1),
         PodToPodCase("cross_node_hostgw", "host-gw", "p2a", batch),
         PodToPodCase("cross_node_udp", "udp", "p2a", batch),
         PodToPodCase("cross_node_vxlan_capture", "vxlan", "p2a", batch, capture=True),
+        PodToPodCase("same_node_slow_path", "vxlan", "p1b", batch, fast=False),
+        PodToPodCase("cross_node_vxlan_slow_path", "vxlan", "p2a", batch, fast=False),
+        PodToPodCase("cross_node_vxlan_capture_slow_path", "vxlan", "p2a", batch, capture=True,
+                     fast=False),
         ChainCase("scapy_cross_node_vxlan", "scapy", ScapyChain),
         ChainCase("dpkt_cross_node_vxlan", "dpkt", DpktChain),
     ]

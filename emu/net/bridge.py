@@ -17,6 +17,7 @@ transmits on it is forwarded by the same FDB, without learning.
 from __future__ import annotations
 
 from emu.net.device import NetDevice
+from emu.wire.addr import ZERO_MAC
 from emu.net.fastpath import config_changed
 from emu.net.fdb import DEFAULT_AGEING_NS, Fdb
 from emu.sim import Scheduler
@@ -99,6 +100,55 @@ class Bridge(NetDevice):
                 self._forward(found[0], frame, port)
         if local_rcv:
             self._pass_up(frame)
+
+    def handle_port_batch(self, port: NetDevice, frames: list[bytes]) -> None:
+        """Frames received on one port, in order: exactly `handle_port_frame`
+        for each, but known unicast to another port (the common case) is
+        gathered into runs per egress port and sent with `transmit_batch`.
+
+        Deferring those transmissions to the end of the run is invisible:
+        forwarding reads nothing the later frames change (their learning only
+        affects lookups, and transmission reads no FDB). Everything else
+        (floods, local delivery, promiscuous copies, refused frames) first
+        sends the pending run, then takes the per-frame path, so the order of
+        every output is the per-frame order.
+        """
+        if self.sim.context is not None or self._promiscuous:
+            for frame in frames:
+                self.handle_port_frame(port, frame)
+            return
+        now = self.sim.now_ns
+        learn = self.fdb.learn
+        lookup = self.fdb.lookup_port
+        run: list[bytes] = []
+        run_port: NetDevice | None = None
+        for frame in frames:
+            if len(frame) >= 14 and not frame[0] & 1 and not frame[6] & 1:
+                src = frame[6:12]
+                if src != ZERO_MAC:
+                    learn(src, port, now)
+                    found = lookup(frame[0:6], now)
+                    if found is not None and not found[1] and found[0] is not port:
+                        if found[0] is not run_port:
+                            if run:
+                                self._forward_run(run_port, run)
+                            run, run_port = [], found[0]
+                        run.append(frame)
+                        continue
+            if run:
+                self._forward_run(run_port, run)
+                run, run_port = [], None
+            self.handle_port_frame(port, frame)
+        if run:
+            self._forward_run(run_port, run)
+
+    def _forward_run(self, egress: NetDevice, run: list[bytes]) -> None:
+        """`_forward` for consecutive frames to one port (not the ingress)."""
+        self.forwarded += len(run)
+        fitting = [frame for frame in run if egress.fits_mtu(frame)]
+        for _ in range(len(run) - len(fitting)):
+            egress.drop("frame-too-big")
+        egress.transmit_batch(fitting)
 
     def _xmit(self, frame: bytes) -> None:
         """The bridge device transmits (br_dev_xmit): forward by FDB or flood."""
