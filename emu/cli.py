@@ -64,6 +64,8 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool) -> None:
         fail(f"{target}: {error.strerror or error}")
     console.print(f"scenario [bold]{loaded.name}[/bold] ({loaded.net_conf.backend.type} backend), "
                   f"{len(loaded.nodes)} nodes, virtual time {result.end_ns / 1e9:.3f} s")
+    for line in result.nodes:
+        console.print(f"  {line}", markup=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
     for item in result.traffic:

@@ -38,6 +38,7 @@ class RunResult:
     capture_counts: dict[str, int] = field(default_factory=dict)
     stats: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
     end_ns: int = 0
 
 
@@ -72,6 +73,15 @@ class _Captures:
         return f"{owner}, {dev.kind} {dev.name}"
 
 
+def describe_node(emulated: EmulatedCluster, name: str) -> str:
+    """One line per node for the run summary: what flannel and IPAM chose."""
+    node = emulated.cluster.nodes[name]
+    flanneld = emulated.flanneld.get(name)
+    subnet = flanneld.lease.subnet if flanneld is not None and flanneld.lease else "-"
+    pods = ", ".join(f"{pod.name} {pod.ip}" for pod in node.pods.values()) or "no pods"
+    return f"{name} {node.ip} subnet {subnet}: {pods}"
+
+
 def clear_outputs(out_dir: Path) -> None:
     """Remove the files a previous run wrote (and nothing else)."""
     for pattern in OWN_OUTPUTS:
@@ -84,7 +94,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     emulated = build_cluster(scenario)
     sim = emulated.sim
     result = RunResult(scenario, Path(out_dir) if out_dir is not None else None,
-                       notes=list(emulated.notes))
+                       notes=list(emulated.notes),
+                       nodes=[describe_node(emulated, name) for name in emulated.cluster.nodes])
     captures = None
     capture_set = None
     if capture and result.out_dir is not None:
@@ -100,6 +111,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         if event.add_node is not None:
             add_node_later(emulated, event.add_node)
             result.notes.append(f"t={event.at:g}s: node {event.add_node.name} added")
+            result.nodes.append(describe_node(emulated, event.add_node.name))
         else:
             remove_node_later(emulated, event.remove_node)
             result.notes.append(f"t={event.at:g}s: node {event.remove_node} removed")
