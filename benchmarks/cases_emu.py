@@ -231,7 +231,8 @@ class PodToPodCase(SteppedCase):
         self.eth0 = emulated.cluster.pods[topology.SOURCE_POD].ns.device("eth0")
         if self.params["capture"]:
             self.capture_dir = Path(tempfile.mkdtemp(prefix="emu-bench-capture-"))
-            self.capture_set = CaptureSet(self.capture_dir)
+            self.capture_set = CaptureSet(self.capture_dir, buffered=True)  # as `emu run` does
+            self.sim.on_advance.append(self.capture_set.flush)
             _Captures(self.capture_set, emulated).attach_all()
         self.batches = cycle(_batches(recorded.sent, self.params["batch"]))
         self.sender = UdpSocket(emulated.cluster.pods[topology.SOURCE_POD].ns)

@@ -434,3 +434,46 @@ def test_tshark_findings_report_unreadable_files(tmp_path: Path) -> None:
     assert "exit" in finding
     with pytest.raises(ValueError, match="decode_as"):
         tshark_findings(path, "udp.port==8472,vxlan")  # type: ignore[arg-type]
+
+
+# --- buffered capture sets (what `emu run` uses) ----------------------------------
+
+
+def _pcap_frames(path: Path) -> list[bytes]:
+    with open(path, "rb") as f:
+        return [bytes(buf) for _, buf in dpkt.pcap.Reader(f)]
+
+
+def test_buffered_set_writes_whole_records_at_flush(tmp_path):
+    frame = raw(Ether() / IP(dst="10.0.0.1") / ICMP())
+    captures = CaptureSet(tmp_path, buffered=True)
+    point = captures.point("n1", "eth0", LINKTYPE_ETHERNET, "node n1, veth eth0")
+    point.record(1_000, frame)
+    point.record(2_000, frame)
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == []  # header only, still valid
+    captures.flush()
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == [frame, frame]
+    point.record(3_000, frame)
+    captures.close()
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == [frame] * 3
+    with open(tmp_path / "all.pcapng", "rb") as f:
+        assert len(list(dpkt.pcapng.Reader(f))) == 3
+
+
+def test_scheduler_flushes_at_the_end_of_every_instant(tmp_path):
+    from emu.sim import Scheduler
+
+    frame = raw(Ether() / IP(dst="10.0.0.1") / ICMP())
+    sim = Scheduler()
+    captures = CaptureSet(tmp_path, buffered=True)
+    sim.on_advance.append(captures.flush)
+    point = captures.point("n1", "eth0", LINKTYPE_ETHERNET, "node n1, veth eth0")
+    seen_on_disk = []
+    sim.call_at(10, point.record, 10, frame)
+    sim.call_at(10, point.record, 10, frame)
+    sim.call_at(20, lambda: seen_on_disk.append(len(_pcap_frames(tmp_path / "n1_eth0.pcap"))))
+    sim.call_at(20, point.record, 20, frame)
+    sim.run()
+    assert seen_on_disk == [2]  # the instant t=10 was complete on disk before t=20 began
+    assert len(_pcap_frames(tmp_path / "n1_eth0.pcap")) == 3  # run() flushes when it returns
+    captures.close()

@@ -69,8 +69,45 @@ class ClosingContext(AbstractContextManager):
         self.close()
 
 
+class RecordFile:
+    """An output file written in whole records.
+
+    Unbuffered, each record is one write() system call. Buffered, whole
+    records wait in memory until `flush()` writes them with one call (the
+    emulator flushes at the end of every virtual instant). Either way the
+    file on disk always ends on a record boundary, so an interrupted run
+    leaves a file Wireshark opens.
+    """
+
+    def __init__(self, path: Path, buffered: bool = False) -> None:
+        self.path = path
+        self.buffered = buffered
+        self._file: BinaryIO | None = open(path, "wb", buffering=0)
+        self._pending: list[bytes] = []
+
+    def write(self, record: bytes) -> None:
+        if self._file is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        if self.buffered:
+            self._pending.append(record)
+        else:
+            self._file.write(record)
+
+    def flush(self) -> None:
+        if self._pending and self._file is not None:
+            self._file.write(b"".join(self._pending))
+            self._pending.clear()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self.flush()
+            self._file.close()
+            self._file = None
+
+
 class PcapWriter(ClosingContext):
-    """Write one classic pcap file, one record per frame, flushed per record."""
+    """Write one classic pcap file, one record per frame, each on disk at once
+    (or, `buffered`, at the next `flush()`)."""
 
     def __init__(
         self,
@@ -78,6 +115,7 @@ class PcapWriter(ClosingContext):
         linktype: int = LINKTYPE_ETHERNET,
         nanosecond: bool = False,
         snaplen: int = DEFAULT_SNAPLEN,
+        buffered: bool = False,
     ) -> None:
         if isinstance(snaplen, bool) or not isinstance(snaplen, int) or not 0 < snaplen <= 0xFFFFFFFF:
             raise ValueError(f"snaplen: expected a positive 32-bit int, got {snaplen!r}")
@@ -86,24 +124,23 @@ class PcapWriter(ClosingContext):
         self.nanosecond = bool(nanosecond)
         self.snaplen = snaplen
         magic = MAGIC_NANOSECONDS if self.nanosecond else MAGIC_MICROSECONDS
-        # Unbuffered: each record is one write() system call, so the file on
-        # disk always ends on a whole record without a separate flush.
-        self._file: BinaryIO | None = open(self.path, "wb", buffering=0)
+        self._file = RecordFile(self.path, buffered)
         self._file.write(GLOBAL_HEADER.pack(magic, VERSION_MAJOR, VERSION_MINOR, 0, 0, snaplen, self.linktype))
+        self._file.flush()
 
     def write(self, ts_ns: int, frame: Frame) -> None:
         """Append one frame captured at virtual time ``ts_ns`` (nanoseconds)."""
         data = checked_frame(ts_ns, frame)
-        if self._file is None:
-            raise ValueError(f"{self.path}: writer is closed")
         seconds, ns = divmod(ts_ns, NS_PER_SECOND)
         fraction = ns if self.nanosecond else ns // NS_PER_MICROSECOND
         caplen = min(len(data), self.snaplen)
         self._file.write(RECORD_HEADER.pack(seconds, fraction, caplen, len(data)) + data[:caplen])
 
+    def flush(self) -> None:
+        """Write buffered records to disk (nothing to do when unbuffered)."""
+        self._file.flush()
+
     def close(self) -> None:
         """Close the file; closing twice is harmless."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._file.close()
 

@@ -16,10 +16,10 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 from emu.capture.pcap import (
     ClosingContext,
+    RecordFile,
     DEFAULT_SNAPLEN,
     NS_PER_MICROSECOND,
     Frame,
@@ -83,11 +83,10 @@ class _Interface:
 class PcapngWriter(ClosingContext):
     """Write one pcapng section; interfaces are declared as they appear."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, buffered: bool = False) -> None:
         self.path = Path(path)
         self._interfaces: list[_Interface] = []
-        # Unbuffered: each block is one write() system call (see pcap.py).
-        self._file: BinaryIO | None = open(self.path, "wb", buffering=0)
+        self._file = RecordFile(self.path, buffered)
         body = SECTION_HEADER_BODY.pack(BYTE_ORDER_MAGIC, VERSION_MAJOR, VERSION_MINOR, SECTION_LENGTH_UNKNOWN)
         body += _options(_option(SHB_USERAPPL, USER_APPLICATION.encode()))
         self._write_block(BLOCK_SECTION_HEADER, body)
@@ -127,13 +126,13 @@ class PcapngWriter(ClosingContext):
         self._write_block(BLOCK_ENHANCED_PACKET, body)
 
     def _write_block(self, block_type: int, body: bytes) -> None:
-        if self._file is None:
-            raise ValueError(f"{self.path}: writer is closed")
         self._file.write(_block(block_type, body))
+
+    def flush(self) -> None:
+        """Write buffered blocks to disk (nothing to do when unbuffered)."""
+        self._file.flush()
 
     def close(self) -> None:
         """Close the file; closing twice is harmless."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._file.close()
 

@@ -22,19 +22,24 @@ from emu.capture.pcapng import PcapngWriter
 class _MergedCapture:
     """The merged pcapng, created when the first interface is declared."""
 
-    def __init__(self, path: Path, nanosecond: bool) -> None:
+    def __init__(self, path: Path, nanosecond: bool, buffered: bool = False) -> None:
         self.path = path
         self.nanosecond = nanosecond
+        self.buffered = buffered
         self._writer: PcapngWriter | None = None
 
     def add_interface(self, name: str, description: str, linktype: int) -> int:
         if self._writer is None:
-            self._writer = PcapngWriter(self.path)
+            self._writer = PcapngWriter(self.path, self.buffered)
         return self._writer.add_interface(name, description, linktype, self.nanosecond)
 
     def write(self, interface_id: int, ts_ns: int, frame: Frame) -> None:
         assert self._writer is not None, "write before add_interface"
         self._writer.write(interface_id, ts_ns, frame)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
@@ -53,6 +58,7 @@ class CapturePoint:
         pcap_path: Path,
         merged: _MergedCapture | None,
         nanosecond: bool,
+        buffered: bool = False,
     ) -> None:
         self.namespace = namespace
         self.ifname = ifname
@@ -62,6 +68,7 @@ class CapturePoint:
         self.frames = 0
         self._merged = merged
         self._nanosecond = nanosecond
+        self._buffered = buffered
         self._pcap: PcapWriter | None = None
         self._interface_id: int | None = None
         self._closed = False
@@ -77,7 +84,8 @@ class CapturePoint:
         if self._closed:
             raise ValueError(f"capture point {self.namespace}/{self.ifname}: capture set is closed")
         if self._pcap is None:
-            self._pcap = PcapWriter(self.pcap_path, self.linktype, self._nanosecond)
+            self._pcap = PcapWriter(self.pcap_path, self.linktype, self._nanosecond,
+                                    buffered=self._buffered)
             if self._merged is not None:
                 name = f"{self.namespace}/{self.ifname}"
                 self._interface_id = self._merged.add_interface(name, self.description, self.linktype)
@@ -85,6 +93,10 @@ class CapturePoint:
         if self._merged is not None and self._interface_id is not None:
             self._merged.write(self._interface_id, ts_ns, frame)
         self.frames += 1
+
+    def flush(self) -> None:
+        if self._pcap is not None:
+            self._pcap.flush()
 
     def close(self) -> None:
         self._closed = True
@@ -107,8 +119,10 @@ class CaptureSet(ClosingContext):
     ``pcapng_name=None`` writes the per-interface pcaps only.
     """
 
-    def __init__(self, out_dir: str | Path, pcapng_name: str | None = "all.pcapng", nanosecond: bool = False) -> None:
+    def __init__(self, out_dir: str | Path, pcapng_name: str | None = "all.pcapng", nanosecond: bool = False,
+                 buffered: bool = False) -> None:
         self.out_dir = Path(out_dir)
+        self.buffered = bool(buffered)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"out_dir: {self.out_dir} exists and is not a directory")
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -116,7 +130,8 @@ class CaptureSet(ClosingContext):
         if pcapng_name is None:
             self._merged: _MergedCapture | None = None
         else:
-            self._merged = _MergedCapture(self.out_dir / _checked_name("pcapng_name", pcapng_name), self.nanosecond)
+            self._merged = _MergedCapture(self.out_dir / _checked_name("pcapng_name", pcapng_name), self.nanosecond,
+                                          self.buffered)
         self._points: dict[tuple[str, str], CapturePoint] = {}
         self._keys: dict[str, tuple[str, str]] = {}
         self._closed = False
@@ -150,6 +165,7 @@ class CaptureSet(ClosingContext):
             self.out_dir / f"{namespace}_{ifname}.pcap",
             self._merged,
             self.nanosecond,
+            self.buffered,
         )
         clash = self._keys.get(capture_point.key)
         if clash is not None:
@@ -162,6 +178,17 @@ class CaptureSet(ClosingContext):
     def counts(self) -> dict[str, int]:
         """Frames recorded per ``<namespace>_<ifname>``, in the order points were created."""
         return {capture_point.key: capture_point.frames for capture_point in self._points.values()}
+
+    def flush(self) -> None:
+        """Write every buffered record to disk (a no-op when not `buffered`).
+
+        With `buffered`, whole records wait in memory until this is called:
+        the scenario runner calls it at the end of every virtual instant, so
+        the files on disk always end on a record boundary."""
+        for capture_point in self._points.values():
+            capture_point.flush()
+        if self._merged is not None:
+            self._merged.flush()
 
     def close(self) -> None:
         """Close every file; closing twice is harmless."""

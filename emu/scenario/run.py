@@ -101,7 +101,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     if capture and result.out_dir is not None:
         result.out_dir.mkdir(parents=True, exist_ok=True)
         clear_outputs(result.out_dir)
-        capture_set = CaptureSet(result.out_dir)
+        capture_set = CaptureSet(result.out_dir, buffered=True)
+        sim.on_advance.append(capture_set.flush)
         captures = _Captures(capture_set, emulated)
         captures.attach_all()
 
@@ -158,7 +159,12 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         following = sim.next_time()
         return following is None or following > sim.now_ns
 
-    sim.run(stop=finished)
+    try:
+        sim.run(stop=finished)
+    except BaseException:
+        if capture_set is not None:
+            capture_set.close()  # an interrupted run still leaves readable files
+        raise
     result.traffic.sort(key=lambda t: chain.index(t.spec))
     result.end_ns = sim.now_ns
     for flanneld in emulated.flanneld.values():

@@ -70,6 +70,9 @@ class Scheduler:
         # cache), so they live and die with the scheduler.
         self.services: dict[str, Any] = {}
         self._open_batch: Event | None = None
+        # Called whenever an instant is over (time is about to move on, or
+        # run() returns): buffered capture files flush here.
+        self.on_advance: list[Callable[[], None]] = []
 
     def call_at(self, time_ns: int, callback: Callable[..., Any], *args: Any) -> Event:
         """Run `callback(*args)` at absolute virtual time `time_ns`."""
@@ -135,6 +138,13 @@ class Scheduler:
         With `until_ns`, the clock ends exactly at `until_ns` even if idle.
         """
         queue = self._queue
+        try:
+            self._run(queue, until_ns, stop)
+        finally:
+            for hook in self.on_advance:
+                hook()
+
+    def _run(self, queue: list[Event], until_ns: int | None, stop: Callable[[], bool] | None) -> None:
         while queue:
             event = queue[0]
             if until_ns is not None and event.time_ns > until_ns:
@@ -144,6 +154,9 @@ class Scheduler:
                 self._open_batch = None
             if event.cancelled:
                 continue
+            if event.time_ns != self.now_ns:
+                for hook in self.on_advance:
+                    hook()
             self.now_ns = event.time_ns
             self.events_run += 1
             context = event.context
