@@ -14,11 +14,13 @@ Every case takes a `batch`: how many frames are handed over per call.
 from __future__ import annotations
 
 import random
-from itertools import cycle
 import shutil
 import tempfile
 import time
+from itertools import cycle
 from pathlib import Path
+
+import numpy as np
 
 from benchmarks import topology
 from benchmarks.case import CaseUnavailable, SteppedCase, current_rss_mb
@@ -31,7 +33,7 @@ from emu.wire.ethernet import ETHERTYPE_IPV4, ethernet_header
 from emu.wire.ipv4 import PROTO_UDP, Ipv4Repr
 from emu.wire.udp import UdpRepr
 from emu.wire.vxlan import OuterHeaders, encapsulate
-from emu.wire.vxlan_batch import decapsulate_batch, encapsulate_batch
+from emu.wire.vxlan_batch import decapsulate_batch, encapsulate_rows
 
 BRIDGE_PORTS = 4
 DISTINCT_FRAMES = 1024  # frames cycled through per case: many flows, no single hot one
@@ -144,7 +146,8 @@ def _outer_headers(inner: bytes, ident: int) -> OuterHeaders:
 
 class VxlanEncapCase(SteppedCase):
     """VXLAN encapsulation of `frame_size`-byte inner frames, IPv4 and UDP checksums valid,
-    vectorised over the batch (`emu.wire.vxlan_batch.encapsulate_batch`)."""
+    vectorised over a packed batch (`emu.wire.vxlan_batch.encapsulate_rows`: an
+    (N, L) matrix in, an (N, L + 50) matrix out)."""
 
     def __init__(self, name: str, frame_size: int, batch: int) -> None:
         super().__init__(name, "vxlan_encap", frame_size=frame_size, batch=batch)
@@ -153,15 +156,20 @@ class VxlanEncapCase(SteppedCase):
         return f"encap, {self.params['frame_size']} B inner frames"
 
     def setup(self) -> None:
-        frames = inner_frames(self.params["frame_size"])
+        frames = inner_frames(self.params["frame_size"], max(DISTINCT_FRAMES, self.params["batch"]))
         self.outer = _outer_headers(frames[0], 0)
-        work = [(frame, index, flow_source_port(frame)) for index, frame in enumerate(frames)]
-        self.batches = cycle([tuple(map(list, zip(*batch)))
-                              for batch in _batches(work, self.params["batch"])])
+        batches = []
+        for batch in _batches(list(enumerate(frames)), self.params["batch"]):
+            matrix = np.frombuffer(b"".join(frame for _, frame in batch), np.uint8).reshape(
+                len(batch), self.params["frame_size"])
+            idents = np.array([index for index, _ in batch], np.uint64)
+            ports = np.array([flow_source_port(frame) for _, frame in batch], np.uint64)
+            batches.append((matrix, idents, ports))
+        self.batches = cycle(batches)
 
     def step(self) -> int:
         inner, idents, ports = next(self.batches)
-        encapsulate_batch(inner, self.outer, idents, src_ports=ports)
+        encapsulate_rows(inner, self.outer, idents, ports)
         return len(inner)
 
 
@@ -176,7 +184,7 @@ class VxlanDecapCase(SteppedCase):
         return f"decap, {self.params['frame_size']} B inner frames"
 
     def setup(self) -> None:
-        frames = inner_frames(self.params["frame_size"])
+        frames = inner_frames(self.params["frame_size"], max(DISTINCT_FRAMES, self.params["batch"]))
         wire = [encapsulate(frame, _outer_headers(frame, i)) for i, frame in enumerate(frames)]
         self.batches = cycle(_batches(wire, self.params["batch"]))
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from emu.testing.strategies import ethernet_frames, vxlan_frames, vxlan_outer_headers
 from emu.wire.errors import WireError
 from emu.wire.vxlan import OuterHeaders, decapsulate, encapsulate
-from emu.wire.vxlan_batch import decapsulate_batch, encapsulate_batch
+from emu.wire.vxlan_batch import decapsulate_batch, encapsulate_batch, encapsulate_rows
 
 u16 = st.integers(0, 0xFFFF)
 
@@ -83,3 +83,17 @@ def test_a_known_frame_round_trips_with_valid_checksums():
     result = decapsulate_batch([frames[0], inner_flip, frames[1]])
     assert isinstance(result[1], WireError) and result[1].reason == "vxlan-udp-checksum"
     assert result[0] == result[2] == inner
+
+
+@given(st.integers(14, 200), st.integers(1, 12), vxlan_outer_headers(), st.data())
+def test_encapsulate_rows_equals_encapsulate(length, count, outer, data):
+    import numpy as np
+
+    inner = [data.draw(st.binary(min_size=length, max_size=length)) for _ in range(count)]
+    idents = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=count, max_size=count))
+    ports = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=count, max_size=count))
+    matrix = np.frombuffer(b"".join(inner), np.uint8).reshape(count, length)
+    rows = encapsulate_rows(matrix, outer, np.array(idents), np.array(ports), outer.udp_checksum)
+    expected = [encapsulate(frame, replace(outer, ident=ident, src_port=port))
+                for frame, ident, port in zip(inner, idents, ports)]
+    assert [row.tobytes() for row in rows] == expected

@@ -103,25 +103,39 @@ def encapsulate_batch(inner_frames: Sequence[bytes], outer: OuterHeaders, idents
     if src_ports is not None and len(src_ports) != len(inner_frames):
         raise ValueError(f"src_ports: need {len(inner_frames)} values, got {len(src_ports)}")
     result: list[bytes] = [b""] * len(inner_frames)
-    base = replace(outer, ident=0, udp_checksum=False)
-    pseudo_base = pseudo_sum(outer.src_ip, outer.dst_ip, 0)
     for length, indices in _groups_by_length(inner_frames).items():
-        template = np.frombuffer(encapsulate(b"\x00" * length, base), np.uint8)
-        rows = np.empty((len(indices), OUTER_LEN + length), np.uint8)
-        rows[:, :OUTER_LEN] = template[:OUTER_LEN]
-        rows[:, OUTER_LEN:] = np.frombuffer(b"".join(bytes(inner_frames[i]) for i in indices),
-                                            np.uint8).reshape(len(indices), length)
-        _write_u16(rows, ETH + 4, np.fromiter((idents[i] for i in indices), np.uint64, len(indices)))
-        ipv4_checksum_rows(rows, ETH)
-        if src_ports is not None:
-            _write_u16(rows, ETH + IP, np.fromiter((src_ports[i] for i in indices), np.uint64,
-                                                   len(indices)))
-        if udp_checksum:
-            segment = UDP + HEADER_LEN + length
-            udp_checksum_rows(rows, ETH + IP, segment, pseudo_base + segment)
+        inner = np.frombuffer(b"".join(bytes(inner_frames[i]) for i in indices),
+                              np.uint8).reshape(len(indices), length)
+        ports = None if src_ports is None else np.fromiter(
+            (src_ports[i] for i in indices), np.uint64, len(indices))
+        rows = encapsulate_rows(inner, outer, np.fromiter((idents[i] for i in indices), np.uint64,
+                                                          len(indices)), ports, udp_checksum)
         for index, frame in zip(indices, rows_to_bytes(rows)):
             result[index] = frame
     return result
+
+
+def encapsulate_rows(inner: np.ndarray, outer: OuterHeaders, idents: np.ndarray,
+                     src_ports: np.ndarray | None = None, udp_checksum: bool = True) -> np.ndarray:
+    """The packed-buffer form of `encapsulate_batch`: `inner` is an (N, L)
+    uint8 matrix of equal-length inner frames, `idents` (and `src_ports`)
+    N integers; returns the (N, L + 50) matrix of outer frames, row i equal
+    to `encapsulate(inner[i], outer)` with that ident and source port.
+    No per-frame Python object is made, which is what makes it fast."""
+    count, length = inner.shape
+    base = replace(outer, ident=0, udp_checksum=False)
+    template = np.frombuffer(encapsulate(b"\x00" * length, base), np.uint8)
+    rows = np.empty((count, OUTER_LEN + length), np.uint8)
+    rows[:, :OUTER_LEN] = template[:OUTER_LEN]
+    rows[:, OUTER_LEN:] = inner
+    _write_u16(rows, ETH + 4, idents.astype(np.uint64, copy=False))
+    ipv4_checksum_rows(rows, ETH)
+    if src_ports is not None:
+        _write_u16(rows, ETH + IP, src_ports.astype(np.uint64, copy=False))
+    if udp_checksum:
+        segment = UDP + HEADER_LEN + length
+        udp_checksum_rows(rows, ETH + IP, segment, pseudo_sum(outer.src_ip, outer.dst_ip, 0) + segment)
+    return rows
 
 
 # -- decapsulation --------------------------------------------------------------
