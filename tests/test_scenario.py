@@ -476,8 +476,8 @@ def test_ping_valid_forms(command, expected):
         ("ping -c 1 -I 'a b' 10.0.0.1", "-I: 'a b' is neither an IPv4 address nor an interface name"),
         ("ping -c 1 10.0.0.1 10.0.0.2", "ping needs exactly one destination, got 2"),
         ("ping -c 1", "ping needs exactly one destination, got 0"),
-        ("ping -c 1 example.com", "destination 'example.com' is not an IPv4 address"),
-        ("ping -c 1 fe80::1", "destination 'fe80::1' is not an IPv4 address"),
+        ("ping -c 1 example.com", "destination 'example.com' is not an IPv4 address or a node/pod name"),
+        ("ping -c 1 fe80::1", "destination 'fe80::1' is not an IPv4 address or a node/pod name"),
         ("traceroute 10.0.0.1", "only ping commands are supported, got 'traceroute'"),
         ("", "only ping commands are supported, got ''"),
         ("ping -c 1 '10.0.0.1", "cannot split the command line: No closing quotation"),
@@ -544,3 +544,47 @@ def test_mutated_reference_gives_only_scenario_errors(keys, value):
         parent = parent[key]
     parent[keys[-1]] = value
     assert_only_scenario_errors(json.dumps(document))
+
+
+# Destinations by name: nodes and pods, resolved when the command starts.
+
+NAMED = """
+name: named
+net-conf: {Network: 10.244.0.0/16, Backend: {Type: host-gw}}
+nodes:
+  - name: n1
+    pods: [{name: a1}]
+  - name: n2
+    pods: [{name: b1}]
+events:
+  - {at: 5, add-node: {name: n3, pods: [{name: c1}]}}
+traffic:
+  - {from: a1, run: ping -c 1 -W 1 b1}
+  - {from: a1, run: ping -c 1 -W 1 n2}
+  - {from: a1, run: ping -c 1 -W 1 c1}
+"""
+
+
+def test_ping_destination_may_name_a_node_or_pod():
+    scenario = load_scenario_text(NAMED)
+    assert [t.ping.destination for t in scenario.traffic] == ["b1", "n2", "c1"]
+    assert parse_ping("ping -c 1 p2a").destination == "p2a"
+
+
+def test_an_unknown_destination_name_is_refused():
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_text(NAMED.replace("-W 1 n2", "-W 1 n9"))
+    assert str(caught.value) == "traffic[1].run: destination 'n9' is not an IPv4 address, node or pod"
+
+
+def test_names_resolve_to_the_addresses_the_cluster_chose(tmp_path):
+    from emu.scenario.run import run_scenario
+
+    result = run_scenario(load_scenario_text(NAMED), tmp_path)
+    b1, n2, c1 = result.traffic
+    stats = result.stats["namespaces"]
+    b1_ip = stats["b1"]["addresses"][-1].split()[-1].split("/")[0]
+    assert b1.ping.lines[0].startswith(f"PING b1 ({b1_ip})") and b1.ping.received == 1
+    assert n2.ping.lines[0].startswith("PING n2 (172.18.0.2)") and n2.ping.received == 1
+    # c1 joins at t=5 s, after this command ran: the name does not resolve yet.
+    assert c1.ping.fatal == "ping: c1: Name or service not known"

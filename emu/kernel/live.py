@@ -44,6 +44,7 @@ from pathlib import Path
 
 from emu.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
 from emu.kernel.export import NetnsExport, export_netns
+from emu.scenario.build import build_cluster
 from emu.scenario.model import Scenario, TrafficSpec
 from emu.verify import Report, compare_dirs
 
@@ -232,10 +233,21 @@ def _chains(traffic: tuple[TrafficSpec, ...]) -> list[tuple[float, list[TrafficS
     return chains
 
 
-def _run_command(prefix: str, spec: TrafficSpec) -> CommandRun:
+def _command_words(spec: TrafficSpec, hosts: dict[str, str]) -> list[str]:
+    """The command as argv; a node/pod name as destination becomes its
+    address (the real ping cannot resolve cluster names)."""
+    words = shlex.split(spec.ping.command)
+    name = spec.ping.destination
+    if isinstance(name, str) and name in hosts:
+        words = [hosts[name] if word == name and (i == 0 or words[i - 1] != "-I") else word
+                 for i, word in enumerate(words)]
+    return words
+
+
+def _run_command(prefix: str, spec: TrafficSpec, hosts: dict[str, str]) -> CommandRun:
     ping = spec.ping
     budget = ping.count * ping.interval + (ping.timeout or 10.0) + COMMAND_MARGIN_S
-    argv = ["ip", "netns", "exec", f"{prefix}{spec.source}", *shlex.split(ping.command)]
+    argv = ["ip", "netns", "exec", f"{prefix}{spec.source}", *_command_words(spec, hosts)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired:
@@ -243,15 +255,18 @@ def _run_command(prefix: str, spec: TrafficSpec) -> CommandRun:
     return CommandRun(spec.source, ping.command, done.returncode, done.stdout + done.stderr)
 
 
-def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...]) -> list[CommandRun]:
-    """Run every command in its namespace on the wall clock; results in file order."""
+def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...],
+                 hosts: dict[str, str] | None = None) -> list[CommandRun]:
+    """Run every command in its namespace on the wall clock; results in file order.
+    `hosts` maps node and pod names to addresses for name destinations."""
+    hosts = hosts or {}
     results: dict[int, CommandRun] = {}
     start = time.monotonic()
 
     def run_chain(at: float, specs: list[TrafficSpec]) -> None:
         time.sleep(max(0.0, start + at - time.monotonic()))
         for spec in specs:
-            results[id(spec)] = _run_command(prefix, spec)
+            results[id(spec)] = _run_command(prefix, spec, hosts)
 
     threads = [threading.Thread(target=run_chain, args=chain) for chain in _chains(traffic)]
     for thread in threads:
@@ -259,6 +274,14 @@ def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...]) -> list[CommandR
     for thread in threads:
         thread.join()
     return [results[id(spec)] for spec in traffic]
+
+
+def cluster_hosts(scenario: Scenario) -> dict[str, str]:
+    """Node and pod names -> addresses, as the emulator (and so the export) chose them."""
+    cluster = build_cluster(scenario).cluster
+    hosts = {name: str(node.ip) for name, node in cluster.nodes.items()}
+    hosts.update({name: str(pod.ip) for name, pod in cluster.pods.items()})
+    return hosts
 
 
 def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = None) -> KernelRun:
@@ -279,7 +302,7 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
             for ifname in ifnames:
                 captures.open(export.prefix + ns, ns, ifname)
         captures.start()
-        run.commands = play_traffic(export.prefix, scenario.traffic)
+        run.commands = play_traffic(export.prefix, scenario.traffic, cluster_hosts(scenario))
         time.sleep(SETTLE_S)
     finally:
         captures.stop()

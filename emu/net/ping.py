@@ -83,7 +83,7 @@ class Ping:
     def __init__(self, ns: "Namespace", destination: str, count: int, interval_s: float = 1.0,
                  size: int = 56, ttl: int | None = None, timeout_s: float | None = None,
                  pmtudisc: str = "want", interface: str | None = None, quiet: bool = False,
-                 command: str = "") -> None:
+                 command: str = "", host_name: str | None = None) -> None:
         self.ns = ns
         self.dst = ip_from_str(destination)
         self.count = count
@@ -103,6 +103,7 @@ class Ping:
         self._done: Callable[[PingResult], None] | None = None
         self._finish_event = None
         self.ident = 0
+        self.host_name = host_name  # what the command line named, when not an address
 
     # -- life cycle ---------------------------------------------------------------
     def start(self, on_done: Callable[[PingResult], None]) -> None:
@@ -115,7 +116,8 @@ class Ping:
             return
         self.ident = self._free_ident()
         self.ns.stack.echo_handlers[self.ident] = self._on_icmp
-        self._line(f"PING {ip_to_str(self.dst)} ({ip_to_str(self.dst)}) {self.size}({self.size + 28}) bytes of data.")
+        shown = self.host_name or ip_to_str(self.dst)
+        self._line(f"PING {shown} ({ip_to_str(self.dst)}) {self.size}({self.size + 28}) bytes of data.")
         self._send(1)
 
     def _setup(self) -> str | None:
@@ -210,7 +212,7 @@ class Ping:
         self.ns.stack.echo_handlers.pop(self.ident, None)
         self.result.finished_ns = self.ns.sim.now_ns
         if not self.result.fatal:
-            self.result.lines.append(f"--- {ip_to_str(self.dst)} ping statistics ---")
+            self.result.lines.append(f"--- {self.host_name or ip_to_str(self.dst)} ping statistics ---")
             self.result.lines.append(self.result.summary())
         done, self._done = self._done, None
         done(self.result)

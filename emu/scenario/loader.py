@@ -637,6 +637,11 @@ class _Builder:
             ping = parse_ping(command)
         except ValueError as error:
             raise ScenarioError(fields.path_of("run"), str(error)) from None
+        if isinstance(ping.destination, str):
+            known = {node.name for node in nodes} | {pod.name for node in nodes for pod in node.pods}
+            if ping.destination not in known:
+                raise ScenarioError(fields.path_of("run"), f"destination {_shorten(ping.destination)!r} "
+                                    "is not an IPv4 address, node or pod")
         return TrafficSpec(source, container, ping, fields.read("at", _seconds, default=None), path)
 
     @staticmethod

@@ -109,10 +109,12 @@ class PingSpec:
 
     Defaults: interval 1.0 s, size 56, ttl/timeout None (system default /
     wait for ever), pmtudisc "want" (Linux's socket default), no interface,
-    not quiet.
+    not quiet. A destination that is a node or pod name (the loader checks it
+    exists) is resolved to its address when the command starts, since
+    leased subnets make addresses hard to know in advance.
     """
 
-    destination: IPv4Address
+    destination: IPv4Address | str  # an address, or the name of a node or pod
     count: int
     interval: float
     size: int

@@ -13,7 +13,7 @@ import math
 import shlex
 from ipaddress import IPv4Address
 
-from emu.scenario.model import PingSpec, is_interface_name
+from emu.scenario.model import PingSpec, is_interface_name, is_object_name
 
 _OPTIONS = "c:i:s:t:W:M:I:q"
 _SUPPORTED = "-c -i -s -t -W -M -I -q"
@@ -56,13 +56,17 @@ def parse_ping(command: str) -> PingSpec:
     )
 
 
-def _destination(operands: list[str]) -> IPv4Address:
+def _destination(operands: list[str]) -> IPv4Address | str:
+    """An IPv4 address, or a node/pod name (checked against the scenario by
+    the loader, resolved to an address at run time)."""
     if len(operands) != 1:
         raise ValueError(f"ping needs exactly one destination, got {len(operands)}")
     try:
         return IPv4Address(operands[0])
     except ValueError:
-        raise ValueError(f"destination {operands[0]!r} is not an IPv4 address") from None
+        if is_object_name(operands[0]):
+            return operands[0]
+        raise ValueError(f"destination {operands[0]!r} is not an IPv4 address or a node/pod name") from None
 
 
 def _integer(option: str, text: str, low: int, high: int | None) -> int:

@@ -82,6 +82,19 @@ def describe_node(emulated: EmulatedCluster, name: str) -> str:
     return f"{name} {node.ip} subnet {subnet}: {pods}"
 
 
+def resolve_destination(emulated: EmulatedCluster, destination) -> str | None:
+    """A ping destination as an address: node names give their eth0 address,
+    pod names their pod address; None for a name that does not exist (now)."""
+    if not isinstance(destination, str):
+        return str(destination)
+    cluster = emulated.cluster
+    if destination in cluster.nodes:
+        return str(cluster.nodes[destination].ip)
+    if destination in cluster.pods:
+        return str(cluster.pods[destination].ip)
+    return None
+
+
 def clear_outputs(out_dir: Path) -> None:
     """Remove the files a previous run wrote (and nothing else)."""
     for pattern in OWN_OUTPUTS:
@@ -137,13 +150,16 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
             if following < len(chain) and chain[following].at is None:
                 sim.call_process(start, following)
 
-        if ns is None:
+        destination = resolve_destination(emulated, ping.destination)
+        if ns is None or destination is None:
             failed = PingResult(ping.command, str(ping.destination))
-            failed.fatal = f"emu: {spec.source} does not exist at t={sim.now_ns / 1e9:g}s"
+            failed.fatal = (f"emu: {spec.source} does not exist at t={sim.now_ns / 1e9:g}s"
+                            if ns is None else f"ping: {ping.destination}: Name or service not known")
             done(failed)
             return
-        Ping(ns, str(ping.destination), ping.count, ping.interval, ping.size, ping.ttl,
-             ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command).start(done)
+        Ping(ns, destination, ping.count, ping.interval, ping.size, ping.ttl,
+             ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command,
+             host_name=ping.destination if isinstance(ping.destination, str) else None).start(done)
 
     for index, spec in enumerate(chain):
         if spec.at is not None:
