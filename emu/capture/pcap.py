@@ -130,7 +130,11 @@ class PcapWriter(ClosingContext):
 
     def write(self, ts_ns: int, frame: Frame) -> None:
         """Append one frame captured at virtual time ``ts_ns`` (nanoseconds)."""
-        data = checked_frame(ts_ns, frame)
+        self.append_checked(ts_ns, checked_frame(ts_ns, frame))
+
+    def append_checked(self, ts_ns: int, data: memoryview) -> None:
+        """`write` for a frame `checked_frame` has already vouched for (a
+        capture point checks once for its pcap and the merged pcapng)."""
         seconds, ns = divmod(ts_ns, NS_PER_SECOND)
         fraction = ns if self.nanosecond else ns // NS_PER_MICROSECOND
         caplen = min(len(data), self.snaplen)

@@ -51,7 +51,9 @@ BLOCK_HEADER = struct.Struct("<II")  # block type, block total length
 BLOCK_TRAILER = struct.Struct("<I")  # block total length, again
 SECTION_HEADER_BODY = struct.Struct("<IHHq")  # byte-order magic, major, minor, section length
 INTERFACE_BODY = struct.Struct("<HHI")  # linktype, reserved, snaplen
-PACKET_BODY = struct.Struct("<IIIII")  # interface id, ts high, ts low, caplen, origlen
+# Block header and packet body together: one pack per Enhanced Packet Block.
+ENHANCED_PACKET_HEAD = struct.Struct("<IIIIIII")
+ZERO_PADDING = b"\0\0\0"
 OPTION_HEADER = struct.Struct("<HH")  # option code, option length
 
 
@@ -119,11 +121,20 @@ class PcapngWriter(ClosingContext):
                 f"interface_id: {interface_id!r} is not a declared interface "
                 f"({len(self._interfaces)} declared; call add_interface first)"
             )
+        self.append_checked(interface_id, ts_ns, data)
+
+    def append_checked(self, interface_id: int, ts_ns: int, data: memoryview) -> None:
+        """`write` for an interface id this writer returned and a frame
+        `checked_frame` has already vouched for: one Enhanced Packet Block
+        (header, frame, padding to 32 bits, trailer) built in one go."""
         ticks = ts_ns if self._interfaces[interface_id].nanosecond else ts_ns // NS_PER_MICROSECOND
         caplen = min(len(data), DEFAULT_SNAPLEN)
-        body = PACKET_BODY.pack(interface_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen, len(data))
-        body += _pad32(bytes(data[:caplen]))
-        self._write_block(BLOCK_ENHANCED_PACKET, body)
+        padding = -caplen % 4
+        total = ENHANCED_PACKET_HEAD.size + caplen + padding + BLOCK_TRAILER.size
+        self._file.write(
+            ENHANCED_PACKET_HEAD.pack(BLOCK_ENHANCED_PACKET, total, interface_id, ticks >> 32,
+                                      ticks & 0xFFFFFFFF, caplen, len(data))
+            + data[:caplen] + ZERO_PADDING[:padding] + BLOCK_TRAILER.pack(total))
 
     def _write_block(self, block_type: int, body: bytes) -> None:
         self._file.write(_block(block_type, body))

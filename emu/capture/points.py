@@ -35,7 +35,7 @@ class _MergedCapture:
 
     def write(self, interface_id: int, ts_ns: int, frame: Frame) -> None:
         assert self._writer is not None, "write before add_interface"
-        self._writer.write(interface_id, ts_ns, frame)
+        self._writer.append_checked(interface_id, ts_ns, frame)
 
     def flush(self) -> None:
         if self._writer is not None:
@@ -80,7 +80,7 @@ class CapturePoint:
 
     def record(self, ts_ns: int, frame: Frame) -> None:
         """Write ``frame``, seen at virtual time ``ts_ns``, to this point's files."""
-        checked_frame(ts_ns, frame)  # refuse bad input before any file is created
+        data = checked_frame(ts_ns, frame)  # refuse bad input before any file is created
         if self._closed:
             raise ValueError(f"capture point {self.namespace}/{self.ifname}: capture set is closed")
         if self._pcap is None:
@@ -89,9 +89,9 @@ class CapturePoint:
             if self._merged is not None:
                 name = f"{self.namespace}/{self.ifname}"
                 self._interface_id = self._merged.add_interface(name, self.description, self.linktype)
-        self._pcap.write(ts_ns, frame)
+        self._pcap.append_checked(ts_ns, data)
         if self._merged is not None and self._interface_id is not None:
-            self._merged.write(self._interface_id, ts_ns, frame)
+            self._merged.write(self._interface_id, ts_ns, data)
         self.frames += 1
 
     def flush(self) -> None:
