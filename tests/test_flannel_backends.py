@@ -17,7 +17,7 @@ from ipaddress import IPv4Address, IPv4Network
 import dpkt
 import pytest
 from click.testing import CliRunner
-from scapy.layers.inet import IP, UDP
+from scapy.layers.inet import UDP
 from scapy.layers.l2 import Ether
 
 from emu.cli import main as emu_main

@@ -17,7 +17,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from emu.testing.strategies import (arp_reprs, ethernet_frames, ethernet_reprs, icmp_reprs,
-                                    ipv4_addresses, ipv4_reprs, udp_reprs, vxlan_frames,
+                                    ipv4_reprs, udp_reprs, vxlan_frames,
                                     vxlan_outer_headers, vxlan_reprs)
 from emu.wire import WireError
 from emu.wire.addr import ip_from_str, mac_from_str

@@ -29,8 +29,7 @@ from hypothesis.strategies import SearchStrategy
 from emu.wire.addr import BROADCAST_MAC, ZERO_MAC
 from emu.wire.arp import HTYPE_ETHERNET, OP_REPLY, OP_REQUEST, PTYPE_IPV4, ArpRepr
 from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, EthernetRepr
-from emu.wire.icmp import (DEST_UNREACHABLE, FRAGMENTATION_NEEDED, TIME_EXCEEDED,
-                           IcmpRepr)
+from emu.wire.icmp import (FRAGMENTATION_NEEDED, IcmpRepr)
 from emu.wire.ipv4 import MAX_HEADER_LEN, MIN_HEADER_LEN, PROTO_ICMP, PROTO_UDP, Ipv4Repr
 from emu.wire.udp import HEADER_LEN as UDP_HEADER_LEN
 from emu.wire.udp import UdpRepr
