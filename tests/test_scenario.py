@@ -588,3 +588,27 @@ def test_names_resolve_to_the_addresses_the_cluster_chose(tmp_path):
     assert n2.ping.lines[0].startswith("PING n2 (172.18.0.2)") and n2.ping.received == 1
     # c1 joins at t=5 s, after this command ran: the name does not resolve yet.
     assert c1.ping.fatal == "ping: c1: Name or service not known"
+
+
+def test_linger_keeps_the_cluster_running_after_the_last_command(tmp_path):
+    from emu.scenario.run import run_scenario
+
+    text = """
+name: linger
+net-conf: {Network: 10.244.0.0/16, Backend: {Type: vxlan}}
+nodes:
+  - {name: n1, subnet: 10.244.1.0/24, pods: [{name: a1}, {name: a2}]}
+traffic:
+  - {from: a1, run: ping -c 1 -W 1 a2}
+"""
+    assert load_scenario_text(text).linger == 0.0
+    short = run_scenario(load_scenario_text(text), tmp_path / "short")
+    long = run_scenario(load_scenario_text(text + "linger: 7\n"), tmp_path / "long")
+    assert short.end_ns < 10**9 and long.end_ns == short.end_ns + 7 * 10**9
+    # a2 learnt a1 from its ARP request (STALE), used it for the reply (DELAY)
+    # and, 5 s later with no confirmation, probes it with a unicast request:
+    # only a run that keeps going sees it (the kernel does the same).
+    assert short.capture_counts["a2_eth0"] + 2 == long.capture_counts["a2_eth0"]
+    with pytest.raises(ScenarioError) as caught:
+        load_scenario_text(text + "linger: -1\n")
+    assert str(caught.value) == "linger: -1 is not a time (expected a number of seconds >= 0)"

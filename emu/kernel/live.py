@@ -303,7 +303,7 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
                 captures.open(export.prefix + ns, ns, ifname)
         captures.start()
         run.commands = play_traffic(export.prefix, scenario.traffic, cluster_hosts(scenario))
-        time.sleep(SETTLE_S)
+        time.sleep(SETTLE_S + scenario.linger)  # the emulator keeps running `linger` too
     finally:
         captures.stop()
         _script(export, "down")

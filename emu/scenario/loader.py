@@ -43,7 +43,7 @@ from emu.scenario.model import (
 from emu.scenario.ping import parse_ping
 from emu.scenario.yamlsafe import load_yaml
 
-_TOP_KEYS = ("name", "seed", "net-conf", "underlay", "cni", "nodes", "traffic", "events")
+_TOP_KEYS = ("name", "seed", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger")
 _NET_CONF_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
 _NET_CONF_FLANNEL_ONLY = (
     "EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
@@ -470,7 +470,9 @@ class _Builder:
         initial = tuple(nodes[: len(drafts)])
         events = self._events(event_fields, {node.path: node for node in nodes}, [node.name for node in initial])
         traffic = tuple(self._traffic(value, path, nodes) for value, path in top.items("traffic"))
-        return Scenario(name, seed, self.net_conf, self.underlay, self.cni, initial, traffic, events, self.source)
+        linger = top.read("linger", _seconds, default=0.0)
+        return Scenario(name, seed, self.net_conf, self.underlay, self.cni, initial, traffic, events, self.source,
+                        linger)
 
     # Nodes and pods.
 

@@ -168,6 +168,9 @@ class Scenario:
     traffic: tuple[TrafficSpec, ...]
     events: tuple[EventSpec, ...]
     source: str
+    # Seconds the cluster keeps running after the last command ends (timers
+    # such as ARP probes then still reach the captures); 0: stop at once.
+    linger: float = 0.0
 
 
 # Name rules, shared by the loader and the ping parser.

@@ -177,6 +177,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
 
     try:
         sim.run(stop=finished)
+        if scenario.linger:
+            sim.run(until_ns=sim.now_ns + seconds(scenario.linger))
     except BaseException:
         if capture_set is not None:
             capture_set.close()  # an interrupted run still leaves readable files
