@@ -374,7 +374,7 @@ def test_validation_error(edits, message):
 
 
 UNKNOWN_KEYS = [
-    ((), "", "name, seed, net-conf, underlay, cni, nodes, traffic, events"),
+    ((), "", "name, seed, net-conf, underlay, cni, nodes, traffic, events, linger"),
     (("net-conf",), "net-conf.", "Network, SubnetLen, SubnetMin, SubnetMax, Backend"),
     (("net-conf", "Backend"), "net-conf.Backend.", "Type, VNI, Port"),
     (("underlay",), "underlay.", "subnet, mtu"),
