@@ -83,7 +83,6 @@ class NeighbourTable:
         self.dev = dev
         self.params = params or NeighbourParams()
         self.entries: dict[bytes, Neighbour] = {}
-        self.generation = 0
         self.reachable_ns = self._random_reachable()
 
     # -- helpers --------------------------------------------------------------
@@ -106,7 +105,6 @@ class NeighbourTable:
             n.timer = None
 
     def _changed(self) -> None:
-        self.generation += 1
         config_changed()
 
     def _new_entry(self, ip: bytes, state: Nud) -> Neighbour:

@@ -10,7 +10,7 @@ the route added first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING
 
 from emu.net.fastpath import config_changed, epoch
 from emu.wire.addr import int_to_ip, ip_to_int, ip_to_str
@@ -72,7 +72,6 @@ class RoutingTable:
 
     def __init__(self) -> None:
         self.routes: list[Route] = []
-        self.generation = 0  # bumped on every change: flow caches key on it
         self._cache: dict[tuple, Route | None] = {}
         self._cache_epoch = -1
 
@@ -85,7 +84,6 @@ class RoutingTable:
                     route.network, route.prefixlen, route.metric):
                 raise ValueError(f"route {route} exists already ({existing})")
         self.routes.append(route)
-        self.generation += 1
         config_changed()
 
     def remove_where(self, predicate) -> int:
@@ -93,7 +91,6 @@ class RoutingTable:
         self.routes = [r for r in self.routes if not predicate(r)]
         removed = before - len(self.routes)
         if removed:
-            self.generation += 1
             config_changed()
         return removed
 
@@ -143,7 +140,3 @@ def network_of(ip: bytes, prefixlen: int) -> bytes:
 
 def broadcast_of(ip: bytes, prefixlen: int) -> bytes:
     return int_to_ip(ip_to_int(ip) | (~prefix_mask(prefixlen) & 0xFFFFFFFF))
-
-
-def routes_via(routes: Iterable[Route], dev: "NetDevice") -> list[Route]:
-    return [r for r in routes if r.dev is dev]

@@ -110,7 +110,6 @@ class Vxlan(NetDevice):
         self.local_ip = local_ip
         self.udp_checksum = udp_checksum
         self.fdb: dict[bytes, bytes] = {}
-        self.generation = 0
 
     # -- configuration ----------------------------------------------------------
     def attach(self) -> None:
@@ -137,12 +136,10 @@ class Vxlan(NetDevice):
     def fdb_append(self, mac: bytes, dst: bytes) -> None:
         """`bridge fdb append MAC dev DEV dst DST`."""
         self.fdb[mac] = dst
-        self.generation += 1
         config_changed()
 
     def fdb_delete(self, mac: bytes) -> None:
         if self.fdb.pop(mac, None) is not None:
-            self.generation += 1
             config_changed()
 
     def fdb_show(self) -> list[str]:
