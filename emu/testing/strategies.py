@@ -91,10 +91,16 @@ def ipv4_addresses() -> SearchStrategy[bytes]:
     return st.binary(min_size=4, max_size=4)
 
 
+# Tag types: 802.1Q, 802.1ad (QinQ) and the pre-standard QinQ types. Other
+# tools (scapy, dpkt, Wireshark) parse every one of them as a VLAN tag, so a
+# payload type among them would make the frame mean something else.
+TAG_ETHERTYPES = frozenset({ETHERTYPE_VLAN, 0x88A8, 0x9100, 0x9200})
+
+
 def _ethertypes() -> SearchStrategy[int]:
-    """Ethernet II types (>= 0x0600), except the 802.1Q tag type itself."""
+    """Ethernet II types (>= 0x0600), except the VLAN tag types."""
     return st.one_of(st.sampled_from([ETHERTYPE_IPV4, ETHERTYPE_ARP]),
-                     st.integers(0x0600, 0xFFFF).filter(lambda t: t != ETHERTYPE_VLAN))
+                     st.integers(0x0600, 0xFFFF).filter(lambda t: t not in TAG_ETHERTYPES))
 
 
 def _vlan_tcis() -> SearchStrategy[int | None]:
@@ -105,7 +111,8 @@ def _vlan_tcis() -> SearchStrategy[int | None]:
 def ethernet_reprs(ethertype: int | None = None) -> SearchStrategy[EthernetRepr]:
     """Ethernet II headers, untagged or with one 802.1Q tag.
 
-    `ethertype` fixes the type; by default any Ethernet II type but 0x8100.
+    `ethertype` fixes the type; by default any Ethernet II type but the VLAN
+    tag types (0x8100, 0x88a8, 0x9100, 0x9200).
 
     Example::
 
