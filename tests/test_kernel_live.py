@@ -115,7 +115,12 @@ def test_a_failing_step_removes_the_cluster(tmp_path):
 
 def test_sigint_removes_the_cluster(tmp_path):
     path = _write_script(tmp_path, "udp-same-node", "t7live-c-")
-    env = dict(os.environ, EMU="sleep 60")  # never becomes ready: up waits
+    # A flanneld that starts, ignores its arguments and never becomes ready:
+    # `up` waits for it, so the test can interrupt a half-built cluster.
+    stub = tmp_path / "stub-emu"
+    stub.write_text("#!/bin/sh\nexec sleep 60\n")
+    stub.chmod(0o755)
+    env = dict(os.environ, EMU=str(stub))
     proc = subprocess.Popen(["bash", str(path), "up"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
