@@ -238,7 +238,7 @@ class Ipv4Stack:
         if route is None:
             raise SendError("ENETUNREACH", "Network is unreachable")
         if src is None:
-            src = dst if local else self.ns.source_for(route)
+            src = self.ns.source_for(route)  # a local destination's route has src = dst
             if src is None:
                 raise SendError("EADDRNOTAVAIL", "Cannot assign requested address")
         mtu = route.dev.mtu if local else self.path_mtu(route, dst)

@@ -73,9 +73,9 @@ class UdpSocket:
             self.bind(None, 0)
         dst, port = address
         src_ip = self.local[0]
-        route, local = self.ns.route_output(dst, None)
+        route, _ = self.ns.route_output(dst, None)
         if src_ip is None and route is not None:
-            src_ip = dst if local else self.ns.source_for(route)
+            src_ip = self.ns.source_for(route)
         segment = UdpRepr(self.local[1], port, len(data)).build(
             data, src_ip or bytes(4), dst, with_checksum=self.checksum)
         self.ns.stack.send(dst, PROTO_UDP, segment, src=src_ip, ttl=ttl, tos=tos,

@@ -136,7 +136,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     for event in scenario.events:
         sim.call_at(seconds(event.at), on_event, event)
 
-    chain = [spec for spec in scenario.traffic]
+    chain = scenario.traffic
 
     def start(index: int) -> None:
         spec = chain[index]
