@@ -59,6 +59,7 @@ class Settings:
     frame_sizes: tuple[int, ...]
     batch: int = 256
     kernel: bool = True
+    bridge_batches: tuple[int, ...] = (64, 256, 1024)
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -89,16 +90,23 @@ def count_label(count: int) -> str:
     return str(count)
 
 
-# The vectorised codec pays off over big batches (numpy per-call overhead);
-# 4,096 frames is the batch the issue's own sketch measured.
+# The vectorised codec and bridge pay off over big batches (numpy per-call
+# overhead); 4,096 frames is the batch the issue's own sketch measured. The
+# named bridge cases take packed batches (`PackedFrames`); `bridge_1k_macs_list`
+# shows the same with list[bytes], `bridge_1k_macs_batch_N` other batch sizes.
 CODEC_BATCH = 4096
+BRIDGE_BATCH = 4096
 
 
 def build_cases(settings: Settings) -> list[Case]:
     """Every case of one run, in reporting order; the required names always."""
     cases: list[Case] = []
     for macs in sorted(set(settings.fdb_sizes) | set(NAMED_FDB_SIZES)):
-        cases.append(BridgeCase(f"bridge_{count_label(macs)}_macs", macs, settings.batch))
+        cases.append(BridgeCase(f"bridge_{count_label(macs)}_macs", macs, BRIDGE_BATCH))
+    for batch in settings.bridge_batches:
+        cases.append(BridgeCase(f"bridge_1k_macs_batch_{batch}", 1_000, batch, group="bridge_batch"))
+    cases.append(BridgeCase("bridge_1k_macs_list", 1_000, BRIDGE_BATCH, packed=False,
+                            group="bridge_batch"))
     for codec, kind in ((VxlanEncapCase, "encap"), (VxlanDecapCase, "decap")):
         for size in sorted(set(settings.frame_sizes) | {NAMED_FRAME_SIZE}):
             name = f"vxlan_{kind}_batch" if size == NAMED_FRAME_SIZE else f"vxlan_{kind}_{size}b"

@@ -23,7 +23,7 @@ from benchmarks.suite import Settings, count_label, measure_cases, run
 from emu.kernel.live import kernel_unavailable
 
 TINY = Settings(rounds=2, budget_s=0.02, fdb_sizes=(10,), frame_sizes=(64,), batch=16,
-                kernel=False)
+                kernel=False, bridge_batches=(8,))
 ISSUE_NAMES = {
     "bridge_1k_macs", "bridge_1m_macs", "vxlan_encap_batch", "vxlan_decap_batch", "same_node",
     "cross_node_vxlan", "cross_node_hostgw", "cross_node_udp", "cross_node_vxlan_capture",
@@ -102,11 +102,16 @@ def test_settings_refuse_nonsense():
         Settings(rounds=1, budget_s=0, fdb_sizes=(), frame_sizes=())
 
 
-def test_bridge_case_forwards_known_unicast_to_one_port():
-    case = BridgeCase("b", macs=16, batch=4)
+@pytest.mark.parametrize("batch, packed", [(4, False), (4, True), (512, True), (512, False)])
+def test_bridge_case_forwards_known_unicast_to_one_port(batch, packed):
+    case = BridgeCase("b", macs=16, batch=batch, packed=packed)
     case.setup()
-    assert case.step() == 4
-    assert sum(port.sent for port in case.ports) == 4  # a flood would reach 3 ports per frame
+    assert case.step() == batch
+    # a flood would reach 3 ports per frame
+    assert sum(port.sent for port in case.ports) == batch
+    assert sum(port.stats.tx_packets for port in case.ports) == batch
+    assert sum(port.stats.tx_bytes for port in case.ports) == 60 * batch
+    assert case.bridge.forwarded == batch and case.bridge.flooded == 0
 
 
 class _Logged(Case):

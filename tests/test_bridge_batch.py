@@ -14,6 +14,7 @@ from emu.net.bridge import Bridge
 from emu.net.device import NetDevice
 from emu.sim import Scheduler
 from emu.wire.ethernet import ETHERTYPE_IPV4, ethernet_header
+from emu.wire.packed import PackedFrames
 
 PORTS = 3
 BRIDGE_MAC = b"\x02\xbb\x00\x00\x00\x01"
@@ -86,3 +87,166 @@ def test_a_batch_of_known_unicast_is_one_run_per_egress():
     assert log == [("port1", frames[0])] * 5
     assert bridge.forwarded == 5 and bridge.flooded == 0
     assert ports[1].stats.tx_packets == 5
+
+
+# -- the planned (numpy) path --------------------------------------------------------
+VLAN_TPID = 0x8100
+events = st.lists(st.one_of(
+    # a batch: ingress port, a time step before it, its frames (dst, src, ethertype, size)
+    st.tuples(st.just("batch"), st.integers(0, PORTS - 1), st.integers(0, 40),
+              st.lists(st.tuples(st.sampled_from(HOSTS + SPECIAL), st.sampled_from(HOSTS + SPECIAL),
+                                 st.sampled_from([ETHERTYPE_IPV4, VLAN_TPID]), st.integers(0, 120)),
+                       min_size=1, max_size=80)),
+    # a user-added static entry for a host on some port (moves on learning, as in Linux)
+    st.tuples(st.just("static"), st.integers(0, PORTS - 1), st.sampled_from(HOSTS)),
+), min_size=1, max_size=12)
+
+
+def run_events(bridge_and_more, items, batched: bool, packed: bool = False):
+    sim, bridge, ports, log = bridge_and_more
+    for item in items:
+        if item[0] == "static":
+            bridge.fdb.add_static(item[2], ports[item[1]])
+            continue
+        _, ingress, step, specs = item
+        sim.now_ns += step
+        frames = [ethernet_header(dst, src, ethertype) + bytes(size) for dst, src, ethertype, size in specs]
+        frames = [frame[:size] if size < 14 else frame for frame, (_, _, _, size) in zip(frames, specs)]
+        if batched:
+            if packed:  # one length per packed batch: pad every frame to the longest
+                longest = max(map(len, frames))
+                frames = PackedFrames.from_frames([frame.ljust(longest, b"\0") for frame in frames])
+            bridge.handle_port_batch(ports[ingress], frames)
+        else:
+            if packed:
+                longest = max(map(len, frames))
+                frames = [frame.ljust(longest, b"\0") for frame in frames]
+            for frame in frames:
+                bridge.handle_port_frame(ports[ingress], frame)
+
+
+def build_short_ageing(hairpin: bool):
+    built = build(hairpin)
+    built[1].fdb.ageing_ns = 50  # entries age within a few batches
+    return built
+
+
+@settings(max_examples=300, deadline=None)
+@given(events, st.booleans(), st.sampled_from([1, 2, 8, 32]), st.booleans())
+def test_planned_batches_equal_frame_by_frame(items, hairpin, vector_min, packed):
+    """The numpy plan (forced on from `vector_min` frames) against frame by
+    frame: learning within the batch, aging, static entries moving, local
+    MACs, refused sources, floods, MTU drops with and without a VLAN tag,
+    same-port drops and hairpin."""
+    from emu.net import bridge as bridge_module
+    saved = bridge_module.VECTOR_MIN
+    bridge_module.VECTOR_MIN = vector_min
+    try:
+        one, many = build_short_ageing(hairpin), build_short_ageing(hairpin)
+        run_events(one, items, batched=False, packed=packed)
+        run_events(many, items, batched=True, packed=packed)
+    finally:
+        bridge_module.VECTOR_MIN = saved
+    assert state(many[1], many[2], many[3]) == state(one[1], one[2], one[3])
+
+
+def test_a_large_batch_goes_out_in_one_interleaved_call_in_order():
+    """Known unicast to three ports in a shuffled order: one plan, every frame
+    on the wire in the per-frame order, nothing flooded."""
+    sim, bridge, ports, log = build(hairpin=False)
+    for index, port in enumerate(ports):
+        bridge.fdb.learn(HOSTS[index], port, 0)
+    destinations = [HOSTS[1], HOSTS[2]] * 50
+    frames = [ethernet_header(dst, HOSTS[0], ETHERTYPE_IPV4) + bytes([i]) * 46
+              for i, dst in enumerate(destinations)]
+    calls = []
+    original = NetDevice.transmit_interleaved
+    NetDevice.transmit_interleaved = staticmethod(lambda *args: (calls.append(args), original(*args)))
+    try:
+        bridge.handle_port_batch(ports[0], frames)
+    finally:
+        NetDevice.transmit_interleaved = staticmethod(original)
+    assert log == [(f"port{1 if i % 2 == 0 else 2}", frame) for i, frame in enumerate(frames)]
+    assert len(calls) == 1 and bridge.forwarded == 100 and bridge.flooded == 0
+
+
+def test_a_learned_static_entry_moves_like_linux():
+    """br_fdb_update moves any non-local entry to the port a frame came from."""
+    sim, bridge, ports, log = build(hairpin=False)
+    bridge.fdb.add_static(HOSTS[0], ports[1])
+    bridge.handle_port_frame(ports[2], ethernet_header(HOSTS[1], HOSTS[0], ETHERTYPE_IPV4) + bytes(46))
+    entry = bridge.fdb.lookup(HOSTS[0], 0)
+    assert entry.port is ports[2] and entry.static
+    bridge.handle_port_frame(ports[2], ethernet_header(HOSTS[1], BRIDGE_MAC, ETHERTYPE_IPV4) + bytes(46))
+    assert bridge.fdb.lookup(BRIDGE_MAC, 0).port is None  # local: never moves
+
+
+def _forced_plans(test):
+    """Run `test` with the numpy plan used from 2 frames on."""
+    from emu.net import bridge as bridge_module
+    saved = bridge_module.VECTOR_MIN
+    bridge_module.VECTOR_MIN = 2
+    try:
+        return test()
+    finally:
+        bridge_module.VECTOR_MIN = saved
+
+
+def _both_ways(frames, setup, ingress=0):
+    """The state after `frames` on port `ingress`, frame by frame and as one planned batch."""
+    results = []
+    for batched in (False, True):
+        built = build(hairpin=False)
+        setup(*built)
+        if batched:
+            _forced_plans(lambda: built[1].handle_port_batch(built[2][ingress], frames))
+        else:
+            for frame in frames:
+                built[1].handle_port_frame(built[2][ingress], frame)
+        results.append(state(built[1], built[2], built[3]))
+    return results
+
+
+def test_an_entry_exactly_as_old_as_the_ageing_time_is_still_live():
+    def setup(sim, bridge, ports, log):
+        bridge.fdb.ageing_ns = 50
+        bridge.fdb.learn(HOSTS[1], ports[1], 0)
+        sim.now_ns = 50
+    frames = [ethernet_header(HOSTS[1], HOSTS[0], ETHERTYPE_IPV4) + bytes(46)] * 3
+    one, many = _both_ways(frames, setup)
+    assert many == one
+    assert one[0] == [("port1", frames[0])] * 3  # forwarded, not flooded
+
+
+def test_the_mtu_check_allows_four_more_bytes_for_a_vlan_tag():
+    def setup(sim, bridge, ports, log):
+        bridge.fdb.learn(HOSTS[0], ports[0], 0)  # port0 has MTU 100
+    tagged = ethernet_header(HOSTS[0], HOSTS[1], VLAN_TPID) + bytes(104)
+    untagged = ethernet_header(HOSTS[0], HOSTS[1], ETHERTYPE_IPV4) + bytes(104)
+    one, many = _both_ways([tagged, untagged, tagged], setup, ingress=1)
+    assert many == one
+    assert one[0] == [("port0", tagged), ("port0", tagged)]
+
+
+def test_a_batch_is_planned_again_when_handling_a_frame_changes_the_fdb():
+    """A port whose wire reconfigures the bridge as a flood goes out (a
+    synchronous side effect): later frames of the batch follow the change."""
+    results = []
+    for batched in (False, True):
+        sim, bridge, ports, log = build(hairpin=False)
+        bridge.fdb.learn(HOSTS[2], ports[1], 0)
+
+        def rewire(frame, port=ports[2], original=ports[2]._xmit):
+            original(frame)
+            bridge.fdb.add_static(HOSTS[2], ports[0])
+        ports[2]._xmit = rewire
+        frames = [ethernet_header(b"\xff" * 6, HOSTS[0], ETHERTYPE_IPV4) + bytes(46)]
+        frames += [ethernet_header(HOSTS[2], HOSTS[1], ETHERTYPE_IPV4) + bytes(46)] * 3
+        if batched:
+            _forced_plans(lambda: bridge.handle_port_batch(ports[1], frames))
+        else:
+            for frame in frames:
+                bridge.handle_port_frame(ports[1], frame)
+        results.append(state(bridge, ports, log))
+    assert results[1] == results[0]
+    assert results[0][0][-3:] == [("port0", frames[1])] * 3

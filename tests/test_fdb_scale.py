@@ -37,7 +37,7 @@ def test_a_million_macs_learned_looked_up_and_aged_under_200_mb():
         assert len(fdb) == MILLION // 2
         # Freed slots are reused, not appended.
         fdb.learn(b"\x04" * 6, ports[1], seconds(400))
-        assert len(fdb._macs) == MILLION
+        assert fdb.slots == MILLION
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
 
 from emu.net.fastpath import config_changed
 from emu.sim import Scheduler
@@ -155,6 +157,37 @@ class NetDevice:
         self.stats.rx_bytes += sum(map(len, frames))
         master.handle_port_batch(self, frames)
 
+    @staticmethod
+    def transmit_interleaved(devices: Sequence["NetDevice"], which: "np.ndarray",
+                             frames: Sequence[bytes]) -> None:
+        """Send frames[i] out of devices[which[i]], for i in order: exactly
+        `transmit` frame after frame (a bridge forwarding a batch to its ports).
+
+        If every device involved is of one class with `takes_interleaved`,
+        that class takes the whole batch in one call; otherwise each run of
+        consecutive frames for one device goes out with `transmit_batch`.
+        """
+        if not len(frames):
+            return
+        involved = {type(devices[number]) for number in np.flatnonzero(np.bincount(which)).tolist()}
+        if len(involved) == 1:
+            kind = involved.pop()
+            if kind.takes_interleaved:
+                kind.transmit_interleaved_batch(devices, which, frames)
+                return
+        starts = [0, *(np.flatnonzero(which[1:] != which[:-1]) + 1).tolist(), len(frames)]
+        numbers = which.tolist()
+        for start, stop in zip(starts, starts[1:]):
+            devices[numbers[start]].transmit_batch(frames[start:stop])
+
+    takes_interleaved = False  # True where a class defines `transmit_interleaved_batch`
+
+    @classmethod
+    def transmit_interleaved_batch(cls, devices: Sequence["NetDevice"], which: "np.ndarray",
+                                   frames: Sequence[bytes]) -> None:
+        """`transmit_interleaved` when all the devices are of this class."""
+        raise NotImplementedError(f"{cls.__name__} does not take interleaved batches")
+
     def _xmit(self, frame: bytes) -> None:
         """Device-specific transmit; the base device has no wire."""
         self.drop("no-carrier")
@@ -169,9 +202,9 @@ class NetDevice:
             for tap in self.taps:
                 tap(now, frame)
 
-    def drop(self, reason: str) -> None:
-        """Count a refused frame under a named reason."""
-        self.stats.drops[reason] += 1
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Count `count` refused frames under a named reason."""
+        self.stats.drops[reason] += count
 
     def fits_mtu(self, frame: bytes) -> bool:
         """Linux's is_skb_forwardable: L3 length within MTU (+ one VLAN tag)."""
