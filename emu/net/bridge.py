@@ -159,14 +159,16 @@ class Bridge(NetDevice):
         lengths, headers = header_rows(frames)
         dst_keys, src_keys = mac_keys(headers, 0), mac_keys(headers, 6)
         valid_source = (lengths >= HEADER_LEN) & ((headers[:, 6] & 1) == 0) & (src_keys != 0)
-        egress, local = fdb.lookup_batch(dst_keys, src_keys, valid_source, port, now)
+        egress, local, src_slots = fdb.lookup_batch(dst_keys, src_keys, valid_source, port, now)
+        layout = fdb.layout
         plain = valid_source & ((headers[:, 0] & 1) == 0) & (egress >= 0) & ~local
         vlan = (headers[:, 12] == 0x81) & (headers[:, 13] == 0)
         others = np.flatnonzero(~plain).tolist()
         start = 0
         for index in [*others, len(frames)]:
             if index > start:
-                fdb.learn_batch(src_keys[start:index], port, now)
+                fdb.learn_batch(src_keys[start:index], port, now,
+                                src_slots[start:index] if fdb.layout == layout else None)
                 self._forward_known(port, frames[start:index], egress[start:index],
                                     lengths[start:index], vlan[start:index])
             if index == len(frames):

@@ -57,6 +57,7 @@ class Fdb:
     def __init__(self, ageing_ns: int = DEFAULT_AGEING_NS) -> None:
         self.ageing_ns = ageing_ns
         self.generation = 0  # bumped on every change: flow caches key on it
+        self.layout = 0  # bumped when a MAC gets or loses its slot (slots read earlier go stale)
         self._slot: dict[bytes, int] = {}
         self._index = MacIndex()
         self._port_no = array("i")  # a number from `port_number`: 0 is "no port"
@@ -96,12 +97,14 @@ class Fdb:
             self._mark.append(0)
         self._slot[mac] = slot
         self._index.insert(mac_key(mac), slot)
+        self.layout += 1
 
     def _delete(self, mac: bytes) -> None:
         slot = self._slot.pop(mac)
         self._index.remove(mac_key(mac))
         self._port_no[slot] = 0
         self._free.append(slot)
+        self.layout += 1
 
     def _port(self, slot: int) -> "NetDevice | None":
         return self.ports_by_number[self._port_no[slot]]
@@ -178,21 +181,22 @@ class Fdb:
 
     # -- the batched data path ------------------------------------------------
     def lookup_batch(self, dst_keys: np.ndarray, src_keys: np.ndarray, learns: np.ndarray,
-                     port: "NetDevice", now_ns: int) -> tuple[np.ndarray, np.ndarray]:
+                     port: "NetDevice", now_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """What a bridge's per-frame walk would find, for a batch on `port`.
 
         Frame i first learns `src_keys[i]` on `port` (where `learns[i]`), then
         looks up `dst_keys[i]`; this returns, for every i, the port number
         (`ports_by_number`) that lookup would return, -1 where it would find
-        no live entry, and whether the entry is local. Nothing changes here:
-        `learn_batch` applies the learning of the frames the caller commits.
-        Keys are uint64 MACs (`mac_index.mac_key`).
+        no live entry, and whether the entry is local; and the slot of every
+        source (-1 if new), which `learn_batch` may reuse while `layout` is
+        unchanged. Nothing changes here: `learn_batch` applies the learning
+        of the frames the caller commits. Keys are uint64 MACs (`mac_key`).
         """
         count = len(dst_keys)
         result = np.full(count, -1, np.int64)
         local = np.zeros(count, bool)
         if not self._slot:
-            return result, local
+            return result, local, np.full(count, -1, np.int64)
         dst_slots = self._index.get_many(dst_keys)
         src_slots = self._index.get_many(src_keys)
         port_no = np.frombuffer(self._port_no, np.int32)
@@ -215,7 +219,7 @@ class Fdb:
         if taught.any() or new_sources.any():
             self._apply_taught(result, local, taught, dst_keys, src_keys, src_slots, dst_slots,
                                learns, new_sources, self.port_number(port))
-        return result, local
+        return result, local, src_slots
 
     @staticmethod
     def _apply_taught(result: np.ndarray, local: np.ndarray, taught: np.ndarray, dst_keys: np.ndarray,
@@ -240,9 +244,12 @@ class Fdb:
                 result[i] = number
                 local[i] = False
 
-    def learn_batch(self, src_keys: np.ndarray, port: "NetDevice", now_ns: int) -> None:
-        """`learn(mac, port, now_ns)` for every key, in order."""
-        slots = self._index.get_many(src_keys)
+    def learn_batch(self, src_keys: np.ndarray, port: "NetDevice", now_ns: int,
+                    slots: np.ndarray | None = None) -> None:
+        """`learn(mac, port, now_ns)` for every key, in order. `slots`: the
+        keys' slots from `lookup_batch`, valid only if `layout` has not moved."""
+        if slots is None:
+            slots = self._index.get_many(src_keys)
         known = slots[slots >= 0]
         number = self.port_number(port)
         if known.size:
