@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 
 from emu.wire.errors import Malformed, Truncated
+from emu.wire.frozen import build_frozen
 
 OP_REQUEST = 1
 OP_REPLY = 2
@@ -41,7 +42,7 @@ class ArpRepr:
             raise Malformed("arp", "hlen", hlen)
         if plen != 4:
             raise Malformed("arp", "plen", plen)
-        return cls(op, sha, spa, tha, tpa, htype, ptype)
+        return build_frozen(cls, op=op, sha=sha, spa=spa, tha=tha, tpa=tpa, htype=htype, ptype=ptype)
 
     @property
     def header_len(self) -> int:

@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 
 from emu.wire.errors import Truncated
+from emu.wire.frozen import build_frozen
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_ARP = 0x0806
@@ -24,6 +25,7 @@ TYPE = slice(12, 14)
 
 _HEADER = struct.Struct("!6s6sH")
 _TAGGED = struct.Struct("!6s6sHHH")
+_ADDRESSES = struct.Struct("!6s6s")
 
 
 class EthernetFrame:
@@ -64,7 +66,9 @@ class EthernetFrame:
         return len(self.buf)
 
     def to_repr(self) -> "EthernetRepr":
-        return EthernetRepr(self.dst, self.src, self.ethertype, self.vlan_tci)
+        dst, src = _ADDRESSES.unpack_from(self.buf)
+        return build_frozen(EthernetRepr, dst=dst, src=src, ethertype=self.ethertype,
+                            vlan_tci=self.vlan_tci)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from emu.wire.checksum import internet_checksum, ones_sum
 from emu.wire.errors import Truncated
+from emu.wire.frozen import build_frozen
 
 ECHO_REPLY = 0
 DEST_UNREACHABLE = 3
@@ -86,7 +87,9 @@ class IcmpMessage:
         return len(self.buf)
 
     def to_repr(self) -> "IcmpRepr":
-        return IcmpRepr(self.type, self.code, self.rest, bytes(self.payload))
+        type_, code, _, rest = _HEADER.unpack_from(self.buf)
+        return build_frozen(IcmpRepr, type=type_, code=code, rest=rest,
+                            payload=bytes(self.buf[HEADER_LEN:]))
 
 
 @dataclass(frozen=True)

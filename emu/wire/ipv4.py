@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 
 from emu.wire.checksum import incremental_update, internet_checksum, ones_sum
 from emu.wire.errors import Malformed, Truncated
+from emu.wire.frozen import build_frozen
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -31,6 +32,7 @@ SRC = slice(12, 16)
 DST = slice(16, 20)
 
 _FIXED = struct.Struct("!BBHHHBBH4s4s")
+_LENGTHS = struct.Struct("!BxH")  # version/IHL, total length: all the constructor checks
 
 
 class Ipv4Packet:
@@ -47,15 +49,14 @@ class Ipv4Packet:
         have = len(buf)
         if have < MIN_HEADER_LEN:
             raise Truncated("ipv4", MIN_HEADER_LEN, have)
-        version = buf[0] >> 4
-        if version != 4:
-            raise Malformed("ipv4", "version", version)
-        header_len = (buf[0] & 0x0F) * 4
+        version_ihl, total_length = _LENGTHS.unpack_from(buf)
+        if version_ihl >> 4 != 4:
+            raise Malformed("ipv4", "version", version_ihl >> 4)
+        header_len = (version_ihl & 0x0F) * 4
         if header_len < MIN_HEADER_LEN:
             raise Malformed("ipv4", "ihl", header_len // 4)
         if have < header_len:
             raise Truncated("ipv4", header_len, have)
-        total_length = (buf[2] << 8) | buf[3]
         if total_length < header_len:
             raise Malformed("ipv4", "total_length", total_length)
         if have < total_length and not allow_truncated:
@@ -127,13 +128,15 @@ class Ipv4Packet:
         return self.total_length
 
     def to_repr(self) -> "Ipv4Repr":
-        flags = self.flags_offset
-        return Ipv4Repr(
-            src=self.src, dst=self.dst, protocol=self.protocol,
-            payload_len=self.total_length - self.header_len, ttl=self.ttl,
-            tos=self.tos, ident=self.ident, df=bool(flags & FLAG_DF),
-            mf=bool(flags & FLAG_MF), frag_offset=flags & OFFSET_MASK,
-            reserved_flag=bool(flags & FLAG_RESERVED), options=self.options,
+        """Every field from one unpack of the fixed header; `__init__` checked the lengths."""
+        _, tos, _, ident, flags, ttl, protocol, _, src, dst = _FIXED.unpack_from(self.buf)
+        header_len = self.header_len
+        return build_frozen(
+            Ipv4Repr, src=src, dst=dst, protocol=protocol,
+            payload_len=self.total_length - header_len, ttl=ttl, tos=tos, ident=ident,
+            df=flags & FLAG_DF != 0, mf=flags & FLAG_MF != 0, frag_offset=flags & OFFSET_MASK,
+            reserved_flag=flags & FLAG_RESERVED != 0,
+            options=bytes(self.buf[MIN_HEADER_LEN:header_len]),
         )
 
 

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from emu.wire.checksum import ones_sum, pseudo_header_sum, udp_checksum_field
 from emu.wire.errors import Malformed, Truncated
+from emu.wire.frozen import build_frozen
 from emu.wire.ipv4 import PROTO_UDP
 
 HEADER_LEN = 8
 
 _HEADER = struct.Struct("!HHHH")
+_PORTS = struct.Struct("!HH")
 
 
 def udp_checksum(src_ip: bytes, dst_ip: bytes, segment: bytes | bytearray | memoryview) -> int:
@@ -68,7 +70,9 @@ class UdpDatagram:
         return self.length
 
     def to_repr(self) -> "UdpRepr":
-        return UdpRepr(self.src_port, self.dst_port, self.length - HEADER_LEN)
+        src_port, dst_port = _PORTS.unpack_from(self.buf)
+        return build_frozen(UdpRepr, src_port=src_port, dst_port=dst_port,
+                            payload_len=self.length - HEADER_LEN)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from emu.wire.errors import Truncated, WireError
 from emu.wire.ethernet import ETHERTYPE_IPV4, EthernetFrame, ethernet_header
+from emu.wire.frozen import build_frozen
 from emu.wire.ipv4 import PROTO_UDP, Ipv4Packet, Ipv4Repr
 from emu.wire.udp import UdpDatagram, UdpRepr
 
@@ -56,7 +57,9 @@ class VxlanHeader:
         return memoryview(self.buf)[HEADER_LEN:]
 
     def to_repr(self) -> "VxlanRepr":
-        return VxlanRepr(self.vni, self.flags, self.reserved1, self.reserved2)
+        flags_reserved1, vni_reserved2 = _HEADER.unpack_from(self.buf)
+        return build_frozen(VxlanRepr, vni=vni_reserved2 >> 8, flags=flags_reserved1 >> 24,
+                            reserved1=flags_reserved1 & 0xFFFFFF, reserved2=vni_reserved2 & 0xFF)
 
 
 @dataclass(frozen=True)
@@ -136,12 +139,14 @@ def decapsulate(frame: bytes | bytearray | memoryview) -> Decapsulated:
     ip = Ipv4Packet(eth.payload)
     if not ip.checksum_ok():
         raise WireError("vxlan-outer-ip-checksum")
-    if ip.protocol != PROTO_UDP:
-        raise WireError("vxlan-outer-not-udp", f"protocol {ip.protocol}")
-    if ip.is_fragment():
+    outer_ip = ip.to_repr()
+    if outer_ip.protocol != PROTO_UDP:
+        raise WireError("vxlan-outer-not-udp", f"protocol {outer_ip.protocol}")
+    if outer_ip.mf or outer_ip.frag_offset:
         raise WireError("vxlan-outer-fragment")
     udp = UdpDatagram(ip.payload)
-    if not udp.checksum_ok(ip.src, ip.dst):
+    if not udp.checksum_ok(outer_ip.src, outer_ip.dst):
         raise WireError("vxlan-udp-checksum")
     vxlan = VxlanHeader(udp.payload)
-    return Decapsulated(ip.to_repr(), udp.to_repr(), vxlan.to_repr(), bytes(vxlan.payload))
+    return build_frozen(Decapsulated, outer_ip=outer_ip, udp=udp.to_repr(), vxlan=vxlan.to_repr(),
+                        inner_frame=bytes(vxlan.payload))
