@@ -15,7 +15,10 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 from contextlib import AbstractContextManager
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Sequence
+
+if TYPE_CHECKING:
+    import numpy as np
 
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101  # raw IPv4/IPv6, no link header: what a TUN device carries
@@ -37,16 +40,22 @@ MAX_SECONDS = 0xFFFFFFFF  # ts_sec is an unsigned 32-bit field
 Frame = bytes | bytearray | memoryview
 
 
+def checked_timestamp(ts_ns: int) -> int:
+    """Refuse a timestamp that is not int nanoseconds the files can hold."""
+    if isinstance(ts_ns, bool) or not isinstance(ts_ns, int):
+        raise TypeError(f"ts_ns: expected int nanoseconds, got {type(ts_ns).__name__}")
+    if not 0 <= ts_ns < (MAX_SECONDS + 1) * NS_PER_SECOND:
+        raise ValueError(f"ts_ns: {ts_ns} is outside 0 .. {MAX_SECONDS} seconds")
+    return ts_ns
+
+
 def checked_frame(ts_ns: int, frame: Frame) -> memoryview:
     """Validate one record's timestamp and frame; return the frame as a byte view.
 
     Shared by both writers so that bad input is refused before anything
     reaches the file, with an error naming the field.
     """
-    if isinstance(ts_ns, bool) or not isinstance(ts_ns, int):
-        raise TypeError(f"ts_ns: expected int nanoseconds, got {type(ts_ns).__name__}")
-    if not 0 <= ts_ns < (MAX_SECONDS + 1) * NS_PER_SECOND:
-        raise ValueError(f"ts_ns: {ts_ns} is outside 0 .. {MAX_SECONDS} seconds")
+    checked_timestamp(ts_ns)
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise TypeError(f"frame: expected bytes, bytearray or memoryview, got {type(frame).__name__}")
     return memoryview(frame).cast("B")
@@ -57,6 +66,51 @@ def checked_linktype(linktype: int) -> int:
     if isinstance(linktype, bool) or not isinstance(linktype, int) or not 0 <= linktype <= 0xFFFF:
         raise ValueError(f"linktype: expected an int in 0..65535, got {linktype!r}")
     return linktype
+
+
+def checked_rows(rows: "np.ndarray", count: int | None = None) -> "np.ndarray":
+    """Refuse a frame matrix that is not uint8 (frames, length), or whose
+    number of frames differs from `count` (the other matrices of one call)."""
+    import numpy as np
+
+    if not isinstance(rows, np.ndarray) or rows.dtype != np.uint8 or rows.ndim != 2:
+        raise TypeError(f"rows: expected a 2-dimensional uint8 numpy array, got {rows!r:.60}")
+    if count is not None and rows.shape[0] != count:
+        raise ValueError(f"rows: expected {count} frames like the other matrices, got {rows.shape[0]}")
+    return rows
+
+
+def interleaved_records(parts: Sequence[tuple[bytes, "np.ndarray", bytes]]) -> memoryview:
+    """Records built with numpy: for each row j, for each part in order,
+    ``head + rows[j] + tail``, all concatenated.
+
+    Why: a replayed batch shows many equal-length frames with the same
+    timestamp to each capture point, so a record's header and trailer are
+    the same bytes for the whole batch; one matrix with those constant
+    columns around the frame columns holds every record of the batch, in
+    the order frame-by-frame writes would have produced them.
+    """
+    import numpy as np
+
+    segments: list[bytes | np.ndarray] = []
+    for head, rows, tail in parts:
+        for segment in (head, rows, tail):
+            if isinstance(segment, bytes) and segments and isinstance(segments[-1], bytes):
+                segments[-1] += segment
+            elif not isinstance(segment, bytes) or segment:
+                segments.append(segment)
+    count = parts[0][1].shape[0] if parts else 0
+    width = sum(len(s) if isinstance(s, bytes) else s.shape[1] for s in segments)
+    out = np.empty((count, width), np.uint8)
+    column = 0
+    for segment in segments:
+        if isinstance(segment, bytes):
+            out[:, column:column + len(segment)] = np.frombuffer(segment, np.uint8)
+            column += len(segment)
+        else:
+            out[:, column:column + segment.shape[1]] = segment
+            column += segment.shape[1]
+    return memoryview(out).cast("B")  # the bytes, without copying them again
 
 
 class ClosingContext(AbstractContextManager):
@@ -72,20 +126,24 @@ class ClosingContext(AbstractContextManager):
 class RecordFile:
     """An output file written in whole records.
 
-    Unbuffered, each record is one write() system call. Buffered, whole
-    records wait in memory until `flush()` writes them with one call (the
-    emulator flushes at the end of every virtual instant). Either way the
+    Unbuffered, each write (a record, or a block of whole records) is one
+    write() system call. Buffered, they wait in memory until `flush()`
+    writes them (the emulator flushes at the end of every virtual instant):
+    small records joined into one call, large blocks as they are, since
+    copying them into a join costs as much as writing them. Either way the
     file on disk always ends on a record boundary, so an interrupted run
     leaves a file Wireshark opens.
     """
+
+    LARGE_WRITE = 1 << 16  # bytes: a block at least this big is written without a join
 
     def __init__(self, path: Path, buffered: bool = False) -> None:
         self.path = path
         self.buffered = buffered
         self._file: BinaryIO | None = open(path, "wb", buffering=0)
-        self._pending: list[bytes] = []
+        self._pending: list[bytes | memoryview] = []
 
-    def write(self, record: bytes) -> None:
+    def write(self, record: bytes | memoryview) -> None:
         if self._file is None:
             raise ValueError(f"{self.path}: writer is closed")
         if self.buffered:
@@ -94,9 +152,20 @@ class RecordFile:
             self._file.write(record)
 
     def flush(self) -> None:
-        if self._pending and self._file is not None:
-            self._file.write(b"".join(self._pending))
-            self._pending.clear()
+        if not self._pending or self._file is None:
+            return
+        small: list[bytes | memoryview] = []
+        for record in self._pending:
+            if len(record) < self.LARGE_WRITE:
+                small.append(record)
+                continue
+            if small:
+                self._file.write(b"".join(small))
+                small.clear()
+            self._file.write(record)
+        if small:
+            self._file.write(b"".join(small))
+        self._pending.clear()
 
     def close(self) -> None:
         if self._file is not None:
@@ -135,10 +204,28 @@ class PcapWriter(ClosingContext):
     def append_checked(self, ts_ns: int, data: memoryview) -> None:
         """`write` for a frame `checked_frame` has already vouched for (a
         capture point checks once for its pcap and the merged pcapng)."""
+        head, caplen = self._record_header(ts_ns, len(data))
+        self._file.write(head + data[:caplen])
+
+    def write_rows(self, ts_ns: int, frames: Sequence["np.ndarray"]) -> None:
+        """For each row j, one record of row j of each matrix in `frames`, in
+        order, all seen at ``ts_ns``: the same bytes as that many `write`
+        calls, written at once (whole records, also when unbuffered)."""
+        checked_timestamp(ts_ns)
+        count = checked_rows(frames[0]).shape[0] if frames else 0
+        parts = []
+        for rows in frames:
+            head, caplen = self._record_header(ts_ns, checked_rows(rows, count).shape[1])
+            parts.append((head, rows[:, :caplen], b""))
+        if count:
+            self._file.write(interleaved_records(parts))
+
+    def _record_header(self, ts_ns: int, length: int) -> tuple[bytes, int]:
+        """The record header of a ``length``-byte frame, and how much of it is kept."""
         seconds, ns = divmod(ts_ns, NS_PER_SECOND)
         fraction = ns if self.nanosecond else ns // NS_PER_MICROSECOND
-        caplen = min(len(data), self.snaplen)
-        self._file.write(RECORD_HEADER.pack(seconds, fraction, caplen, len(data)) + data[:caplen])
+        caplen = min(length, self.snaplen)
+        return RECORD_HEADER.pack(seconds, fraction, caplen, length), caplen
 
     def flush(self) -> None:
         """Write buffered records to disk (nothing to do when unbuffered)."""

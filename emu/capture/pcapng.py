@@ -16,6 +16,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 from emu.capture.pcap import (
     ClosingContext,
@@ -25,7 +26,13 @@ from emu.capture.pcap import (
     Frame,
     checked_frame,
     checked_linktype,
+    checked_rows,
+    checked_timestamp,
+    interleaved_records,
 )
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BLOCK_SECTION_HEADER = 0x0A0D0D0A
 BLOCK_INTERFACE_DESCRIPTION = 0x00000001
@@ -114,6 +121,33 @@ class PcapngWriter(ClosingContext):
     def write(self, interface_id: int, ts_ns: int, frame: Frame) -> None:
         """Append one frame seen on ``interface_id`` at virtual time ``ts_ns``."""
         data = checked_frame(ts_ns, frame)
+        self._check_interface(interface_id)
+        self.append_checked(interface_id, ts_ns, data)
+
+    def append_checked(self, interface_id: int, ts_ns: int, data: memoryview) -> None:
+        """`write` for an interface id this writer returned and a frame
+        `checked_frame` has already vouched for: one Enhanced Packet Block
+        (header, frame, padding to 32 bits, trailer) built in one go."""
+        head, caplen, tail = self._packet_block_frame(interface_id, ts_ns, len(data))
+        self._file.write(head + data[:caplen] + tail)
+
+    def write_rows(self, ts_ns: int, frames: Sequence[tuple[int, "np.ndarray"]]) -> None:
+        """For each row j, one Enhanced Packet Block of row j of each
+        (interface id, matrix) in `frames`, in order, all seen at ``ts_ns``:
+        the same bytes as that many `write` calls, written at once (whole
+        blocks, also when unbuffered)."""
+        checked_timestamp(ts_ns)
+        count = checked_rows(frames[0][1]).shape[0] if frames else 0
+        parts = []
+        for interface_id, rows in frames:
+            self._check_interface(interface_id)
+            head, caplen, tail = self._packet_block_frame(interface_id, ts_ns,
+                                                          checked_rows(rows, count).shape[1])
+            parts.append((head, rows[:, :caplen], tail))
+        if count:
+            self._file.write(interleaved_records(parts))
+
+    def _check_interface(self, interface_id: int) -> None:
         if isinstance(interface_id, bool) or not isinstance(interface_id, int) or not (
             0 <= interface_id < len(self._interfaces)
         ):
@@ -121,20 +155,17 @@ class PcapngWriter(ClosingContext):
                 f"interface_id: {interface_id!r} is not a declared interface "
                 f"({len(self._interfaces)} declared; call add_interface first)"
             )
-        self.append_checked(interface_id, ts_ns, data)
 
-    def append_checked(self, interface_id: int, ts_ns: int, data: memoryview) -> None:
-        """`write` for an interface id this writer returned and a frame
-        `checked_frame` has already vouched for: one Enhanced Packet Block
-        (header, frame, padding to 32 bits, trailer) built in one go."""
+    def _packet_block_frame(self, interface_id: int, ts_ns: int, length: int) -> tuple[bytes, int, bytes]:
+        """What surrounds a ``length``-byte frame in its Enhanced Packet Block:
+        the header, how much of the frame is kept, padding to 32 bits plus trailer."""
         ticks = ts_ns if self._interfaces[interface_id].nanosecond else ts_ns // NS_PER_MICROSECOND
-        caplen = min(len(data), DEFAULT_SNAPLEN)
+        caplen = min(length, DEFAULT_SNAPLEN)
         padding = -caplen % 4
         total = ENHANCED_PACKET_HEAD.size + caplen + padding + BLOCK_TRAILER.size
-        self._file.write(
-            ENHANCED_PACKET_HEAD.pack(BLOCK_ENHANCED_PACKET, total, interface_id, ticks >> 32,
-                                      ticks & 0xFFFFFFFF, caplen, len(data))
-            + data[:caplen] + ZERO_PADDING[:padding] + BLOCK_TRAILER.pack(total))
+        head = ENHANCED_PACKET_HEAD.pack(BLOCK_ENHANCED_PACKET, total, interface_id, ticks >> 32,
+                                         ticks & 0xFFFFFFFF, caplen, length)
+        return head, caplen, ZERO_PADDING[:padding] + BLOCK_TRAILER.pack(total)
 
     def _write_block(self, block_type: int, body: bytes) -> None:
         self._file.write(_block(block_type, body))

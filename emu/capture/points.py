@@ -9,14 +9,31 @@ Files are opened on a point's first frame, never before: the kernel captures
 have no file for an interface that saw no traffic, and neither do we. The
 order of interfaces in the pcapng is the order of their first frames, so the
 same sequence of calls always gives byte-identical files.
+
+A point is itself a tap (callable like ``record``) whose ``level_sink`` is
+its capture set: the flow cache (emu/net/fastpath.py) hands a whole replayed
+level to ``CaptureSet.record_level`` as frame matrices instead of calling
+every point once per frame, and the files come out byte-identical.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
-from emu.capture.pcap import ClosingContext, Frame, PcapWriter, checked_frame, checked_linktype
+from emu.capture.pcap import (
+    ClosingContext,
+    Frame,
+    PcapWriter,
+    checked_frame,
+    checked_linktype,
+    checked_rows,
+    checked_timestamp,
+)
 from emu.capture.pcapng import PcapngWriter
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class _MergedCapture:
@@ -37,6 +54,10 @@ class _MergedCapture:
         assert self._writer is not None, "write before add_interface"
         self._writer.append_checked(interface_id, ts_ns, frame)
 
+    def write_rows(self, ts_ns: int, frames: list[tuple[int, "np.ndarray"]]) -> None:
+        assert self._writer is not None, "write before add_interface"
+        self._writer.write_rows(ts_ns, frames)
+
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
@@ -47,7 +68,8 @@ class _MergedCapture:
 
 
 class CapturePoint:
-    """One captured interface; ``record`` every frame it sends or receives."""
+    """One captured interface; ``record`` every frame it sends or receives
+    (or call the point itself: it is a device tap)."""
 
     def __init__(
         self,
@@ -59,6 +81,7 @@ class CapturePoint:
         merged: _MergedCapture | None,
         nanosecond: bool,
         buffered: bool = False,
+        level_sink: "CaptureSet | None" = None,
     ) -> None:
         self.namespace = namespace
         self.ifname = ifname
@@ -66,6 +89,7 @@ class CapturePoint:
         self.description = description
         self.pcap_path = pcap_path
         self.frames = 0
+        self.level_sink = level_sink
         self._merged = merged
         self._nanosecond = nanosecond
         self._buffered = buffered
@@ -93,6 +117,18 @@ class CapturePoint:
         if self._merged is not None and self._interface_id is not None:
             self._merged.write(self._interface_id, ts_ns, data)
         self.frames += 1
+
+    __call__ = record
+
+    @property
+    def ready(self) -> bool:
+        """Files open and not closed: `record` would only append records."""
+        return self._pcap is not None and not self._closed
+
+    def _write_rows(self, ts_ns: int, frames: list["np.ndarray"]) -> None:
+        """This point's pcap records of `CaptureSet.record_level` (a ready point)."""
+        self._pcap.write_rows(ts_ns, frames)
+        self.frames += len(frames) * frames[0].shape[0]
 
     def flush(self) -> None:
         if self._pcap is not None:
@@ -166,6 +202,7 @@ class CaptureSet(ClosingContext):
             self._merged,
             self.nanosecond,
             self.buffered,
+            level_sink=self,
         )
         clash = self._keys.get(capture_point.key)
         if clash is not None:
@@ -174,6 +211,42 @@ class CaptureSet(ClosingContext):
         self._points[name] = capture_point
         self._keys[capture_point.key] = name
         return capture_point
+
+    def record_level(self, ts_ns: int, frames: Sequence[tuple[CapturePoint, "np.ndarray"]]) -> None:
+        """Record a batch of frames at ``ts_ns``: for each row j, for each
+        (point, matrix) in order, ``point.record(ts_ns, matrix[j])``.
+
+        The files and counters come out exactly as with those calls, but each
+        file gets one block built with numpy. Why: the flow cache replays a
+        level of M datagrams at once (each matrix is one recorded frame's M
+        copies, all of one length), and per-frame Python calls would cost
+        more than the whole replay. A point's first frame opens its file and
+        declares its interface in the pcapng between records, so a level
+        with such a point (or a closed one, which raises) records its first
+        row frame by frame.
+        """
+        checked_timestamp(ts_ns)
+        count = checked_rows(frames[0][1]).shape[0] if frames else 0
+        for capture_point, rows in frames:
+            if capture_point.level_sink is not self:
+                raise ValueError(f"point {capture_point.namespace}/{capture_point.ifname}: "
+                                 "not a point of this capture set")
+            checked_rows(rows, count)
+        first = 0
+        if count and not all(capture_point.ready for capture_point, _ in frames):
+            for capture_point, rows in frames:
+                capture_point.record(ts_ns, rows[0].tobytes())
+            first = 1
+        if first == count:
+            return
+        per_point: dict[int, tuple[CapturePoint, list]] = {}
+        for capture_point, rows in frames:
+            per_point.setdefault(id(capture_point), (capture_point, []))[1].append(rows[first:])
+        for capture_point, matrices in per_point.values():
+            capture_point._write_rows(ts_ns, matrices)
+        if self._merged is not None:
+            self._merged.write_rows(ts_ns, [(capture_point._interface_id, rows[first:])
+                                            for capture_point, rows in frames])
 
     def counts(self) -> dict[str, int]:
         """Frames recorded per ``<namespace>_<ifname>``, in the order points were created."""

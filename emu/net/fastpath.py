@@ -30,6 +30,16 @@ live and every neighbour used is in a state where the slow path just sends.
 If the epoch changes while a replay is in flight, the datagrams resume on
 the slow path from the level they reached.
 
+Taps (emu.net.device.Tap) are called ``tap(ts_ns, frame)``. A tap that
+also has a ``level_sink`` attribute (not None) may take a whole replayed
+level instead: the fast path calls ``sink.record_level(ts_ns, frames)`` once
+per sink and level, ``frames`` being the (tap, matrix) pairs of that sink's
+taps in the order one datagram meets them, each matrix the (M, length)
+uint8 rows (read-only) of one template; the sink must leave exactly the
+trace of calling ``tap(ts_ns, bytes(matrix[j]))`` for each row j, for each
+pair in order. emu.capture's capture points are such taps (the sink is
+their CaptureSet); any other tap is called frame by frame.
+
 Not replayed (the slow path runs instead, counted in `FastPathStats`): the
 reasons above, frames other than IPv4/UDP (with VXLAN or IPv4-in-UDP
 encapsulation), ambiguous identifiers. Userspace forwarding state that acts
@@ -42,7 +52,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from emu.wire.checksum import pseudo_header_sum
+from emu.wire.checksum import ones_sum, pseudo_header_sum
 from emu.wire.errors import WireError
 from emu.wire.ipv4 import PROTO_UDP, Ipv4Packet
 from emu.wire.udp import UdpDatagram
@@ -145,7 +155,16 @@ class FrameTemplate:
     """A recorded frame (or IP packet) as layers: Ethernet / IPv4 / UDP /
     [VXLAN / Ethernet / IPv4 / UDP | IPv4 / UDP] / payload. Constant bytes are
     kept; per datagram the payload, each IPv4 identifier and every checksum
-    are recomputed, innermost layer first."""
+    are recomputed, innermost layer first.
+
+    Checksums are sums, so each header's and each UDP segment's sum is split
+    once into a constant part (the recorded bytes with the payload and every
+    identifier and checksum field zeroed) and the per-datagram fields: a
+    replay adds the payload's sum (once per replay) and the fields computed
+    for the inner layers to the constant, instead of summing every byte of
+    every row again. This needs every per-datagram field on an even offset
+    from the start of the sums it is in (true of IPv4, UDP, VXLAN and
+    Ethernet headers); a frame where it is not is not replayed."""
 
     def __init__(self, frame: bytes, ethernet: bool, payload: bytes,
                  idents: dict[int, list[IdentSource]]) -> None:
@@ -163,6 +182,7 @@ class FrameTemplate:
                 if frame[inner:inner + inner_len] != payload:
                     raise Unsupported("payload-rewritten")
                 self.payload_offset = inner
+                self._constant_sums = self._split_sums(len(payload))
                 return
             if inner_len >= 8 + 14 + 28 and frame[inner] == 0x08:
                 offset, ethernet = inner + 8, True  # VXLAN, then an Ethernet frame
@@ -189,24 +209,62 @@ class FrameTemplate:
                        udp.checksum != 0, pseudo)
         return layer, udp_offset + 8, udp.length - 8
 
-    def build(self, replay: "Replay") -> list[bytes]:
-        """The frame of every datagram of `replay`."""
+    def _split_sums(self, payload_length: int) -> list[tuple[int, int]]:
+        """Per layer, the one's-complement sums of the constant part of its
+        IPv4 header and of its UDP segment (pseudo-header included)."""
+        constant = bytearray(self.frame)
+        constant[self.payload_offset:self.payload_offset + payload_length] = bytes(payload_length)
+        fields = [self.payload_offset]
+        for layer in self.layers:
+            for offset in (layer.ip_offset + 4, layer.ip_offset + 10, layer.udp_offset + 6):
+                constant[offset:offset + 2] = b"\0\0"
+                fields.append(offset)
+        sums = []
+        for layer in self.layers:
+            if any((offset - layer.udp_offset) % 2 for offset in fields if offset > layer.udp_offset):
+                raise Unsupported("field-on-odd-offset")
+            ip_header = constant[layer.ip_offset:layer.ip_offset + layer.ip_header_len]
+            segment = constant[layer.udp_offset:layer.udp_offset + layer.udp_length]
+            sums.append((ones_sum(ip_header), ones_sum(segment, layer.pseudo)))
+        return sums
+
+    def build(self, replay: "Replay") -> "np.ndarray":
+        """The frame of every datagram of `replay`: one read-only row each."""
         import numpy as np
 
-        from emu.wire.vxlan_batch import ipv4_checksum_rows, rows_to_bytes, udp_checksum_rows
+        mask = np.uint64(0xFFFF)
         count = replay.count
         rows = np.empty((count, len(self.frame)), np.uint8)
         rows[:] = np.frombuffer(self.frame, np.uint8)
         start = self.payload_offset
         rows[:, start:start + replay.payloads.shape[1]] = replay.payloads
-        for layer in reversed(self.layers):
+        inner = replay.payload_sums  # what the layers inside add to the next segment's sum
+        for layer, (ip_sum, udp_sum) in zip(reversed(self.layers), reversed(self._constant_sums)):
             idents = replay.idents(layer.ident)
-            rows[:, layer.ip_offset + 4] = idents >> 8
-            rows[:, layer.ip_offset + 5] = idents & 0xFF
-            ipv4_checksum_rows(rows, layer.ip_offset, layer.ip_header_len)
+            ip_checksum = ~_fold_positive(idents + np.uint64(ip_sum)) & mask
+            fields = [(layer.ip_offset + 4, idents), (layer.ip_offset + 10, ip_checksum)]
             if layer.udp_checksum:
-                udp_checksum_rows(rows, layer.udp_offset, layer.udp_length, layer.pseudo)
-        return rows_to_bytes(rows)
+                udp_checksum = ~_fold_positive(inner + np.uint64(udp_sum)) & mask
+                udp_checksum[udp_checksum == 0] = 0xFFFF
+                inner = inner + udp_checksum
+                fields.append((layer.udp_offset + 6, udp_checksum))
+            inner = inner + idents + ip_checksum  # this IPv4 header is inside the next segment
+            for offset, values in fields:
+                rows[:, offset] = values >> np.uint64(8)
+                rows[:, offset + 1] = values & np.uint64(0xFF)
+        rows.flags.writeable = False  # shared by every tap and the delivery
+        return rows
+
+
+def _fold_positive(sums: "np.ndarray") -> "np.ndarray":
+    """One's-complement sums (1..0xffff) of uint64 totals that are never 0:
+    the end-around-carry fold of a positive total is its residue mod 0xffff,
+    except that a multiple of 0xffff folds to 0xffff. One division instead of
+    repeated folds; every total here is positive (an IPv4 header has its
+    version, a UDP pseudo-header its protocol)."""
+    folded = sums % 0xFFFF
+    folded[folded == 0] = 0xFFFF
+    return folded
 
 
 class _Slot:
@@ -427,6 +485,9 @@ class Replay:
         self.raw_payloads = payloads
         self.count = len(payloads)
         self._payloads: "np.ndarray | None" = None
+        self._rows: dict[int, "np.ndarray"] = {}
+        self._payload_sums: "np.ndarray | None" = None
+        self._idents: dict[IdentSource, "np.ndarray"] = {}
         self._frames: dict[int, list[bytes]] = {}
         self.bases: dict[tuple["Ipv4Stack", int], int] = {}
 
@@ -438,16 +499,37 @@ class Replay:
                 self.count, len(self.raw_payloads[0]))
         return self._payloads
 
+    @property
+    def payload_sums(self) -> "np.ndarray":
+        """Each payload's unfolded one's-complement sum (uint64), for the checksums."""
+        if self._payload_sums is None:
+            from emu.wire.vxlan_batch import ones_sum_rows
+            self._payload_sums = ones_sum_rows(self.payloads, 0, self.payloads.shape[1])
+        return self._payload_sums
+
     def idents(self, source: IdentSource) -> "np.ndarray":
+        """The identifiers `source` gave the datagrams (uint64, one per datagram)."""
         import numpy as np
-        base = self.bases[(source.stack, source.level)]
-        steps = np.arange(self.count, dtype=np.int64) * source.per_datagram
-        return (base + source.index + steps) & 0xFFFF
+        idents = self._idents.get(source)
+        if idents is None:
+            base = self.bases[(source.stack, source.level)]
+            steps = np.arange(self.count, dtype=np.uint64) * np.uint64(source.per_datagram)
+            idents = self._idents[source] = (np.uint64(base + source.index) + steps) & np.uint64(0xFFFF)
+        return idents
+
+    def rows(self, template: int) -> "np.ndarray":
+        """Every datagram's frame of `template` as a (count, length) uint8 matrix."""
+        built = self._rows.get(template)
+        if built is None:
+            built = self._rows[template] = self.entry.templates[template].build(self)
+        return built
 
     def frames(self, template: int) -> list[bytes]:
+        """Every datagram's frame of `template` as bytes."""
         built = self._frames.get(template)
         if built is None:
-            built = self._frames[template] = self.entry.templates[template].build(self)
+            from emu.wire.vxlan_batch import rows_to_bytes
+            built = self._frames[template] = rows_to_bytes(self.rows(template))
         return built
 
     def fill(self, value: Any, j: int) -> Any:
@@ -554,11 +636,26 @@ class FlowCache:
 
     @staticmethod
     def _emit_taps(replay: Replay, level: Level, now: int) -> None:
-        shown = [(dev.taps, replay.frames(template)) for dev, template in level.frames if dev.taps]
+        """Show the level's frames to the taps: for each datagram, for each
+        (device, template) in recorded order, for each tap of the device.
+        Taps with a `level_sink` get the whole level through it at once (one
+        call per sink, in that order); the others are called frame by frame.
+        Sinks and other taps write to separate places, so only the order
+        each one sees matters."""
+        sinks: dict[int, tuple[Any, list]] = {}
+        single: list[tuple[Callable, list[bytes]]] = []
+        for dev, template in level.frames:
+            for tap in dev.taps:
+                sink = getattr(tap, "level_sink", None)
+                if sink is None:
+                    single.append((tap, replay.frames(template)))
+                else:
+                    sinks.setdefault(id(sink), (sink, []))[1].append((tap, replay.rows(template)))
+        for sink, frames in sinks.values():
+            sink.record_level(now, frames)
         for j in range(replay.count):
-            for taps, frames in shown:
-                for tap in taps:
-                    tap(now, frames[j])
+            for tap, frames in single:
+                tap(now, frames[j])
 
     @staticmethod
     def _deliver(replay: Replay, delivery: tuple) -> None:

@@ -60,7 +60,7 @@ class _Captures:
             return
         self.tapped.add(id(dev))
         point = self.set.point(ns.name, dev.name, dev.linktype, self._describe(ns, dev))
-        dev.taps.append(point.record)
+        dev.taps.append(point)  # a tap; the flow cache hands it whole levels
         if isinstance(dev, Bridge):
             dev.promiscuous = True
 
