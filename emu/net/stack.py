@@ -22,12 +22,13 @@ named drop.
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Callable
 
 from emu.net.fragment import Reassembler, fragment
 from emu.net.fastpath import config_changed
-from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, RateLimiter,
-                                  RedirectLimiter, build_error, error_tos, may_send_error)
+from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, GlobalLimit,
+                                  PeerLimits, build_error, error_tos, may_send_error)
 from emu.net.neighbour import arp_input
 from emu.sim import NS_PER_SECOND
 from emu.wire import icmp
@@ -62,8 +63,15 @@ class Ipv4Stack:
     def __init__(self, ns: "Namespace") -> None:
         self.ns = ns
         self.reassembler = Reassembler(ns.sim, self._reassembly_timeout, ns.drop)
-        self.ratelimit = RateLimiter()
-        self.redirects = RedirectLimiter()
+        # One inet_peer table for ICMP errors, no-route errors and redirects,
+        # as Linux shares it (see emu.net.icmp_errors).
+        self.peers = PeerLimits()
+        # The global limit's random credit costs come from a copy of the
+        # namespace's seeded stream: reproducible, and drawing from it does not
+        # move the namespace's own draws (IP IDs, ports, ARP timers).
+        global_rng = random.Random()
+        global_rng.setstate(ns.rng.getstate())
+        self.icmp_global = GlobalLimit(global_rng)
         self.pmtu: dict[bytes, tuple[int, int]] = {}
         self.echo_handlers: dict[int, Callable] = {}
         self.udp_sockets: dict[tuple[bytes | None, int], object] = {}
@@ -129,7 +137,7 @@ class Ipv4Stack:
         dst = packet[16:20]
         route = self.ns.routes.lookup(dst)
         if route is None:
-            if self.ratelimit.route_error_allow(bytes(packet[12:16]), self.ns.sim.now_ns):
+            if self.peers.route_error_allow(bytes(packet[12:16]), self.ns.sim.now_ns):
                 self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
             self.ns.drop("no-route")
             return
@@ -153,12 +161,13 @@ class Ipv4Stack:
 
     def _redirect_wanted(self, packet: bytes) -> bool:
         """ip_route_input_slow's IPSKB_DOREDIRECT: the source is reachable
-        without a gateway (fib_validate_source > 0); then the per-source backoff."""
+        without a gateway (fib_validate_source > 0); then ip_rt_send_redirect's
+        backoff, kept in the source's inet_peer entry."""
         src = bytes(packet[12:16])
         reverse = self.ns.routes.lookup(src)
         if reverse is None or reverse.gateway is not None:
             return False
-        return self.redirects.allow(src, self.ns.sim.now_ns)
+        return self.peers.redirect_allow(src, self.ns.sim.now_ns)
 
     # == output =================================================================
     def output_on(self, dev: "NetDevice", nexthop: bytes, packet: bytes, mtu: int,
@@ -272,10 +281,18 @@ class Ipv4Stack:
             self.ns.drop("icmp-error-no-route")
             return
         frag_needed = icmp_type == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED
-        limited = icmp_type in RATEMASK_TYPES and not frag_needed
-        if not local and limited and not self.ratelimit.allow(orig_src, self.ns.sim.now_ns):
-            self.ns.drop("icmp-ratelimited")
-            return
+        # icmpv4_global_allow, then icmpv4_xrlim_allow (which calls
+        # icmp_global_consume once the peer allowed it); neither for a packet
+        # of our own (it came in on lo) nor for types outside icmp_ratemask.
+        if icmp_type in RATEMASK_TYPES and not frag_needed and not local:
+            now = self.ns.sim.now_ns
+            if not self.icmp_global.allow(now):
+                self.ns.drop("icmp-global-ratelimited")
+                return
+            if not self.peers.icmp_allow(orig_src, now):
+                self.ns.drop("icmp-ratelimited")
+                return
+            self.icmp_global.consume()
         saddr = orig_dst if self.ns.is_local_address(orig_dst) else None
         message = build_error(packet, icmp_type, code, rest, route.dev.mtu)
         try:
