@@ -1,6 +1,6 @@
 """Batched capture writes give the same files as frame-by-frame writes.
 
-`CaptureSet.record_level`, `PcapWriter.write_rows` and
+`CaptureSet.record_interleaved`, `PcapWriter.write_rows` and
 `PcapngWriter.write_rows` take whole matrices of frames (the flow cache's
 replayed levels). Their contract is the trace of the per-frame API: for each
 row j, for each matrix in order, one `record` / `write` call. So every test
@@ -34,7 +34,7 @@ def matrix(seed: int, count: int, length: int) -> np.ndarray:
 
 
 class Pair:
-    """Two capture sets with the same points: `batched` gets `record_level`,
+    """Two capture sets with the same points: `batched` gets `record_interleaved`,
     `single` the equivalent `record` calls."""
 
     def __init__(self, root: Path, nanosecond: bool, buffered: bool, pcapng_name: str | None) -> None:
@@ -45,7 +45,7 @@ class Pair:
 
     def level(self, ts_ns: int, entries: list[tuple[int, np.ndarray]]) -> None:
         batched, single = self.points
-        self.sets[0].record_level(ts_ns, [(batched[index], rows) for index, rows in entries])
+        self.sets[0].record_interleaved(ts_ns, [(batched[index], rows) for index, rows in entries])
         count = entries[0][1].shape[0] if entries else 0
         for j in range(count):
             for index, rows in entries:
@@ -77,7 +77,7 @@ singles = st.tuples(st.integers(0, 5 * 10**9), st.integers(0, len(POINTS) - 1), 
 
 @given(steps=st.lists(st.one_of(levels, singles), min_size=1, max_size=8),
        nanosecond=st.booleans(), buffered=st.booleans(), pcapng=st.booleans())
-def test_record_level_matches_record_frame_by_frame(tmp_path_factory, steps, nanosecond, buffered, pcapng):
+def test_record_interleaved_matches_record_frame_by_frame(tmp_path_factory, steps, nanosecond, buffered, pcapng):
     """Random levels (points repeated within a level, points whose first frame
     is in a level, empty levels, zero-length frames) mixed with single frames."""
     pair = Pair(tmp_path_factory.mktemp("levels"), nanosecond, buffered, "all.pcapng" if pcapng else None)
@@ -171,9 +171,9 @@ def test_a_closed_set_refuses_a_level_like_a_frame(tmp_path):
     pair.close()
     before = files(pair.dirs[0])
     with pytest.raises(ValueError, match="capture set is closed"):
-        pair.sets[0].record_level(2, [(pair.points[0][0], matrix(14, 2, 30))])
+        pair.sets[0].record_interleaved(2, [(pair.points[0][0], matrix(14, 2, 30))])
     with pytest.raises(ValueError, match="capture set is closed"):
-        pair.sets[0].record_level(2, [(pair.points[0][1], matrix(14, 2, 30))])  # never opened
+        pair.sets[0].record_interleaved(2, [(pair.points[0][1], matrix(14, 2, 30))])  # never opened
     assert files(pair.dirs[0]) == before
 
 
@@ -194,20 +194,20 @@ def test_bad_levels_are_refused_before_anything_is_written(tmp_path):
     ]
     for args, error, field in cases:
         with pytest.raises(error, match=field):
-            capture_set.record_level(*args)
+            capture_set.record_interleaved(*args)
     assert list((tmp_path / "a").iterdir()) == []
     assert point.frames == 0
-    capture_set.record_level(1, [])  # an empty level is no frame at all
-    capture_set.record_level(1, [(point, matrix(17, 0, 20))])
+    capture_set.record_interleaved(1, [])  # an empty level is no frame at all
+    capture_set.record_interleaved(1, [(point, matrix(17, 0, 20))])
     assert list((tmp_path / "a").iterdir()) == []
     capture_set.close()
     other.close()
 
 
-def test_a_point_is_a_tap_whose_level_sink_is_its_set(tmp_path):
+def test_a_point_is_a_tap_whose_batch_sink_is_its_set(tmp_path):
     capture_set = CaptureSet(tmp_path)
     point = capture_set.point("n1", "eth0", LINKTYPE_ETHERNET, "n1 eth0")
-    assert point.level_sink is capture_set
+    assert point.batch_sink is capture_set
     point(1, b"\x00" * 14)
     assert point.frames == 1
     capture_set.close()

@@ -10,9 +10,9 @@ have no file for an interface that saw no traffic, and neither do we. The
 order of interfaces in the pcapng is the order of their first frames, so the
 same sequence of calls always gives byte-identical files.
 
-A point is itself a tap (callable like ``record``) whose ``level_sink`` is
+A point is itself a tap (callable like ``record``) whose ``batch_sink`` is
 its capture set: the flow cache (emu/net/fastpath.py) hands a whole replayed
-level to ``CaptureSet.record_level`` as frame matrices instead of calling
+level to ``CaptureSet.record_interleaved`` as frame matrices instead of calling
 every point once per frame, and the files come out byte-identical.
 """
 
@@ -81,7 +81,7 @@ class CapturePoint:
         merged: _MergedCapture | None,
         nanosecond: bool,
         buffered: bool = False,
-        level_sink: "CaptureSet | None" = None,
+        batch_sink: "CaptureSet | None" = None,
     ) -> None:
         self.namespace = namespace
         self.ifname = ifname
@@ -89,7 +89,7 @@ class CapturePoint:
         self.description = description
         self.pcap_path = pcap_path
         self.frames = 0
-        self.level_sink = level_sink
+        self.batch_sink = batch_sink
         self._merged = merged
         self._nanosecond = nanosecond
         self._buffered = buffered
@@ -126,7 +126,7 @@ class CapturePoint:
         return self._pcap is not None and not self._closed
 
     def _write_rows(self, ts_ns: int, frames: list["np.ndarray"]) -> None:
-        """This point's pcap records of `CaptureSet.record_level` (a ready point)."""
+        """This point's pcap records of `CaptureSet.record_interleaved` (a ready point)."""
         self._pcap.write_rows(ts_ns, frames)
         self.frames += len(frames) * frames[0].shape[0]
 
@@ -202,7 +202,7 @@ class CaptureSet(ClosingContext):
             self._merged,
             self.nanosecond,
             self.buffered,
-            level_sink=self,
+            batch_sink=self,
         )
         clash = self._keys.get(capture_point.key)
         if clash is not None:
@@ -212,7 +212,7 @@ class CaptureSet(ClosingContext):
         self._keys[capture_point.key] = name
         return capture_point
 
-    def record_level(self, ts_ns: int, frames: Sequence[tuple[CapturePoint, "np.ndarray"]]) -> None:
+    def record_interleaved(self, ts_ns: int, frames: Sequence[tuple[CapturePoint, "np.ndarray"]]) -> None:
         """Record a batch of frames at ``ts_ns``: for each row j, for each
         (point, matrix) in order, ``point.record(ts_ns, matrix[j])``.
 
@@ -228,7 +228,7 @@ class CaptureSet(ClosingContext):
         checked_timestamp(ts_ns)
         count = checked_rows(frames[0][1]).shape[0] if frames else 0
         for capture_point, rows in frames:
-            if capture_point.level_sink is not self:
+            if capture_point.batch_sink is not self:
                 raise ValueError(f"point {capture_point.namespace}/{capture_point.ifname}: "
                                  "not a point of this capture set")
             checked_rows(rows, count)

@@ -7,33 +7,38 @@ sends the first datagram of a flow (socket, destination, payload length)
 through the slow path while a `Recorder` watches it, and replays the
 recording for later datagrams.
 
+A burst is a process: `sendto_batch` runs as process-context steps (see
+emu.sim), and each datagram's whole same-instant chain (every hop, every
+queue) runs before the process sends the next one, as in Linux, where the
+softirq backlog runs when the send system call re-enables bottom halves.
+So one datagram's walk is a closed unit, and M walks of a flow are M copies
+of it, one after the other.
+
 Recording (the recorder is the scheduler's `context`, so it follows exactly
-the events this one datagram causes, even among other traffic): every frame
-shown to a device's taps, the counters each event changed (all namespaces'
-and devices' counters, snapshotted around each event), the IP identifiers
-each stack consumed, FDB entries learned and looked up, neighbour entries
-used and the terminal delivery. Events are numbered by level (hop depth in
-the FIFO queue). A walk is cached only if it ended in at most one terminal
-delivery, with no configuration change (epoch) during the walk, no
+the events this one datagram causes): every frame shown to a device's taps,
+in order, the counters each event changed (all namespaces' and devices'
+counters, snapshotted around each event), the IP identifiers each stack
+consumed, FDB entries learned and looked up, neighbour entries used and the
+terminal delivery. A walk is cached only if it ended in at most one
+terminal delivery, with no configuration change (epoch) during the walk, no
 fragmentation, no ICMP, no neighbour resolution and no timer.
 
-Replay of M datagrams: level 0 at once, then one scheduler event per level,
-so the M datagrams take the queue positions their slow walks would have
-(a burst of M `sendto` calls runs level by level, datagram after datagram).
-Per level: counters += M x recorded change, each stack's identifier counter
-advances as M walks would, FDB entries and neighbours are refreshed, taps
-get the exact frames (rebuilt from layered templates: payload, identifiers
-and IPv4/UDP checksums recomputed with numpy over the batch), the terminal
+Replay of M datagrams, in one step: counters += M x the recorded change,
+each stack's identifier counter advances as M walks in a row would, FDB
+entries and neighbours are refreshed, taps get the exact frames datagram
+after datagram (rebuilt from layered templates: payload, identifiers and
+IPv4/UDP checksums recomputed with numpy over the batch), the terminal
 socket gets the datagrams. A replay is valid while the global configuration
 epoch is unchanged and, at the batch's instant, every looked-up FDB entry is
 live and every neighbour used is in a state where the slow path just sends.
-If the epoch changes while a replay is in flight, the datagrams resume on
-the slow path from the level they reached.
+When other events are due at the same instant (other traffic, another
+process), a step replays one datagram only and lets them run in between, as
+the slow path would.
 
 Taps (emu.net.device.Tap) are called ``tap(ts_ns, frame)``. A tap that
-also has a ``level_sink`` attribute (not None) may take a whole replayed
-level instead: the fast path calls ``sink.record_level(ts_ns, frames)`` once
-per sink and level, ``frames`` being the (tap, matrix) pairs of that sink's
+also has a ``batch_sink`` attribute (not None) may take a whole replay
+instead: the fast path calls ``sink.record_interleaved(ts_ns, frames)`` once
+per sink and replay, ``frames`` being the (tap, matrix) pairs of that sink's
 taps in the order one datagram meets them, each matrix the (M, length)
 uint8 rows (read-only) of one template; the sink must leave exactly the
 trace of calling ``tap(ts_ns, bytes(matrix[j]))`` for each row j, for each
@@ -130,10 +135,9 @@ class FastPathStats:
 # == frame templates ============================================================
 @dataclass(frozen=True)
 class IdentSource:
-    """Which stack produced an identifier: the i-th of m it consumed per datagram at a level."""
+    """Which stack produced an identifier: the i-th of m it consumed per datagram."""
 
     stack: "Ipv4Stack"
-    level: int
     index: int
     per_datagram: int
 
@@ -267,22 +271,14 @@ def _fold_positive(sums: "np.ndarray") -> "np.ndarray":
     return folded
 
 
-class _Slot:
-    """Marks where a frame sits inside a recorded event's arguments."""
-
-    __slots__ = ("template",)
-
-    def __init__(self, template: int) -> None:
-        self.template = template
-
-
-# == what one level of a walk did ===============================================
+# == what a walk did ==============================================================
 @dataclass
-class Level:
-    """The effects of one datagram's walk at one queue depth."""
+class FlowEntry:
+    """A replayable walk: the effects of one datagram's whole same-instant chain."""
 
-    entering: list[tuple[Callable, tuple]] = field(default_factory=list)
-    frames: list[tuple["NetDevice", int]] = field(default_factory=list)
+    epoch: int
+    templates: list[FrameTemplate]
+    frames: list[tuple["NetDevice", int]] = field(default_factory=list)  # in tap order
     ident_counts: dict["Ipv4Stack", int] = field(default_factory=dict)
     counters: list[tuple[Any, str, int]] = field(default_factory=list)
     fdb_learned: list[tuple["Fdb", bytes, "NetDevice"]] = field(default_factory=list)
@@ -290,25 +286,15 @@ class Level:
     neighbours: list[tuple["NeighbourTable", "Neighbour", bool]] = field(default_factory=list)
     delivery: tuple | None = None  # (socket, source, packet template, device)
 
-
-@dataclass
-class FlowEntry:
-    """A replayable walk."""
-
-    epoch: int
-    levels: list[Level]
-    templates: list[FrameTemplate]
-
     def invalid_reason(self, now_ns: int) -> str | None:
         if _epoch != self.epoch:
             return "config-changed"
-        for level in self.levels:
-            for fdb, mac in level.fdb_looked_up:
-                if not fdb.is_live(mac, now_ns):
-                    return "fdb-entry-aged"
-            for table, n, _ in level.neighbours:
-                if table.entries.get(n.ip) is not n or n.state.value not in SENDABLE_STATES:
-                    return "neighbour-not-sendable"
+        for fdb, mac in self.fdb_looked_up:
+            if not fdb.is_live(mac, now_ns):
+                return "fdb-entry-aged"
+        for table, n, _ in self.neighbours:
+            if table.entries.get(n.ip) is not n or n.state.value not in SENDABLE_STATES:
+                return "neighbour-not-sendable"
         return None
 
 
@@ -322,14 +308,14 @@ class Recorder:
         self.payload = payload
         self.epoch = _epoch
         self.failure: str | None = None
-        self.levels: list[Level] = []
-        self.level = 0
         self.pending = 0
-        self._level_of: dict[int, int] = {}
         self._before: dict = {}
-        self._frames: list[tuple[int, "NetDevice", bytes]] = []
-        self._entering: list[tuple[int, Callable, tuple]] = []
-        self._idents: list[tuple[int, "Ipv4Stack", int]] = []
+        self._counters: list[tuple[Any, str, int]] = []
+        self._frames: list[tuple["NetDevice", bytes]] = []
+        self._idents: list[tuple["Ipv4Stack", int]] = []
+        self._fdb_learned: list[tuple["Fdb", bytes, "NetDevice"]] = []
+        self._fdb_looked_up: list[tuple["Fdb", bytes]] = []
+        self._neighbours: list[tuple["NeighbourTable", "Neighbour", bool]] = []
         self._deliveries: list[tuple] = []
         self._activity_mark = 0
 
@@ -342,27 +328,22 @@ class Recorder:
         if event.time_ns != self.cache.sim.now_ns:
             self.unsupported("timer")
             return
-        self._level_of[id(event)] = self.level + 1
         self.pending += 1
 
     def on_enter(self, event: "Event | None") -> None:
-        self.level = 0 if event is None else self._level_of.pop(id(event))
-        while len(self.levels) <= self.level:
-            self.levels.append(Level())
-        if event is not None:
-            self._entering.append((self.level, event.callback, event.args))
         if _epoch != self.epoch:
             self.unsupported("config-changed-during-walk")
         self._before = self._snapshot()
 
     def on_exit(self, event: "Event | None") -> None:
+        """Counter changes are taken around each event of the walk, so other
+        traffic running in between does not count."""
         after = self._snapshot()
-        counters = self.levels[self.level].counters
         for key, (target, name, value) in after.items():
             old = self._before.get(key)
             delta = value - (old[2] if old is not None else 0)
             if delta:
-                counters.append((target, name, delta))
+                self._counters.append((target, name, delta))
         if _epoch != self.epoch:
             self.unsupported("config-changed-during-walk")
         if event is not None:
@@ -372,28 +353,28 @@ class Recorder:
 
     # -- hooks in the devices and the stack --------------------------------------
     def on_frame(self, dev: "NetDevice", frame: bytes) -> None:
-        self._frames.append((self.level, dev, bytes(frame)))
+        self._frames.append((dev, bytes(frame)))
 
     def on_ident(self, stack: "Ipv4Stack", ident: int) -> None:
-        self._idents.append((self.level, stack, ident))
+        self._idents.append((stack, ident))
 
     def on_fdb_learn(self, fdb: "Fdb", mac: bytes, port: "NetDevice") -> None:
-        self.levels[self.level].fdb_learned.append((fdb, bytes(mac), port))
+        self._fdb_learned.append((fdb, bytes(mac), port))
 
     def on_fdb_lookup(self, fdb: "Fdb", mac: bytes, found: bool) -> None:
         if found:
-            self.levels[self.level].fdb_looked_up.append((fdb, bytes(mac)))
+            self._fdb_looked_up.append((fdb, bytes(mac)))
 
     def on_neighbour(self, table: "NeighbourTable", n: "Neighbour | None", confirm: bool) -> None:
         if n is None or n.state.value not in SENDABLE_STATES:
             self.unsupported("neighbour-resolution")
             return
-        self.levels[self.level].neighbours.append((table, n, confirm))
+        self._neighbours.append((table, n, confirm))
 
     def on_deliver_begin(self, sock: "UdpSocket", data: bytes, source: tuple, packet: bytes,
                          dev: "NetDevice") -> None:
         self._activity_mark = self._activity()
-        self._deliveries.append((self.level, sock, source, bytes(packet), dev, data))
+        self._deliveries.append((sock, source, bytes(packet), dev, data))
 
     def on_deliver_end(self, sock: "UdpSocket") -> None:
         if self._activity() != self._activity_mark:
@@ -431,54 +412,38 @@ class Recorder:
         if len(self._deliveries) > 1:
             raise Unsupported("several-deliveries")
         idents = self._ident_sources()
-        templates: list[FrameTemplate] = []
+        entry = FlowEntry(self.epoch, [], counters=self._counters, fdb_learned=self._fdb_learned,
+                          fdb_looked_up=self._fdb_looked_up, neighbours=self._neighbours)
         by_frame: dict[tuple[bytes, bool], int] = {}
 
         def template_of(frame: bytes, ethernet: bool) -> int:
             key = (frame, ethernet)
             if key not in by_frame:
-                by_frame[key] = len(templates)
-                templates.append(FrameTemplate(frame, ethernet, self.payload, idents))
+                by_frame[key] = len(entry.templates)
+                entry.templates.append(FrameTemplate(frame, ethernet, self.payload, idents))
             return by_frame[key]
 
-        def slots(value: Any) -> Any:
-            """Event arguments with every frame replaced by its template's slot
-            (a frame in flight was shown to a tap on one side of its hop)."""
-            if isinstance(value, bytes):
-                for ethernet in (True, False):
-                    if (value, ethernet) in by_frame:
-                        return _Slot(by_frame[(value, ethernet)])
-                raise Unsupported("frame-in-flight-never-captured")
-            if isinstance(value, (list, tuple)):
-                return type(value)(slots(item) for item in value)
-            return value
-
-        for level, dev, frame in self._frames:
-            self.levels[level].frames.append((dev, template_of(frame, dev.has_l2)))
-        for level, callback, args in self._entering:
-            self.levels[level].entering.append((callback, slots(args)))
-        for level, sock, source, packet, dev, _ in self._deliveries:
-            self.levels[level].delivery = (sock, source, template_of(packet, False), dev)
-        for level, stack, _ in self._idents:
-            counts = self.levels[level].ident_counts
-            counts[stack] = counts.get(stack, 0) + 1
-        return FlowEntry(self.epoch, self.levels, templates)
+        entry.frames = [(dev, template_of(frame, dev.has_l2)) for dev, frame in self._frames]
+        for sock, source, packet, dev, _ in self._deliveries:
+            entry.delivery = (sock, source, template_of(packet, False), dev)
+        for stack, _ in self._idents:
+            entry.ident_counts[stack] = entry.ident_counts.get(stack, 0) + 1
+        return entry
 
     def _ident_sources(self) -> dict[int, list[IdentSource]]:
-        per_level: Counter = Counter((level, stack) for level, stack, _ in self._idents)
+        per_walk: Counter = Counter(stack for stack, _ in self._idents)
         seen: Counter = Counter()
         sources: dict[int, list[IdentSource]] = {}
-        for level, stack, ident in self._idents:
-            index = seen[(level, stack)]
-            seen[(level, stack)] += 1
-            source = IdentSource(stack, level, index, per_level[(level, stack)])
+        for stack, ident in self._idents:
+            source = IdentSource(stack, seen[stack], per_walk[stack])
+            seen[stack] += 1
             sources.setdefault(ident, []).append(source)
         return sources
 
 
 # == replay =======================================================================
 class Replay:
-    """M datagrams of one flow walking a FlowEntry, level by level."""
+    """M datagrams of one flow, each walking a FlowEntry."""
 
     def __init__(self, entry: FlowEntry, payloads: list[bytes]) -> None:
         self.entry = entry
@@ -489,7 +454,7 @@ class Replay:
         self._payload_sums: "np.ndarray | None" = None
         self._idents: dict[IdentSource, "np.ndarray"] = {}
         self._frames: dict[int, list[bytes]] = {}
-        self.bases: dict[tuple["Ipv4Stack", int], int] = {}
+        self.bases: dict["Ipv4Stack", int] = {}
 
     @property
     def payloads(self) -> "np.ndarray":
@@ -508,11 +473,13 @@ class Replay:
         return self._payload_sums
 
     def idents(self, source: IdentSource) -> "np.ndarray":
-        """The identifiers `source` gave the datagrams (uint64, one per datagram)."""
+        """The identifiers `source` gave the datagrams (uint64, one per datagram):
+        datagram j's walk ends before j+1's starts, so a stack hands datagram j
+        the identifiers base + j * per_datagram + 0 .. per_datagram - 1."""
         import numpy as np
         idents = self._idents.get(source)
         if idents is None:
-            base = self.bases[(source.stack, source.level)]
+            base = self.bases[source.stack]
             steps = np.arange(self.count, dtype=np.uint64) * np.uint64(source.per_datagram)
             idents = self._idents[source] = (np.uint64(base + source.index) + steps) & np.uint64(0xFFFF)
         return idents
@@ -532,51 +499,61 @@ class Replay:
             built = self._frames[template] = rows_to_bytes(self.rows(template))
         return built
 
-    def fill(self, value: Any, j: int) -> Any:
-        """Recorded event arguments with datagram j's frames in place of the slots."""
-        if isinstance(value, _Slot):
-            return self.frames(value.template)[j]
-        if isinstance(value, (list, tuple)):
-            return type(value)(self.fill(item, j) for item in value)
-        return value
-
 
 class FlowCache:
-    """Recorded flows of one simulation, and the batch send that uses them."""
+    """Recorded flows of one simulation, and the batch send that uses them.
+
+    `enabled` False sends every datagram of a burst on the slow path (same
+    process steps): the reference the fast path is checked against."""
 
     def __init__(self, sim: "Scheduler") -> None:
         self.sim = sim
         self.namespaces: list["Namespace"] = []
         self.flows: dict[tuple, FlowEntry] = {}
         self.stats = FastPathStats()
+        self.enabled = True
 
     def send_batch(self, sock: "UdpSocket", payloads: list[bytes], address: tuple[bytes, int]) -> None:
-        """Like `sock.sendto(p, address)` for each payload, in order (a burst)."""
-        start = 0
-        for end in range(1, len(payloads) + 1):
-            if end == len(payloads) or len(payloads[end]) != len(payloads[start]):
-                self._send_run(sock, [bytes(p) for p in payloads[start:end]], address)
-                start = end
+        """A process calling `sock.sendto(p, address)` for each payload in turn
+        (sendmmsg): it starts as a process-context event at this instant, and
+        each datagram's whole same-instant chain runs before the next is sent."""
+        if payloads:
+            self.sim.call_process(self._send_step, sock, [bytes(p) for p in payloads], address, 0)
 
-    def _send_run(self, sock: "UdpSocket", payloads: list[bytes], address: tuple[bytes, int]) -> None:
-        key = (sock, address, len(payloads[0]))
-        entry = self.flows.get(key)
+    def _send_step(self, sock: "UdpSocket", payloads: list[bytes], address: tuple[bytes, int],
+                   index: int) -> None:
+        """Send payloads[index] (replay it, and the next ones of the same
+        length when nothing else runs at this instant), then continue as the
+        same process."""
+        from emu.net.stack import SendError
+        length = len(payloads[index])
+        key = (sock, address, length)
+        entry = self.flows.get(key) if self.enabled else None
         if entry is not None:
             reason = entry.invalid_reason(self.sim.now_ns)
             if reason is None:
-                self.stats.datagrams_replayed += len(payloads)
-                self._replay_level(Replay(entry, payloads), 0)
+                stop = index + 1
+                if self.sim.next_time() != self.sim.now_ns:  # the process runs alone: no interleaving
+                    while stop < len(payloads) and len(payloads[stop]) == length:
+                        stop += 1
+                self.stats.datagrams_replayed += stop - index
+                self._replay(Replay(entry, payloads[index:stop]))
+                if stop < len(payloads):
+                    self.sim.call_process(self._send_step, sock, payloads, address, stop)
                 return
             del self.flows[key]
             self.stats.fallbacks[reason] += 1
-        if self.sim.context is not None:
-            self.stats.fallbacks["nested-recording"] += 1
-        else:
-            self._record(key, sock, payloads[0], address)
-            payloads = payloads[1:]
-        self.stats.datagrams_slow += len(payloads)
-        for payload in payloads:
-            sock.sendto(payload, address)
+        try:
+            if self.enabled and self.sim.context is None:
+                self._record(key, sock, payloads[index], address)
+            else:
+                self.stats.datagrams_slow += 1
+                sock.sendto(payloads[index], address)
+        except SendError as error:
+            sock.send_errors.append(error.errno_name)  # sendmmsg stops at a refused datagram
+            return
+        if index + 1 < len(payloads):
+            self.sim.call_process(self._send_step, sock, payloads, address, index + 1)
 
     def _record(self, key: tuple, sock: "UdpSocket", payload: bytes, address: tuple[bytes, int]) -> None:
         self.stats.datagrams_slow += 1
@@ -605,54 +582,50 @@ class FlowCache:
         self.stats.flows_recorded += 1
 
     # -- replay ----------------------------------------------------------------------
-    def _replay_level(self, replay: Replay, index: int) -> None:
+    def _replay(self, replay: Replay) -> None:
+        """Every effect of the M walks at once: identifiers reserved as M walks
+        one after the other take them, FDB and neighbour entries refreshed,
+        counters += M x the recorded change, the frames shown to the taps
+        datagram after datagram, the datagrams delivered."""
         entry = replay.entry
-        level = entry.levels[index]
-        if index and _epoch != entry.epoch:
-            self.stats.fallbacks["config-changed-in-flight"] += 1
-            self._resume_slow(replay, level)
-            return
         now = self.sim.now_ns
         count = replay.count
-        for stack, per_datagram in level.ident_counts.items():
-            replay.bases[(stack, index)] = stack.reserve_idents(count * per_datagram)
-        for fdb, mac, port in level.fdb_learned:
+        for stack, per_datagram in entry.ident_counts.items():
+            replay.bases[stack] = stack.reserve_idents(count * per_datagram)
+        for fdb, mac, port in entry.fdb_learned:
             fdb.learn(mac, port, now)
-        for table, n, confirm in level.neighbours:
+        for table, n, confirm in entry.neighbours:
             n.used_ns = now
             if confirm and n.state.value != "PERMANENT":
                 n.confirmed_ns = now
-        for target, name, delta in level.counters:
+        for target, name, delta in entry.counters:
             if isinstance(target, Counter):
                 target[name] += delta * count
             else:
                 setattr(target, name, getattr(target, name) + delta * count)
-        if any(dev.taps for dev, _ in level.frames):
-            self._emit_taps(replay, level, now)
-        if level.delivery is not None:
-            self._deliver(replay, level.delivery)
-        if index + 1 < len(entry.levels):
-            self.sim.call_soon(self._replay_level, replay, index + 1)
+        if any(dev.taps for dev, _ in entry.frames):
+            self._emit_taps(replay, now)
+        if entry.delivery is not None:
+            self._deliver(replay, entry.delivery)
 
     @staticmethod
-    def _emit_taps(replay: Replay, level: Level, now: int) -> None:
-        """Show the level's frames to the taps: for each datagram, for each
-        (device, template) in recorded order, for each tap of the device.
-        Taps with a `level_sink` get the whole level through it at once (one
-        call per sink, in that order); the others are called frame by frame.
-        Sinks and other taps write to separate places, so only the order
-        each one sees matters."""
+    def _emit_taps(replay: Replay, now: int) -> None:
+        """Show the frames to the taps: for each datagram, for each (device,
+        template) in recorded order, for each tap of the device. Taps with a
+        `batch_sink` get the whole replay through it at once (one call per
+        sink); the others are called frame by frame. Sinks and other taps
+        write to separate places, so only the order each one sees matters."""
         sinks: dict[int, tuple[Any, list]] = {}
         single: list[tuple[Callable, list[bytes]]] = []
-        for dev, template in level.frames:
+        for dev, template in replay.entry.frames:
             for tap in dev.taps:
-                sink = getattr(tap, "level_sink", None)
+                sink = getattr(tap, "batch_sink", None)
                 if sink is None:
                     single.append((tap, replay.frames(template)))
                 else:
                     sinks.setdefault(id(sink), (sink, []))[1].append((tap, replay.rows(template)))
         for sink, frames in sinks.values():
-            sink.record_level(now, frames)
+            sink.record_interleaved(now, frames)
         for j in range(replay.count):
             for tap, frames in single:
                 tap(now, frames[j])
@@ -666,10 +639,3 @@ class FlowCache:
         packets = replay.frames(template)
         for payload, packet in zip(replay.raw_payloads, packets):
             sock.on_receive(payload, source, packet, dev)
-
-    def _resume_slow(self, replay: Replay, level: Level) -> None:
-        """The configuration changed mid-flight: hand the datagrams back to the
-        slow path at the level they reached, as their events would have run."""
-        for j in range(replay.count):
-            for callback, args in level.entering:
-                callback(*replay.fill(args, j))

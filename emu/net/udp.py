@@ -34,6 +34,8 @@ class UdpSocket:
         self.checksum = checksum
         self.local: tuple[bytes | None, int] | None = None
         self.queue: deque = deque()
+        # errno names of bursts (`sendto_batch`) that stopped at a refused datagram
+        self.send_errors: list[str] = []
 
     def bind(self, ip: bytes | None, port: int) -> None:
         """Bind to (ip, port); ip None means every address (0.0.0.0)."""
@@ -82,7 +84,12 @@ class UdpSocket:
                            pmtudisc=self.pmtudisc, process=True)
 
     def sendto_batch(self, payloads: list[bytes], address: tuple[bytes, int]) -> None:
-        """Send `payloads` as one burst, like `sendto` for each in turn (sendmmsg).
+        """Send `payloads` as one burst, as a process calling `sendto` for each
+        in turn (sendmmsg): the burst starts in process context at this
+        instant (when the scheduler runs it), and each datagram's whole
+        same-instant chain runs before the next is sent, as in Linux. A
+        datagram the kernel refuses ends the burst; its errno name is added
+        to `send_errors`.
 
         The flow cache records the first datagram's walk through the slow path
         and replays it for the rest of the flow (see emu.net.fastpath).
