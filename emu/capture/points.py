@@ -12,7 +12,7 @@ same sequence of calls always gives byte-identical files.
 
 A point is itself a tap (callable like ``record``) whose ``batch_sink`` is
 its capture set: the flow cache (emu/net/fastpath.py) hands a whole replayed
-level to ``CaptureSet.record_interleaved`` as frame matrices instead of calling
+burst to ``CaptureSet.record_interleaved`` as frame matrices instead of calling
 every point once per frame, and the files come out byte-identical.
 """
 
@@ -217,13 +217,13 @@ class CaptureSet(ClosingContext):
         (point, matrix) in order, ``point.record(ts_ns, matrix[j])``.
 
         The files and counters come out exactly as with those calls, but each
-        file gets one block built with numpy. Why: the flow cache replays a
-        level of M datagrams at once (each matrix is one recorded frame's M
-        copies, all of one length), and per-frame Python calls would cost
-        more than the whole replay. A point's first frame opens its file and
-        declares its interface in the pcapng between records, so a level
-        with such a point (or a closed one, which raises) records its first
-        row frame by frame.
+        file gets one block built with numpy. Why: the flow cache replays M
+        datagrams at once (each matrix is one recorded frame's M copies, all
+        of one length), and per-frame Python calls would cost more than the
+        whole replay. A point's first frame opens its file and declares its
+        interface in the pcapng between records, so a batch with such a
+        point (or a closed one, which raises) records its first row frame by
+        frame.
         """
         checked_timestamp(ts_ns)
         count = checked_rows(frames[0][1]).shape[0] if frames else 0
