@@ -62,7 +62,7 @@ from emu.wire.errors import WireError
 from emu.wire.ipv4 import PROTO_UDP, Ipv4Packet
 from emu.wire.udp import UdpDatagram
 
-# numpy is imported where templates are built, so importing emu.net stays light.
+# numpy is imported where templates are built (only replays need it).
 if TYPE_CHECKING:
     import numpy as np
 
