@@ -13,9 +13,8 @@ from typing import Sequence
 
 import numpy as np
 
+from emu.wire.ethernet import HEADER_LEN
 from emu.wire.packed import PackedFrames
-
-HEADER_LEN = 14
 
 
 def header_rows(frames: Sequence[bytes], width: int = HEADER_LEN) -> tuple[np.ndarray, np.ndarray]:
