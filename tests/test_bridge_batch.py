@@ -250,3 +250,34 @@ def test_a_batch_is_planned_again_when_handling_a_frame_changes_the_fdb():
         results.append(state(bridge, ports, log))
     assert results[1] == results[0]
     assert results[0][0][-3:] == [("port0", frames[1])] * 3
+
+
+class Grouped(Wire):
+    """A port class that takes an interleaved batch in one call (and logs it)."""
+
+    takes_interleaved = True
+    calls: list = []
+
+    @classmethod
+    def transmit_interleaved_batch(cls, devices, which, frames):
+        cls.calls.append((which.tolist(), list(frames)))
+
+
+def test_transmit_interleaved_hands_one_class_its_whole_batch_and_runs_otherwise():
+    import numpy as np
+    sim, log = Scheduler(), []
+    wires = [None, Wire(sim, 1, log, 1500), Wire(sim, 2, log, 1500)]
+    frames = [bytes([i]) * 20 for i in range(5)]
+    which = np.array([1, 2, 2, 1, 2])
+    NetDevice.transmit_interleaved(wires, which, frames)
+    assert log == [(f"port{w}", frame) for w, frame in zip(which.tolist(), frames)]
+    assert [w.stats.tx_packets for w in wires[1:]] == [2, 3]
+    grouped = [None, Grouped(sim, 1, log, 1500), Grouped(sim, 2, log, 1500)]
+    Grouped.calls.clear()
+    NetDevice.transmit_interleaved(grouped, which, frames)
+    assert Grouped.calls == [(which.tolist(), frames)]
+    mixed = [None, Grouped(sim, 1, log, 1500), Wire(sim, 2, log, 1500)]
+    Grouped.calls.clear()
+    log.clear()
+    NetDevice.transmit_interleaved(mixed, which, frames)
+    assert Grouped.calls == [] and log == [(f"port{w}", frame) for w, frame in zip(which.tolist(), frames)]
