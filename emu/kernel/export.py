@@ -20,6 +20,13 @@ groups, so, as in the kernel reference captures (taken once the cluster
 had settled), only the scenario's own traffic appears. Nothing else is
 sent unprompted: no gratuitous ARP (arp_notify is off), no IGMP for the
 all-hosts group, no STP (off on a new bridge).
+
+A device in a new namespace takes its ARP parameters from the host's
+defaults (net.ipv4.neigh.default of the initial namespace), so every device
+gets the emulator's own values (``NeighbourParams``) written explicitly:
+a host with tuned neighbour timers still replays a long scenario's probes
+like the emulator. What stays random on Linux is the reachable time drawn
+within [base/2, 3*base/2) and the timer wheel's slack.
 """
 
 from __future__ import annotations
@@ -34,6 +41,8 @@ from emu.flannel.host_gw import HostGwBackend
 from emu.flannel.udp_backend import UdpBackend
 from emu.flannel.vxlan_backend import VxlanBackend
 from emu.k8s.cluster import UNDERLAY_NAMESPACE, Node
+from emu.net.neighbour import NeighbourParams
+from emu.sim import NS_PER_SECOND
 from emu.scenario.build import EmulatedCluster, build_cluster
 from emu.scenario.errors import ScenarioError
 from emu.scenario.model import Scenario
@@ -136,6 +145,9 @@ def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
     for node in nodes:
         _remotes(body, emulated, node)
     _wait_ready(body, emulated)
+    body.comment("ARP parameters: the emulator's, whatever the host's defaults")
+    for ns in cluster.namespaces():
+        _neighbour_params(body, ns.name, list(ns.devices))
     return NetnsExport(prefix, _render(scenario, prefix, namespaces, body), namespaces,
                        interfaces)
 
@@ -231,6 +243,28 @@ def _remotes(body: _Script, emulated: EmulatedCluster, node: Node) -> None:
         body.comment(f"node {node.name}: flanneld's udp proxy on {backend.device.name}, port "
                      f"{backend.port}")
         body.line(f'start_flanneld_udp {node.name} {backend.device.name} {backend.port} {routes}')
+
+
+def _neighbour_params(body: _Script, ns: str, devices: list[str]) -> None:
+    """One sysctl per namespace setting every device's ARP timers and counts
+    to the emulator's (slash-separated keys: device names may hold a dot).
+    The multicast re-probes and application probes, which the emulator does
+    not model, are pinned to their default 0."""
+    params = NeighbourParams()
+    ms = NS_PER_SECOND // 1000
+    values = {
+        "base_reachable_time_ms": params.base_reachable_ns // ms,
+        "retrans_time_ms": params.retrans_ns // ms,
+        "delay_first_probe_time": params.delay_first_probe_ns // NS_PER_SECOND,
+        "mcast_solicit": params.mcast_solicit,
+        "ucast_solicit": params.ucast_solicit,
+        "mcast_resolicit": 0,
+        "app_solicit": 0,
+        "locktime": params.locktime_ns // (10 * ms),  # USER_HZ ticks
+        "unres_qlen_bytes": params.unres_qlen_bytes,
+    }
+    settings = [f"net/ipv4/neigh/{dev}/{key}={value}" for dev in devices for key, value in values.items()]
+    body.exec(ns, "sysctl", "-qw", *settings)
 
 
 def _wait_ready(body: _Script, emulated: EmulatedCluster) -> None:

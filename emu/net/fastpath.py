@@ -594,10 +594,8 @@ class FlowCache:
             replay.bases[stack] = stack.reserve_idents(count * per_datagram)
         for fdb, mac, port in entry.fdb_learned:
             fdb.learn(mac, port, now)
-        for table, n, confirm in entry.neighbours:
-            n.used_ns = now
-            if confirm and n.state.value != "PERMANENT":
-                n.confirmed_ns = now
+        for _, n, confirm in entry.neighbours:
+            n.note_use(now, confirm)
         for target, name, delta in entry.counters:
             if isinstance(target, Counter):
                 target[name] += delta * count

@@ -12,6 +12,15 @@ which sends up to `ucast_solicit` (3) unicast requests. A request addressed
 to us teaches us its sender (STALE), which is why the reply to a first ping
 needs no ARP of its own. PERMANENT entries (flannel's VTEP neighbours) never
 change.
+
+Only the slow output path marks an entry used (Linux's neigh_event_send_probe,
+reached from neigh_resolve_output): a REACHABLE entry is sent through by
+neigh_output's cached-header fast path, which leaves `used` alone. So when a
+REACHABLE entry times out, traffic since the last confirmation does not
+count: the entry goes STALE, and only the next packet starts DELAY (5 s to
+the unicast probe). The reachable time itself, like the kernel's timer-wheel
+slack, is random on Linux, so runs long enough to reach it are compared on
+the kernel only where it does not change the frames.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ class Nud(Enum):
 
 
 VALID = {Nud.REACHABLE, Nud.STALE, Nud.DELAY, Nud.PROBE, Nud.PERMANENT}
+CONNECTED = {Nud.REACHABLE, Nud.PERMANENT}
 
 
 @dataclass
@@ -68,6 +78,17 @@ class Neighbour:
     probes: int = 0
     queue: list[tuple[bytes, Callable[[], None] | None]] = field(default_factory=list)
     timer: Event | None = None
+
+    def note_use(self, now_ns: int, confirm: bool) -> None:
+        """What sending one packet through this entry records, before the
+        state machine looks at it: `used` only while the entry is not
+        connected (neigh_event_send_probe is on neigh_resolve_output's path;
+        neigh_output sends REACHABLE and PERMANENT entries without it), and
+        `confirmed` for a MSG_CONFIRM send (dst_confirm_neigh)."""
+        if self.state not in CONNECTED:
+            self.used_ns = now_ns
+        if confirm and self.state in VALID and self.state is not Nud.PERMANENT:
+            self.confirmed_ns = now_ns
 
 
 # Callback used when a queued packet can never be sent (resolution failed).
@@ -108,12 +129,14 @@ class NeighbourTable:
         config_changed()
 
     def _new_entry(self, ip: bytes, state: Nud) -> Neighbour:
-        """neigh_alloc: a new entry counts as confirmed 2 * base_reachable_time
-        ago, so an entry that was never confirmed cannot pass the "confirmed
-        recently" checks of the DELAY state (with a zero default, an entry
-        created near time 0 went DELAY -> REACHABLE without any probe)."""
+        """neigh_alloc: a new entry is used now and counts as confirmed
+        2 * base_reachable_time ago, so an entry that was never confirmed
+        cannot pass the "confirmed recently" checks of the DELAY state (with
+        a zero default, an entry created near time 0 went DELAY -> REACHABLE
+        without any probe)."""
         now = self.now
-        return Neighbour(ip, None, state, now, confirmed_ns=now - 2 * self.params.base_reachable_ns)
+        return Neighbour(ip, None, state, now, confirmed_ns=now - 2 * self.params.base_reachable_ns,
+                         used_ns=now)
 
     # -- configuration ------------------------------------------------------
     def add_permanent(self, ip: bytes, mac: bytes) -> None:
@@ -163,9 +186,7 @@ class NeighbourTable:
             self._changed()
             self._start_resolution(n, packet, on_error)
             return
-        n.used_ns = now
-        if confirm and n.state in VALID and n.state is not Nud.PERMANENT:
-            n.confirmed_ns = now
+        n.note_use(now, confirm)
         state = n.state
         if state is Nud.INCOMPLETE:
             self._enqueue(n, packet, on_error)
@@ -267,7 +288,10 @@ class NeighbourTable:
 
     # -- ARP input ------------------------------------------------------------
     def learn(self, ip: bytes, mac: bytes, reachable: bool, create: bool, override: bool) -> None:
-        """neigh_update with the flags arp_process uses."""
+        """__neigh_update with the flags arp_process uses. As there, the timer
+        and `updated` change only with the state or the address: an update
+        that leaves a REACHABLE entry as it is (a request from the neighbour,
+        which would make it STALE) does not restart its reachable time."""
         now = self.now
         n = self.entries.get(ip)
         if n is None:
@@ -275,28 +299,33 @@ class NeighbourTable:
                 return
             n = self._new_entry(ip, Nud.FAILED)
             self.entries[ip] = n
-        if n.state is Nud.PERMANENT:
+        old = n.state
+        if old is Nud.PERMANENT:
             return
         new_state = Nud.REACHABLE if reachable else Nud.STALE
-        if n.state in VALID:
+        if new_state is Nud.REACHABLE:
+            n.confirmed_ns = now  # even when the address check below refuses the update
+        if old in VALID:
             if n.mac != mac and not override:
                 return
             if n.mac == mac and new_state is Nud.STALE:
-                new_state = n.state
-        if new_state is Nud.REACHABLE:
-            n.confirmed_ns = now
-        was_unresolved = n.state in (Nud.INCOMPLETE, Nud.FAILED)
-        changed = n.mac != mac or n.state is not new_state
-        n.mac = mac
-        n.state = new_state
+                new_state = old
+        mac_changed = n.mac != mac
+        if new_state is old and not mac_changed:
+            return
         n.updated_ns = now
-        if changed:
-            self._changed()
-        if new_state is Nud.REACHABLE:
-            self._set_timer(n, now + self.reachable_ns)
-        elif new_state is Nud.STALE:
-            self._cancel_timer(n)
-        if was_unresolved and n.queue:
+        if new_state is not old:
+            n.state = new_state
+            if new_state is Nud.REACHABLE:
+                self._set_timer(n, now + self.reachable_ns)
+            else:
+                self._cancel_timer(n)
+        if mac_changed:
+            n.mac = mac
+            if new_state is not Nud.REACHABLE:
+                n.confirmed_ns = now - 2 * self.params.base_reachable_ns
+        self._changed()
+        if old not in VALID and n.queue:
             queue, n.queue = n.queue, []
             self._flush_queue(n, queue)
 
