@@ -342,6 +342,12 @@ ERRORS = [
      "nodes[1].vtep-mac: only the vxlan backend has a VTEP (backend is host-gw)"),
     ([(("cni", "mtu"), "big")], "cni.mtu: expected an integer 68..65535 or auto, got string 'big'"),
     ([(("underlay", "mtu"), 67)], "underlay.mtu: integer 67 is out of range (expected an integer 68..65535)"),
+    ([(("underlay", "mtu"), 117), (("net-conf", "Backend"), {"Type": "vxlan"})],
+     "underlay.mtu: 117 leaves the vxlan backend's device an MTU of 67, below the IPv4 minimum 68 "
+     "(needs at least 118)"),
+    ([(("underlay", "mtu"), 95), (("net-conf", "Backend"), {"Type": "udp"})],
+     "underlay.mtu: 95 leaves the udp backend's device an MTU of 67, below the IPv4 minimum 68 "
+     "(needs at least 96)"),
     ([(("cni", "hairpinMode"), "yes")], "cni.hairpinMode: expected true or false, got string 'yes'"),
     ([(("nodes",), [])], "nodes: at least one node is required"),
     ([(("nodes",), {"name": "n1"})], "nodes: expected a list, got a mapping"),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from emu.flannel.subnet_env import ENCAP_OVERHEAD
 from emu.scenario.errors import ScenarioError
 from emu.scenario.model import (
     Backend,
@@ -386,6 +387,17 @@ def _underlay(value: object, path: str, network: IPv4Network) -> Underlay:
     return Underlay(subnet, fields.read("mtu", _mtu, default=_DEFAULT_MTU))
 
 
+def _check_backend_fits(underlay_mtu: int, backend: str) -> None:
+    """flannel's device gets the underlay MTU minus the encapsulation; Linux
+    refuses a vxlan or TUN device below the IPv4 minimum MTU (68), so
+    flanneld could not start: an impossible cluster."""
+    device_mtu = underlay_mtu - ENCAP_OVERHEAD[backend]
+    if device_mtu < _MTU_RANGE[0]:
+        raise ScenarioError("underlay.mtu", f"{underlay_mtu} leaves the {backend} backend's device an MTU of "
+                            f"{device_mtu}, below the IPv4 minimum {_MTU_RANGE[0]} (needs at least "
+                            f"{_MTU_RANGE[0] + ENCAP_OVERHEAD[backend]})")
+
+
 def _cni_mtu(value: object, path: str) -> int | None:
     if value == "auto":
         return None
@@ -454,6 +466,7 @@ class _Builder:
         self.net_conf = top.read("net-conf", _net_conf)
         underlay, cni = top.value.get("underlay"), top.value.get("cni")
         self.underlay = _underlay({} if underlay is None else underlay, "underlay", self.net_conf.network)
+        _check_backend_fits(self.underlay.mtu, self.net_conf.backend.type)
         self.cni = _cni({} if cni is None else cni, "cni")
         node_items = top.items("nodes")
         if not node_items:
