@@ -213,3 +213,44 @@ def test_host_gw_does_not_program_a_lease_from_another_segment():
         assert "L2 segment" in refusal[0]
     # The nodes that are on the segment are still programmed.
     assert "10.244.2.0/24 via 172.18.0.12 dev eth0" in emulated.cluster.nodes["n1"].ns.show_routes()
+
+
+# -- vxlan DirectRouting ---------------------------------------------------------------------
+
+DIRECT = f"name: dr\nnet-conf: {{Network: 10.244.0.0/16, Backend: {{Type: vxlan, DirectRouting: true}}}}\n{NODES}"
+
+
+def test_direct_routing_routes_on_link_nodes_via_eth0_and_tunnels_the_rest():
+    """flannel's DirectRouting: a node reached without a gateway gets a host-gw
+    route and no VTEP entries; a lease whose PublicIP is behind a gateway
+    still goes through flannel.1; leaving undoes each kind."""
+    emulated = build_cluster(load_scenario_text(DIRECT))
+    n1 = emulated.cluster.nodes["n1"].ns
+    routes = n1.show_routes()
+    assert "10.244.2.0/24 via 172.18.0.12 dev eth0" in routes, routes
+    assert not any("flannel.1" in route and "10.244.2.0" in route for route in routes), routes
+    flannel = n1.device("flannel.1")
+    assert n1.neighbours(flannel).lookup(IPv4Address("10.244.2.0").packed) is None
+    assert n1.device("cni0").mtu == 1450  # the pods keep the vxlan MTU
+    n1.add_route("192.168.50.0/24", n1.device("eth0"), via="172.18.0.12")
+    far = emulated.manager.acquire_lease(IPv4Address("192.168.50.7"), "vxlan",
+                                         {"VNI": 1, "VtepMAC": "6e:2d:54:00:09:09"}, emulated.sim.now_ns,
+                                         requested=IPv4Network("10.244.9.0/24"))
+    assert far.subnet == IPv4Network("10.244.9.0/24")
+    assert "10.244.9.0/24 via 10.244.9.0 dev flannel.1 onlink" in n1.show_routes()
+    assert n1.neighbours(flannel).lookup(IPv4Address("10.244.9.0").packed) is not None
+    backend = emulated.flanneld["n1"].backend
+    for lease in list(emulated.flanneld["n1"].remotes.values()):
+        backend.remove_remote(lease)
+    assert not any(route.startswith(("10.244.2.0/24", "10.244.9.0/24")) for route in n1.show_routes())
+    assert n1.neighbours(flannel).lookup(IPv4Address("10.244.9.0").packed) is None
+
+
+def test_direct_routing_pings_cross_unencapsulated(tmp_path):
+    run_scenario(load_scenario_text(DIRECT + "traffic:\n  - {from: p1, run: ping -c 1 -W 1 10.244.2.2}\n"),
+                 tmp_path)
+    frames = [dpkt.ethernet.Ethernet(frame) for _, frame in read_pcap(tmp_path / "n1_eth0.pcap")]
+    icmp = [eth for eth in frames if isinstance(eth.data, dpkt.ip.IP) and eth.data.p == dpkt.ip.IP_PROTO_ICMP]
+    assert len(icmp) == 2  # the request and the reply, not wrapped in UDP 8472
+    assert IPv4Address(icmp[0].data.src) == IPv4Address("10.244.1.2")
+    assert not (tmp_path / "n1_flannel.1.pcap").exists()

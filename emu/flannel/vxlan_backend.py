@@ -6,12 +6,21 @@ remote lease (flannel's handleSubnetEvents): a permanent neighbour
 10.244.R.0 -> VtepMAC, an FDB entry VtepMAC -> PublicIP and the route
 `10.244.R.0/24 via 10.244.R.0 dev flannel.1 onlink`; all three go away
 when the lease does.
+
+With DirectRouting, a remote node this host reaches without a gateway
+(flannel's ip.DirectRouting: the route to its public IP has no gateway)
+gets `10.244.R.0/24 via PUBLIC_IP dev eth0` instead, as host-gw would, and
+no neighbour or FDB entry; the others still go through flannel.1. The pod
+MTU stays the vxlan one.
 """
 
 from __future__ import annotations
 
+from ipaddress import IPv4Address, IPv4Network
+
 from emu.flannel.leases import Lease
 from emu.net import Namespace
+from emu.net.device import NetDevice
 from emu.net.vxlan import Vxlan
 from emu.wire.addr import ip_from_str, mac_from_str, mac_to_str
 from emu.wire.vxlan import OVERHEAD
@@ -24,8 +33,14 @@ class VxlanBackend:
     lease_type = "vxlan"
 
     def __init__(self, ns: Namespace, public_ip: str, underlay_mtu: int, vni: int, port: int,
-                 vtep_mac: bytes) -> None:
+                 vtep_mac: bytes, direct_routing: bool = False,
+                 external: NetDevice | None = None) -> None:
+        if direct_routing and external is None:
+            raise ValueError("direct_routing needs the external device (eth0)")
         self.ns = ns
+        self.direct_routing = direct_routing
+        self.external = external
+        self.direct: set[IPv4Network] = set()  # remote subnets routed directly, not tunnelled
         self.public_ip = public_ip
         self.mtu = underlay_mtu - OVERHEAD
         self.vni = vni
@@ -44,7 +59,18 @@ class VxlanBackend:
         self.ns.add_address(dev, lease.subnet.network_address.packed, 32)
         self.device = dev
 
+    def _reaches_directly(self, address: IPv4Address) -> bool:
+        """flannel's ip.DirectRouting: the route to `address` has no gateway."""
+        route, local = self.ns.route_output(address.packed, None)
+        return route is not None and not local and route.gateway is None
+
     def add_remote(self, lease: Lease) -> str | None:
+        if self.direct_routing and self._reaches_directly(lease.public_ip):
+            self._remove_route(lease)
+            self.ns.add_route(str(lease.subnet), self.external, via=str(lease.public_ip))
+            self.direct.add(lease.subnet)
+            return None
+        self.direct.discard(lease.subnet)
         data = lease.backend_data or {}
         try:
             vtep_mac = mac_from_str(data.get("VtepMAC", ""))
@@ -53,12 +79,23 @@ class VxlanBackend:
         gateway = lease.subnet.network_address
         self.ns.neighbours(self.device).add_permanent(gateway.packed, vtep_mac)
         self.device.fdb_append(vtep_mac, lease.public_ip.packed)
-        self.ns.routes.remove_where(lambda r: r.network == gateway.packed
-                                    and r.prefixlen == lease.subnet.prefixlen)
+        self._remove_route(lease)
         self.ns.add_route(str(lease.subnet), self.device, via=str(gateway), onlink=True)
         return None
 
+    def _remove_route(self, lease: Lease) -> None:
+        network = lease.subnet.network_address.packed
+        self.ns.routes.remove_where(lambda r: r.network == network
+                                    and r.prefixlen == lease.subnet.prefixlen)
+
     def remove_remote(self, lease: Lease) -> None:
+        if lease.subnet in self.direct:
+            self.direct.discard(lease.subnet)
+            network = lease.subnet.network_address.packed
+            self.ns.routes.remove_where(lambda r: r.network == network
+                                        and r.prefixlen == lease.subnet.prefixlen
+                                        and r.dev is self.external)
+            return
         gateway = lease.subnet.network_address.packed
         self.ns.routes.remove_where(lambda r: r.network == gateway
                                     and r.prefixlen == lease.subnet.prefixlen and r.dev is self.device)

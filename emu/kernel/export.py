@@ -229,6 +229,10 @@ def _remotes(body: _Script, emulated: EmulatedCluster, node: Node) -> None:
             gateway = lease.subnet.network_address
             vtep_mac = lease.backend_data["VtepMAC"]
             body.comment(f"node {node.name}: lease {lease.subnet} of {lease.public_ip}")
+            if lease.subnet in backend.direct:  # DirectRouting: a plain route, as host-gw
+                body.ip(node.name, "route", "add", lease.subnet, "via", lease.public_ip, "dev",
+                        backend.external.name)
+                continue
             body.ip(node.name, "neigh", "add", gateway, "lladdr", vtep_mac, "dev", dev,
                     "nud", "permanent")
             body.line(f"bridge -n {_netns(node.name)} {_words(('fdb', 'append', vtep_mac, 'dev', dev, 'dst', lease.public_ip))}")

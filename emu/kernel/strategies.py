@@ -3,7 +3,7 @@ topologies nobody captured by hand.
 
 ``scenario_documents()`` draws a scenario as the mapping a YAML file would
 hold: 1 to 4 nodes with 0 to 4 pods each, any backend with a random VNI and
-port, a subnet length of 22 to 28, an underlay MTU of 576 to 9000, the pod MTU automatic or overridden,
+port (and DirectRouting on or off for vxlan), a subnet length of 22 to 28, an underlay MTU of 576 to 9000, the pod MTU automatic or overridden,
 hairpin on or off, a bridge name, and 1 to 3 ping commands between random
 nodes and pods (random -s, -t, -M do/dont, -c 1 to 3, with short -i and -W
 so that a live run stays quick and ends before the kernel's own timers fire). Addresses the emulator chooses (leased
@@ -45,8 +45,11 @@ def scenario_yaml(document: dict) -> str:
 def _backend(draw: st.DrawFn) -> dict:
     kind = draw(st.sampled_from(BACKENDS))
     if kind == "vxlan":
-        return {"Type": kind, "VNI": draw(st.integers(0, 2**24 - 1)),
-                "Port": draw(st.integers(1, 65535))}
+        backend = {"Type": kind, "VNI": draw(st.integers(0, 2**24 - 1)),
+                   "Port": draw(st.integers(1, 65535))}
+        if draw(st.booleans()):
+            backend["DirectRouting"] = draw(st.booleans())
+        return backend
     if kind == "udp":
         return {"Type": kind, "Port": draw(st.integers(1, 65535))}
     return {"Type": kind}

@@ -89,7 +89,8 @@ def make_backend(emulated: EmulatedCluster, node: Node, spec: NodeSpec):
     if backend.type == "vxlan":
         vtep_mac = spec.vtep_mac or default_vtep_mac(scenario.seed, spec.name)
         _claim_mac(emulated, vtep_mac, f"{spec.path}.vtep-mac")
-        return VxlanBackend(node.ns, str(spec.ip), mtu, backend.vni, backend.port, vtep_mac)
+        return VxlanBackend(node.ns, str(spec.ip), mtu, backend.vni, backend.port, vtep_mac,
+                            direct_routing=backend.direct_routing, external=node.ns.device("eth0"))
     if backend.type == "host-gw":
         return HostGwBackend(node.ns, node.ns.device("eth0"), mtu)
     return UdpBackend(node.ns, scenario.net_conf.network, mtu, backend.port, str(spec.ip))

@@ -50,8 +50,8 @@ _NET_CONF_FLANNEL_ONLY = (
     "EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
     "IPv6SubnetMin", "IPv6SubnetMax", "EnableNFTables",
 )
-_BACKEND_KEYS = ("Type", "VNI", "Port")
-_BACKEND_FLANNEL_ONLY = ("DirectRouting", "GBP", "Learning", "MTU", "MacPrefix", "PSK")
+_BACKEND_KEYS = ("Type", "VNI", "Port", "DirectRouting")
+_BACKEND_FLANNEL_ONLY = ("GBP", "Learning", "MTU", "MacPrefix", "PSK")
 _BACKEND_TYPES = ("vxlan", "host-gw", "udp")
 _UNDERLAY_KEYS = ("subnet", "mtu")
 _CNI_KEYS = ("bridge", "mtu", "hairpinMode")
@@ -364,6 +364,9 @@ def _backend(value: object, path: str) -> Backend:
         raise ScenarioError(fields.path_of("VNI"), f"only the vxlan backend has a VNI, not {kind}")
     if kind == "host-gw" and fields.has("Port"):
         raise ScenarioError(fields.path_of("Port"), "the host-gw backend has no Port")
+    if kind != "vxlan" and fields.has("DirectRouting"):
+        raise ScenarioError(fields.path_of("DirectRouting"),
+                            f"only the vxlan backend has DirectRouting, not {kind}")
     if kind == "vxlan":
         vni, port = _VXLAN_DEFAULTS
         return Backend(
@@ -371,6 +374,7 @@ def _backend(value: object, path: str) -> Backend:
             fields.read("VNI", _integer, 0, _MAX_VNI, default=vni),
             fields.read("Port", _integer, 1, 65535, default=port),
             defaulted=False,
+            direct_routing=fields.read("DirectRouting", _boolean, default=False),
         )
     if kind == "udp":
         return Backend(kind, 0, fields.read("Port", _integer, 1, 65535, default=_UDP_DEFAULT_PORT), defaulted=False)

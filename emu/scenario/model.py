@@ -20,15 +20,19 @@ from ipaddress import IPv4Address, IPv4Network
 class Backend:
     """flannel's Backend: ``type`` is "vxlan", "host-gw" or "udp".
 
-    vxlan: ``vni`` (default 1) and ``port`` (default 8472); udp: ``port``
-    (default 8285), ``vni`` 0; host-gw: both 0. ``defaulted`` is True when
-    net-conf had no Backend key, which flannel reads as udp.
+    vxlan: ``vni`` (default 1) and ``port`` (default 8472), and
+    ``direct_routing`` (flannel's DirectRouting, default false: a remote node
+    its host reaches without a gateway gets a plain route via its address
+    instead of the tunnel); udp: ``port`` (default 8285), ``vni`` 0;
+    host-gw: both 0. ``defaulted`` is True when net-conf had no Backend key,
+    which flannel reads as udp.
     """
 
     type: str
     vni: int
     port: int
     defaulted: bool
+    direct_routing: bool = False
 
 
 @dataclass(frozen=True)
