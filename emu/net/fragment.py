@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from emu.sim import NS_PER_SECOND, Event, Scheduler
+from emu.sim.timer_wheel import fire_time_ns
 from emu.wire.checksum import internet_checksum
 from emu.wire.ipv4 import FLAG_DF, FLAG_MF, OFFSET_MASK
 
@@ -118,7 +119,8 @@ class Reassembler:
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = _Queue()
-            queue.timer = self.sim.call_later(IPFRAG_TIME_NS, self._expire, key)
+            now = self.sim.now_ns  # inet_frag's mod_timer: the timer wheel rounds it up
+            queue.timer = self.sim.call_at(fire_time_ns(now, now + IPFRAG_TIME_NS), self._expire, key)
         end = offset + len(data)
         if more and len(data) % 8:
             self._discard(key, "frag-bad-length")

@@ -18,9 +18,10 @@ reached from neigh_resolve_output): a REACHABLE entry is sent through by
 neigh_output's cached-header fast path, which leaves `used` alone. So when a
 REACHABLE entry times out, traffic since the last confirmation does not
 count: the entry goes STALE, and only the next packet starts DELAY (5 s to
-the unicast probe). The reachable time itself, like the kernel's timer-wheel
-slack, is random on Linux, so runs long enough to reach it are compared on
-the kernel only where it does not change the frames.
+the unicast probe). The reachable time itself is random on Linux, so runs
+long enough to reach it are compared on the kernel only where it does not
+change the frames. Timers fire when the kernel's timer wheel gets to them
+(emu.sim.timer_wheel): a little after their nominal time, as on Linux.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import TYPE_CHECKING, Callable
 
 from emu.net.fastpath import config_changed
 from emu.sim import NS_PER_SECOND, Event
+from emu.sim.timer_wheel import fire_time_ns
 from emu.wire.addr import BROADCAST_MAC, ZERO_MAC, ip_to_str, mac_to_str
 from emu.wire.arp import OP_REPLY, OP_REQUEST, ArpRepr
 from emu.wire.ethernet import ETHERTYPE_ARP, ethernet_header
@@ -116,9 +118,10 @@ class NeighbourTable:
         return self.ns.rng.randrange(base) + base // 2
 
     def _set_timer(self, n: Neighbour, at_ns: int) -> None:
+        """mod_timer: the timer runs when the kernel's timer wheel gets to it."""
         if n.timer is not None:
             n.timer.cancel()
-        n.timer = self.ns.sim.call_at(at_ns, self._timer, n)
+        n.timer = self.ns.sim.call_at(fire_time_ns(self.now, at_ns), self._timer, n)
 
     def _cancel_timer(self, n: Neighbour) -> None:
         if n.timer is not None:
