@@ -56,6 +56,7 @@ class NetDevice:
     linktype = LINKTYPE_ETHERNET
     has_l2 = True
     taps_see_transmit = True  # False where tcpdump shows only the received copy
+    takes_interleaved = False  # True where a class defines `transmit_interleaved_batch`
 
     def __init__(self, sim: Scheduler, name: str, mac: bytes, mtu: int = 1500) -> None:
         self.sim = sim
@@ -179,8 +180,6 @@ class NetDevice:
         numbers = which.tolist()
         for start, stop in zip(starts, starts[1:]):
             devices[numbers[start]].transmit_batch(frames[start:stop])
-
-    takes_interleaved = False  # True where a class defines `transmit_interleaved_batch`
 
     @classmethod
     def transmit_interleaved_batch(cls, devices: Sequence["NetDevice"], which: "np.ndarray",
