@@ -241,16 +241,17 @@ def ratio_lines(document: dict) -> list[str]:
 
 
 def write_plot(document: dict, path: Path) -> None:
-    """PNG: frames/s vs inner frame size (codec), vs FDB size (bridge), and
-    the pod->pod paths side by side (emulator, baselines, kernel); log scales,
-    bars from min to max."""
+    """PNG: frames/s vs inner frame size (codec), vs FDB size and vs batch
+    size (bridge), and the pod->pod paths side by side (emulator, baselines,
+    kernel); log scales, bars from min to max."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot
 
     cases = document["cases"]
-    figure, (sizes, fdb, paths) = pyplot.subplots(1, 3, figsize=(18, 5.5))
+    figure, (sizes, fdb, batches, paths) = pyplot.subplots(
+        1, 4, figsize=(22, 5.5), gridspec_kw={"width_ratios": [1, 1, 1, 1.4]})
     for group, label in (("vxlan_encap", "encap"), ("vxlan_decap", "decap")):
         _line(sizes, [e for e in cases.values() if e["group"] == group], "frame_size", label)
     sizes.set(title="VXLAN codec", xlabel="inner frame bytes", ylabel="frames/s", yscale="log")
@@ -258,6 +259,11 @@ def write_plot(document: dict, path: Path) -> None:
     _line(fdb, [e for e in cases.values() if e["group"] == "bridge"], "macs", "bridge")
     fdb.set(title="learning bridge", xlabel="MACs in the FDB", ylabel="frames/s",
             xscale="log", yscale="log")
+    packed = [e for e in cases.values() if e["group"] in ("bridge", "bridge_batch")
+              and e["params"]["macs"] == 1_000 and e["params"]["packed"]]
+    _line(batches, packed, "batch", "1,000 MACs, packed")
+    batches.set(title="learning bridge", xlabel="frames per batch", ylabel="frames/s",
+                xscale="log", yscale="log")
     ran = [(name, e) for name, e in cases.items()
            if e["group"] in ("end_to_end", "baseline", "kernel") and e["fps"]]
     colours = {"end_to_end": "tab:blue", "baseline": "tab:orange", "kernel": "tab:green"}
