@@ -477,3 +477,23 @@ def test_scheduler_flushes_at_the_end_of_every_instant(tmp_path):
     assert seen_on_disk == [2]  # the instant t=10 was complete on disk before t=20 began
     assert len(_pcap_frames(tmp_path / "n1_eth0.pcap")) == 3  # run() flushes when it returns
     captures.close()
+
+
+def test_a_buffered_file_flushes_itself_past_its_memory_bound(tmp_path, monkeypatch):
+    """A huge burst in one instant: whole records reach the disk once
+    MAX_PENDING bytes wait, without waiting for the end of the instant."""
+    from emu.capture.pcap import RecordFile
+
+    frame = raw(Ether() / IP(dst="10.0.0.1") / ICMP())  # 42 bytes: 58 per pcap record
+    monkeypatch.setattr(RecordFile, "MAX_PENDING", 200)
+    captures = CaptureSet(tmp_path, pcapng_name=None, buffered=True)
+    point = captures.point("n1", "eth0", LINKTYPE_ETHERNET, "node n1, veth eth0")
+    for ts in range(3):
+        point.record(ts, frame)
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == []  # 174 bytes wait
+    point.record(3, frame)  # 232 >= 200: all four go out, whole
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == [frame] * 4
+    point.record(4, frame)
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == [frame] * 4
+    captures.close()
+    assert _pcap_frames(tmp_path / "n1_eth0.pcap") == [frame] * 5

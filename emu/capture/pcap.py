@@ -128,7 +128,9 @@ class RecordFile:
 
     Unbuffered, each write (a record, or a block of whole records) is one
     write() system call. Buffered, they wait in memory until `flush()`
-    writes them (the emulator flushes at the end of every virtual instant):
+    writes them (the emulator flushes at the end of every virtual instant,
+    and a file flushes itself once MAX_PENDING bytes wait, so a huge burst
+    in one instant does not hold the whole capture in memory):
     small records joined into one call, large blocks as they are, since
     copying them into a join costs as much as writing them. Either way the
     file on disk always ends on a record boundary, so an interrupted run
@@ -136,18 +138,23 @@ class RecordFile:
     """
 
     LARGE_WRITE = 1 << 16  # bytes: a block at least this big is written without a join
+    MAX_PENDING = 32 << 20  # bytes: a buffered file flushes early past this (one huge burst)
 
     def __init__(self, path: Path, buffered: bool = False) -> None:
         self.path = path
         self.buffered = buffered
         self._file: BinaryIO | None = open(path, "wb", buffering=0)
         self._pending: list[bytes | memoryview] = []
+        self._pending_bytes = 0
 
     def write(self, record: bytes | memoryview) -> None:
         if self._file is None:
             raise ValueError(f"{self.path}: writer is closed")
         if self.buffered:
             self._pending.append(record)
+            self._pending_bytes += len(record)
+            if self._pending_bytes >= self.MAX_PENDING:
+                self.flush()  # still whole records: memory stays bounded within an instant
         else:
             self._file.write(record)
 
@@ -166,6 +173,7 @@ class RecordFile:
         if small:
             self._file.write(b"".join(small))
         self._pending.clear()
+        self._pending_bytes = 0
 
     def close(self) -> None:
         if self._file is not None:
