@@ -317,3 +317,25 @@ def test_replays_go_to_the_capture_set_whole(monkeypatch):
                                          nanosecond, buffered, attach_at=3)
         assert flow_cache(fast.sim).stats.datagrams_replayed >= 3 * 5 * len(flows)
         assert any(points >= 6 and rows == 5 for points, rows in replays), (backend, replays)
+
+def test_a_huge_burst_replays_in_bounded_steps(monkeypatch):
+    """Replays are cut into MAX_REPLAY datagrams per process step (memory stays
+    bounded); the outcome is the same as one step, and as the slow path."""
+    from emu.net import fastpath
+
+    monkeypatch.setattr(fastpath, "MAX_REPLAY", 3)
+    replayed: list[int] = []
+    original = fastpath.FlowCache._replay
+
+    def spy(self, replay):
+        replayed.append(replay.count)
+        original(self, replay)
+
+    monkeypatch.setattr(fastpath.FlowCache, "_replay", spy)
+    text = scenario_text("vxlan", [1, 1], 1500)
+    flows = [("p1a", "p2a", 80)]
+    rounds = [("none", 10, 0)] * 2
+    slow = play(text, flows, rounds, fast=False)
+    fast = play(text, flows, rounds, fast=True)
+    assert fast.outcome() == slow.outcome()
+    assert replayed and max(replayed) == 3 and sum(replayed) == flow_cache(fast.sim).stats.datagrams_replayed

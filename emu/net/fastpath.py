@@ -80,6 +80,7 @@ SENDABLE_STATES = ("REACHABLE", "DELAY", "PROBE", "PERMANENT")
 NAMESPACE_COUNTERS = ("sent", "delivered", "forwarded")
 DEVICE_COUNTERS = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes")
 BRIDGE_COUNTERS = ("flooded", "forwarded", "delivered_local")
+MAX_REPLAY = 8192  # datagrams per replay step: bounds the frame matrices a huge burst builds
 
 
 def config_changed() -> None:
@@ -534,7 +535,8 @@ class FlowCache:
             if reason is None:
                 stop = index + 1
                 if self.sim.next_time() != self.sim.now_ns:  # the process runs alone: no interleaving
-                    while stop < len(payloads) and len(payloads[stop]) == length:
+                    limit = min(len(payloads), index + MAX_REPLAY)
+                    while stop < limit and len(payloads[stop]) == length:
                         stop += 1
                 self.stats.datagrams_replayed += stop - index
                 self._replay(Replay(entry, payloads[index:stop]))
