@@ -204,11 +204,12 @@ def test_cli_errors_are_one_line():
         assert proc.stderr.count("\n") == 1 and needle in proc.stderr, proc.stderr
 
 
-def test_export_refuses_events(tmp_path):
+def test_export_writes_a_function_per_event(tmp_path):
     path = tmp_path / "events.yaml"
     path.write_text(scenario_text("{Type: host-gw}") + "events: [{at: 1, remove-node: n2}]\n")
     proc = emu("export", "--netns", str(path))
-    assert proc.returncode == 2 and "events" in proc.stderr and proc.stderr.count("\n") == 1
+    assert proc.returncode == 0, proc.stderr
+    assert "\nevent_1() {\n" in proc.stdout and "    remove_netns n2\n" in proc.stdout
 
 
 def test_parse_route():

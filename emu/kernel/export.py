@@ -27,25 +27,38 @@ gets the emulator's own values (``NeighbourParams``) written explicitly:
 a host with tuned neighbour timers still replays a long scenario's probes
 like the emulator. What stays random on Linux is the reachable time drawn
 within [base/2, 3*base/2) and the timer wheel's slack.
+
+Cluster events (``add-node`` / ``remove-node``) become one bash function
+each (``event_1``, ``event_2``, ... in time order), run by the caller at the
+event's time: the emulator applies the events one by one, and each
+function does what changed, read from the emulated state before and after
+the event: a joining node's namespaces, devices, pods and full set of
+remote leases; on every other node the entries flanneld adds or removes
+for the leases that came or went (its udp proxy restarted with the new
+route table: the real one learns routes while running, this one only at
+start); a leaving node's namespaces deleted with everything in them.
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import shlex
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from emu.flannel.host_gw import HostGwBackend
 from emu.flannel.udp_backend import UdpBackend
 from emu.flannel.vxlan_backend import VxlanBackend
 from emu.k8s.cluster import UNDERLAY_NAMESPACE, Node
+from emu.net import Namespace
 from emu.net.neighbour import NeighbourParams
-from emu.sim import NS_PER_SECOND
-from emu.scenario.build import EmulatedCluster, build_cluster
+from emu.scenario.build import EmulatedCluster, add_node_later, build_cluster, remove_node_later
 from emu.scenario.errors import ScenarioError
-from emu.scenario.model import Scenario
+from emu.scenario.model import EventSpec, Scenario
+from emu.sim import NS_PER_SECOND, seconds
 from emu.wire.addr import mac_to_str
 
 _PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,23}")
@@ -66,18 +79,39 @@ def check_prefix(prefix: str) -> str:
 
 
 @dataclass
+class ExportedEvent:
+    """One cluster event of the script: bash function `function`, to run
+    `at` seconds into the traffic. ``removed``: the namespaces it deletes (a
+    runner stops capturing them first: an open capture socket would keep a
+    deleted namespace, and its devices, alive); ``added``: the capture points
+    it creates, as ``NetnsExport.interfaces``; ``hosts``: node and pod names
+    -> addresses once it has run."""
+
+    at: float
+    function: str
+    removed: list[str]
+    added: dict[str, list[str]]
+    hosts: dict[str, str]
+
+
+@dataclass
 class NetnsExport:
     """The script plus what a runner needs to know about the namespaces.
 
-    ``namespaces``: every namespace the script creates (logical names, the
-    switch first); ``interfaces``: the capture points, per node or pod
-    namespace the devices the emulator captures, lo included.
+    ``namespaces``: every namespace the script may create (logical names,
+    the switch first, then the cluster at time 0, then those of events);
+    ``interfaces``: the capture points at time 0, per node or pod
+    namespace the devices the emulator captures, lo included; ``hosts``:
+    node and pod names -> addresses at time 0; ``events``: the event
+    functions in time order.
     """
 
     prefix: str
     script: str
     namespaces: list[str]
     interfaces: dict[str, list[str]]
+    hosts: dict[str, str] = field(default_factory=dict)
+    events: list[ExportedEvent] = field(default_factory=list)
 
 
 class _Shell(str):
@@ -113,43 +147,159 @@ class _Script:
 
 
 def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
-    """The bash script (``up`` / ``down``) that builds `scenario` in namespaces.
+    """The bash script (``up`` / ``down`` / one function per event) that
+    builds `scenario` in namespaces.
 
-    Raises ScenarioError for what real namespaces cannot replay (cluster
-    events) and for run-time errors of the scenario itself.
+    Raises ScenarioError for run-time errors of the scenario itself.
     """
-    if scenario.events:
-        raise ScenarioError(scenario.events[0].path, "export builds the cluster at time 0; "
-                            "add-node / remove-node events cannot be exported")
     prefix = check_prefix(prefix) if prefix is not None else default_prefix()
     emulated = build_cluster(scenario)
     cluster = emulated.cluster
     nodes = list(cluster.nodes.values())
+    switch_ports = itertools.count()  # ul0, ul1, ...: one per node ever added
     namespaces = [UNDERLAY_NAMESPACE] + [ns.name for ns in cluster.namespaces()]
-    interfaces = {ns.name: list(ns.devices) for ns in cluster.namespaces()}
+    interfaces = _interfaces(nodes)
 
     body = _Script()
     body.comment("namespaces: IPv6 and link-local IGMP reports off before any device exists")
     for name in namespaces:
-        body.line(f"ip netns add {_netns(name)}")
-        body.exec(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
-                  "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.igmp_link_local_mcast_reports=0")
-        body.ip(name, "link", "set", "lo", "up")
+        _namespace(body, name)
     body.comment(f"the underlay switch ({scenario.underlay.subnet}, MTU {scenario.underlay.mtu})")
     switch = cluster.switch
     body.ip(UNDERLAY_NAMESPACE, "link", "add", switch.name, "address", mac_to_str(switch.mac), "mtu",
             switch.mtu, "type", "bridge")
     body.ip(UNDERLAY_NAMESPACE, "link", "set", switch.name, "up")
-    for index, node in enumerate(nodes):
-        _node(body, emulated, node, f"ul{index}")
+    for node in nodes:
+        _node(body, emulated, node, f"ul{next(switch_ports)}")
     for node in nodes:
         _remotes(body, emulated, node)
-    _wait_ready(body, emulated)
+    _wait_ready(body, emulated, nodes)
+    _all_neighbour_params(body, emulated, nodes)
+    hosts = _hosts(emulated)
+
+    events: list[ExportedEvent] = []
+    functions: list[tuple[str, _Script]] = []
+    for number, event in enumerate(scenario.events, start=1):
+        function = _Script()
+        exported = _event(function, emulated, event, f"event_{number}", switch_ports)
+        namespaces.extend(ns for ns in exported.added if ns not in namespaces)
+        events.append(exported)
+        functions.append((exported.function, function))
+    script = _render(scenario, prefix, namespaces, body, functions)
+    return NetnsExport(prefix, script, namespaces, interfaces, hosts, events)
+
+
+def _interfaces(nodes: list[Node]) -> dict[str, list[str]]:
+    """The capture points of `nodes` and their pods: every device, lo included."""
+    return {ns.name: list(ns.devices) for node in nodes for ns in _namespaces_of(node)}
+
+
+def _namespaces_of(node: Node) -> list[Namespace]:
+    return [node.ns] + [pod.ns for pod in node.pods.values()]
+
+
+def _hosts(emulated: EmulatedCluster) -> dict[str, str]:
+    """Node and pod names -> addresses, as the emulated cluster has them now."""
+    cluster = emulated.cluster
+    hosts = {name: str(node.ip) for name, node in cluster.nodes.items()}
+    hosts.update({name: str(pod.ip) for name, pod in cluster.pods.items()})
+    return hosts
+
+
+def _namespace(body: _Script, name: str) -> None:
+    body.line(f"ip netns add {_netns(name)}")
+    body.exec(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
+              "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.igmp_link_local_mcast_reports=0")
+    body.ip(name, "link", "set", "lo", "up")
+
+
+def _all_neighbour_params(body: _Script, emulated: EmulatedCluster, nodes: list[Node]) -> None:
     body.comment("ARP parameters: the emulator's, whatever the host's defaults")
-    for ns in cluster.namespaces():
-        _neighbour_params(body, ns.name, list(ns.devices))
-    return NetnsExport(prefix, _render(scenario, prefix, namespaces, body), namespaces,
-                       interfaces)
+    for node in nodes:
+        for ns in _namespaces_of(node):
+            _neighbour_params(body, ns.name, list(ns.devices))
+
+
+# What flanneld on one node has programmed: remote subnet -> (lease, routed
+# directly), and the udp proxy's route table (None for the other backends).
+_Programmed = tuple[dict, dict | None]
+
+
+def _programmed(emulated: EmulatedCluster) -> dict[str, _Programmed]:
+    """Per node, what its flanneld has programmed now (a copy)."""
+    state = {}
+    for name, flanneld in emulated.flanneld.items():
+        backend = flanneld.backend
+        direct = getattr(backend, "direct", set())
+        remotes = {subnet: (lease, subnet in direct) for subnet, lease in flanneld.remotes.items()}
+        routes = dict(backend.routes) if isinstance(backend, UdpBackend) else None
+        state[name] = (remotes, routes)
+    return state
+
+
+def _programming(entry: tuple) -> tuple:
+    """What a remote entry makes flanneld program (a renewal changes none of it)."""
+    lease, direct = entry
+    return lease.public_ip, lease.backend_data, direct
+
+
+def _event(body: _Script, emulated: EmulatedCluster, event: EventSpec, function: str,
+           switch_ports: Iterator[int]) -> ExportedEvent:
+    """Apply `event` to the emulated cluster and write what changed as `function`."""
+    before_nodes = dict(emulated.cluster.nodes)
+    before = _programmed(emulated)
+    emulated.sim.run(until_ns=seconds(event.at))
+    if event.add_node is not None:
+        add_node_later(emulated, event.add_node)
+        body.comment(f"{event.path} at {event.at:g} s: node {event.add_node.name} joins")
+    else:
+        remove_node_later(emulated, event.remove_node)
+        body.comment(f"{event.path} at {event.at:g} s: node {event.remove_node} leaves")
+    after = _programmed(emulated)
+    cluster = emulated.cluster
+    joined = [node for name, node in cluster.nodes.items() if name not in before_nodes]
+    left = [node for name, node in before_nodes.items() if name not in cluster.nodes]
+
+    for node in joined:
+        for ns in _namespaces_of(node):
+            _namespace(body, ns.name)
+        _node(body, emulated, node, f"ul{next(switch_ports)}")
+        _remotes(body, emulated, node)
+    stayed = [node for name, node in cluster.nodes.items() if name in before_nodes]
+    restarted = [node for node in stayed if isinstance(emulated.flanneld[node.name].backend, UdpBackend)
+                 and before[node.name][1] != after[node.name][1]]
+    if restarted:
+        body.comment("the udp proxies of the other nodes restart with the new route tables")
+        body.line("stop_processes " + " ".join(node.name for node in restarted))
+    for node in stayed:
+        _changed_remotes(body, emulated, node, before[node.name], after[node.name])
+    _wait_ready(body, emulated, joined + restarted)
+    if joined:
+        _all_neighbour_params(body, emulated, joined)
+    removed = [ns.name for node in left for ns in _namespaces_of(node)]
+    for name in removed:
+        body.line(f"remove_netns {name}")
+    return ExportedEvent(event.at, function, removed, _interfaces(joined), _hosts(emulated))
+
+
+def _changed_remotes(body: _Script, emulated: EmulatedCluster, node: Node, before: _Programmed,
+                     after: _Programmed) -> None:
+    """On a node that stays: undo the leases flanneld dropped, program the new
+    ones; a udp proxy (stopped by the caller) starts again with its new routes."""
+    (old, old_routes), (new, new_routes) = before, after
+    backend = emulated.flanneld[node.name].backend
+    if isinstance(backend, UdpBackend):
+        if old_routes != new_routes:
+            _start_udp_proxy(body, node, backend)
+        return
+    changed = {subnet for subnet in old.keys() & new.keys()
+               if _programming(old[subnet]) != _programming(new[subnet])}
+    for subnet, (lease, direct) in old.items():
+        if subnet not in new or subnet in changed:
+            _remove_remote(body, node, backend, lease, direct)
+    for subnet, (lease, direct) in new.items():
+        if subnet not in old or subnet in changed:
+            _remote(body, node, backend, lease, direct)
 
 
 def _node(body: _Script, emulated: EmulatedCluster, node: Node, switch_port: str) -> None:
@@ -220,33 +370,54 @@ def _backend_device(body: _Script, emulated: EmulatedCluster, node: Node) -> Non
 
 def _remotes(body: _Script, emulated: EmulatedCluster, node: Node) -> None:
     """What flanneld programs for every remote lease, and the udp proxy."""
-    flanneld = emulated.flanneld[node.name]
-    backend = flanneld.backend
-    leases = list(flanneld.remotes.values())
-    if isinstance(backend, VxlanBackend):
-        dev = backend.device.name
-        for lease in leases:
-            gateway = lease.subnet.network_address
-            vtep_mac = lease.backend_data["VtepMAC"]
-            body.comment(f"node {node.name}: lease {lease.subnet} of {lease.public_ip}")
-            if lease.subnet in backend.direct:  # DirectRouting: a plain route, as host-gw
-                body.ip(node.name, "route", "add", lease.subnet, "via", lease.public_ip, "dev",
-                        backend.external.name)
-                continue
-            body.ip(node.name, "neigh", "add", gateway, "lladdr", vtep_mac, "dev", dev,
-                    "nud", "permanent")
-            body.line(f"bridge -n {_netns(node.name)} {_words(('fdb', 'append', vtep_mac, 'dev', dev, 'dst', lease.public_ip))}")
-            body.ip(node.name, "route", "add", lease.subnet, "via", gateway, "dev", dev, "onlink")
-    elif isinstance(backend, HostGwBackend):
-        for lease in leases:
-            body.comment(f"node {node.name}: lease {lease.subnet} of {lease.public_ip}")
-            body.ip(node.name, "route", "add", lease.subnet, "via", lease.public_ip, "dev",
-                    backend.external.name)
-    elif isinstance(backend, UdpBackend):
-        routes = " ".join(f"--route {subnet}={IPv4Address(ip)}" for subnet, ip in backend.routes.items())
-        body.comment(f"node {node.name}: flanneld's udp proxy on {backend.device.name}, port "
-                     f"{backend.port}")
-        body.line(f'start_flanneld_udp {node.name} {backend.device.name} {backend.port} {routes}')
+    backend = emulated.flanneld[node.name].backend
+    if isinstance(backend, UdpBackend):
+        _start_udp_proxy(body, node, backend)
+        return
+    for lease in emulated.flanneld[node.name].remotes.values():
+        _remote(body, node, backend, lease, lease.subnet in getattr(backend, "direct", ()))
+
+
+def _remote(body: _Script, node: Node, backend, lease, direct: bool) -> None:
+    """flanneld's entries on `node` for one remote lease (vxlan or host-gw)."""
+    body.comment(f"node {node.name}: lease {lease.subnet} of {lease.public_ip}")
+    if isinstance(backend, HostGwBackend) or direct:  # DirectRouting: a plain route, as host-gw
+        body.ip(node.name, "route", "add", lease.subnet, "via", lease.public_ip, "dev",
+                backend.external.name)
+        return
+    dev = backend.device.name
+    gateway = lease.subnet.network_address
+    vtep_mac = lease.backend_data["VtepMAC"]
+    body.ip(node.name, "neigh", "add", gateway, "lladdr", vtep_mac, "dev", dev, "nud", "permanent")
+    _bridge(body, node.name, "fdb", "append", vtep_mac, "dev", dev, "dst", lease.public_ip)
+    body.ip(node.name, "route", "add", lease.subnet, "via", gateway, "dev", dev, "onlink")
+
+
+def _remove_remote(body: _Script, node: Node, backend, lease, direct: bool) -> None:
+    """What flanneld on `node` removes when a remote lease goes away."""
+    body.comment(f"node {node.name}: lease {lease.subnet} of {lease.public_ip} gone")
+    if isinstance(backend, HostGwBackend) or direct:
+        body.ip(node.name, "route", "del", lease.subnet, "via", lease.public_ip, "dev",
+                backend.external.name)
+        return
+    dev = backend.device.name
+    gateway = lease.subnet.network_address
+    body.ip(node.name, "route", "del", lease.subnet, "via", gateway, "dev", dev)
+    body.ip(node.name, "neigh", "del", gateway, "dev", dev)
+    _bridge(body, node.name, "fdb", "del", lease.backend_data["VtepMAC"], "dev", dev, "dst",
+            lease.public_ip)
+
+
+def _bridge(body: _Script, ns: str, *words: object) -> None:
+    body.line(f"bridge -n {_netns(ns)} {_words(words)}")
+
+
+def _start_udp_proxy(body: _Script, node: Node, backend: UdpBackend) -> None:
+    """Start flanneld's udp proxy with the node's current route table."""
+    routes = " ".join(f"--route {subnet}={IPv4Address(ip)}" for subnet, ip in backend.routes.items())
+    body.comment(f"node {node.name}: flanneld's udp proxy on {backend.device.name}, port "
+                 f"{backend.port}")
+    body.line(f"start_flanneld_udp {node.name} {backend.device.name} {backend.port} {routes}")
 
 
 def _neighbour_params(body: _Script, ns: str, devices: list[str]) -> None:
@@ -271,20 +442,29 @@ def _neighbour_params(body: _Script, ns: str, devices: list[str]) -> None:
     body.exec(ns, "sysctl", "-qw", *settings)
 
 
-def _wait_ready(body: _Script, emulated: EmulatedCluster) -> None:
-    """Wait for every udp proxy started in parallel by `_remotes`."""
-    for node in emulated.cluster.nodes.values():
+def _wait_ready(body: _Script, emulated: EmulatedCluster, nodes: list[Node]) -> None:
+    """Wait for every udp proxy of `nodes`, started in parallel by `_remotes`."""
+    for node in nodes:
         backend = emulated.flanneld[node.name].backend
         if isinstance(backend, UdpBackend):
             body.line(f"wait_flanneld_udp {node.name} {backend.device.name}")
 
 
-def _render(scenario: Scenario, prefix: str, namespaces: list[str], body: _Script) -> str:
+def _render(scenario: Scenario, prefix: str, namespaces: list[str], body: _Script,
+            functions: list[tuple[str, _Script]]) -> str:
     names = " ".join(namespaces)
+    actions = "|".join(["up", "down", *(name for name, _ in functions)])
+    event_functions = "".join(f"{name}() {{\n{chr(10).join(lines.lines)}\n}}\n\n"
+                              for name, lines in functions)
+    event_case = (f"    {'|'.join(name for name, _ in functions)})\n"
+                  "        trap 'echo \"emu: $1 failed at line $LINENO\" >&2' ERR\n"
+                  "        \"$1\" ;;\n") if functions else ""
     return f"""#!/usr/bin/env bash
 # Generated by `emu export --netns` from scenario {scenario.name} ({scenario.source}).
-# Builds the emulator's cluster in network namespaces named {prefix}<name>.
-# Usage: bash THIS_SCRIPT up|down   (needs root; EMU names the emu command, default `emu`)
+# Builds the emulator's cluster in network namespaces named {prefix}<name>; each
+# event_N function does what the scenario's Nth event (in time order) changes.
+# Usage: bash THIS_SCRIPT {actions}
+#   (needs root; EMU names the emu command, default `emu`)
 set -eEuo pipefail
 P=${{EMU_PREFIX:-{prefix}}}
 EMU=${{EMU:-emu}}
@@ -304,37 +484,58 @@ start_flanneld_udp() {{
 # TUN $2, whose carrier then comes up.
 wait_flanneld_udp() {{
     local node=$1 tun=$2
-    for _ in $(seq {READY_TIMEOUT_S * 20}); do
+    for _ in $(seq {READY_TIMEOUT_S * 50}); do
         if ip -n "$P$node" -o link show dev "$tun" | grep -q LOWER_UP; then
             return 0
         fi
-        sleep 0.05
+        sleep 0.02
     done
     echo "emu: flanneld-udp in $P$node did not start:" >&2
     cat "$LOG_DIR/$P$node-flanneld-udp.log" >&2
     return 1
 }}
 
-# Remove every namespace of this cluster and every process still running in one.
-down() {{
+# Stop every process running in namespaces $1... (a udp proxy closes its TUN on
+# exit, so flannel0 has no carrier once this returns).
+stop_processes() {{
     local ns pids
-    for ns in "${{NAMESPACES[@]}}"; do
-        if [ -e "/run/netns/$P$ns" ]; then
-            pids=$(ip netns pids "$P$ns" 2>/dev/null || true)
-            if [ -n "$pids" ]; then
-                kill $pids 2>/dev/null || true
-                # an exited process leaves the namespace at once (even while it waits,
-                # a zombie, to be reaped), so ask the namespace rather than `kill -0`
-                for _ in $(seq 40); do
-                    [ -z "$(ip netns pids "$P$ns" 2>/dev/null)" ] && break
-                    sleep 0.05
-                done
-                pids=$(ip netns pids "$P$ns" 2>/dev/null || true)
-                [ -z "$pids" ] || kill -9 $pids 2>/dev/null || true
-            fi
-            ip netns del "$P$ns" 2>/dev/null || true
+    for ns in "$@"; do
+        pids=$(ip netns pids "$P$ns" 2>/dev/null || true)
+        [ -z "$pids" ] || kill $pids 2>/dev/null || true
+    done
+    for ns in "$@"; do
+        # an exited process leaves the namespace at once (even while it waits,
+        # a zombie, to be reaped), so ask the namespace rather than `kill -0`
+        for _ in $(seq 40); do
+            [ -z "$(ip netns pids "$P$ns" 2>/dev/null)" ] && break
+            sleep 0.02
+        done
+        pids=$(ip netns pids "$P$ns" 2>/dev/null || true)
+        if [ -n "$pids" ]; then
+            kill -9 $pids 2>/dev/null || true
+            for _ in $(seq 40); do
+                [ -z "$(ip netns pids "$P$ns" 2>/dev/null)" ] && break
+                sleep 0.02
+            done
         fi
-        rm -f "$LOG_DIR/$P$ns-flanneld-udp.log"
+    done
+}}
+
+# Remove namespace $1 with every process still running in it.
+remove_netns() {{
+    local ns=$1
+    if [ -e "/run/netns/$P$ns" ]; then
+        stop_processes "$ns"
+        ip netns del "$P$ns" 2>/dev/null || true
+    fi
+    rm -f "$LOG_DIR/$P$ns-flanneld-udp.log"
+}}
+
+# Remove every namespace of this cluster, those of events included.
+down() {{
+    local ns
+    for ns in "${{NAMESPACES[@]}}"; do
+        remove_netns "$ns"
     done
 }}
 
@@ -352,9 +553,9 @@ up() {{
     trap - ERR INT TERM
 }}
 
-case "${{1:-}}" in
+{event_functions}case "${{1:-}}" in
     up) up ;;
     down) down ;;
-    *) echo "usage: $0 up|down" >&2; exit 2 ;;
+{event_case}    *) echo "usage: $0 {actions}" >&2; exit 2 ;;
 esac
 """

@@ -18,6 +18,13 @@ that, each packet is also seen coming in), Ethernet or raw-IP linktype by
 device type. A point that saw nothing gets no file, like the kernel
 reference captures.
 
+Cluster events run as the export's ``event_N`` functions at their ``at``
+times, on the same clock as the traffic. Before a function deletes a
+namespace, its captures take what is queued and close (an open capture
+socket would keep the namespace, and its veth to the switch, alive); the
+devices a function creates are captured as soon as it returns (nothing is
+sent unprompted in between: no IPv6, no gratuitous ARP).
+
 Network safety: every command runs inside a namespace the run created, the
 namespaces are only linked to each other, and ``down`` removes them with
 every process still inside them.
@@ -27,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import select
 import shlex
 import shutil
@@ -37,14 +45,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
-from emu.kernel.export import NetnsExport, export_netns
-from emu.scenario.build import build_cluster
+from emu.kernel.export import ExportedEvent, NetnsExport, export_netns
 from emu.scenario.model import Scenario, TrafficSpec
 from emu.verify import Report, compare_dirs
 
@@ -59,6 +66,7 @@ SNAPLEN = 262144
 RECEIVE_BUFFER = 4 << 20
 SETTLE_S = 0.3  # quiet time after the last command, for frames still on their way
 COMMAND_MARGIN_S = 30.0
+CAPTURE_REQUEST_TIMEOUT_S = 5.0
 REQUIRED_TOOLS = ("ip", "bridge", "ping", "setsid", "sysctl")
 
 
@@ -111,6 +119,7 @@ def in_netns(name: str) -> Iterator[None]:
 
 @dataclass
 class _Point:
+    namespace: str
     name: str
     sock: socket.socket
     loopback: bool
@@ -129,11 +138,19 @@ class _Point:
 
 
 class PacketCaptures:
-    """One AF_PACKET capture per interface, written to `<ns>_<ifname>.pcap`."""
+    """One AF_PACKET capture per interface, written to `<ns>_<ifname>.pcap`.
+
+    Points can be opened and closed while the loop runs (cluster events):
+    the loop thread owns the poller, so changes are handed to it and applied
+    between two polls.
+    """
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
         self.points: list[_Point] = []
+        self._open: dict[int, _Point] = {}  # fd -> point still capturing
+        self._poller = select.poll()
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -154,21 +171,51 @@ class PacketCaptures:
         linktype = LINKTYPE_RAW if hatype == ARPHRD_NONE else LINKTYPE_ETHERNET
         sock.setblocking(False)
         name = f"{point_ns}_{ifname}"
-        self.points.append(_Point(name, sock, ifname == "lo", linktype,
-                                  self.out_dir / f"{name}.pcap"))
+        point = _Point(point_ns, name, sock, ifname == "lo", linktype, self.out_dir / f"{name}.pcap")
+        self.points.append(point)
+        self._in_loop(self._register, [point])
+
+    def close_namespace(self, point_ns: str) -> None:
+        """Take what the points of namespace `point_ns` still have queued and
+        close them (before the namespace is deleted)."""
+        self._in_loop(self._close, [p for p in self._open.values() if p.namespace == point_ns])
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="emu-captures", daemon=True)
         self._thread.start()
 
+    def _in_loop(self, change: Callable[[list[_Point]], None], points: list[_Point]) -> None:
+        """Apply `change` in the loop thread (here, when no loop runs) and wait for it."""
+        if self._thread is None or not self._thread.is_alive():
+            change(points)
+            return
+        done = threading.Event()
+        self._requests.put((change, points, done))
+        if not done.wait(CAPTURE_REQUEST_TIMEOUT_S):
+            raise KernelError("the capture loop did not answer")
+
+    def _register(self, points: list[_Point]) -> None:
+        for point in points:
+            self._open[point.sock.fileno()] = point
+            self._poller.register(point.sock.fileno(), select.POLLIN)
+
+    def _close(self, points: list[_Point]) -> None:
+        for point in points:
+            self._drain(point)
+            self._poller.unregister(point.sock.fileno())
+            del self._open[point.sock.fileno()]
+            point.sock.close()
+            if point.writer is not None:
+                point.writer.close()
+
     def _loop(self) -> None:
-        by_fd = {point.sock.fileno(): point for point in self.points}
-        poller = select.poll()
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
         while not self._stop.is_set():
-            for fd, _ in poller.poll(50):
-                self._drain(by_fd[fd])
+            for fd, _ in self._poller.poll(50):
+                self._drain(self._open[fd])
+            while not self._requests.empty():
+                change, points, done = self._requests.get()
+                change(points)
+                done.set()
 
     @staticmethod
     def _drain(point: _Point) -> None:
@@ -184,11 +231,8 @@ class PacketCaptures:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        for point in self.points:
-            self._drain(point)
-            point.sock.close()
-            if point.writer is not None:
-                point.writer.close()
+            self._thread = None
+        self._close(list(self._open.values()))
 
     def counts(self) -> dict[str, int]:
         """Frames per capture point that saw traffic."""
@@ -203,6 +247,18 @@ class CommandRun:
     command: str
     returncode: int
     output: str
+    started_s: float = 0.0  # wall-clock seconds after time 0
+
+
+@dataclass
+class EventRun:
+    """One cluster event as the kernel ran it: its function ran from
+    `started_s` to `ended_s` (wall-clock seconds after time 0)."""
+
+    function: str
+    at: float
+    started_s: float
+    ended_s: float
 
 
 @dataclass
@@ -212,10 +268,12 @@ class KernelRun:
     out_dir: Path
     prefix: str
     commands: list[CommandRun] = field(default_factory=list)
+    events: list[EventRun] = field(default_factory=list)
     capture_counts: dict[str, int] = field(default_factory=dict)
 
 
 def _script(export: NetnsExport, action: str) -> subprocess.CompletedProcess:
+    """Run one action of the export's script: up, down or an event function."""
     env = dict(os.environ, EMU=f"{shlex.quote(sys.executable)} -m emu.cli")
     return subprocess.run(["bash", "-s", action], input=export.script, capture_output=True,
                           text=True, env=env)
@@ -244,29 +302,33 @@ def _command_words(spec: TrafficSpec, hosts: dict[str, str]) -> list[str]:
     return words
 
 
-def _run_command(prefix: str, spec: TrafficSpec, hosts: dict[str, str]) -> CommandRun:
+def _run_command(prefix: str, spec: TrafficSpec, hosts: dict[str, str], start: float) -> CommandRun:
     ping = spec.ping
+    started = time.monotonic() - start
     budget = ping.count * ping.interval + (ping.timeout or 10.0) + COMMAND_MARGIN_S
     argv = ["ip", "netns", "exec", f"{prefix}{spec.source}", *_command_words(spec, hosts)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
     except subprocess.TimeoutExpired:
-        return CommandRun(spec.source, ping.command, -1, f"timed out after {budget:.0f} s")
-    return CommandRun(spec.source, ping.command, done.returncode, done.stdout + done.stderr)
+        return CommandRun(spec.source, ping.command, -1, f"timed out after {budget:.0f} s", started)
+    return CommandRun(spec.source, ping.command, done.returncode, done.stdout + done.stderr,
+                      started)
 
 
 def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...],
-                 hosts: dict[str, str] | None = None) -> list[CommandRun]:
+                 hosts: dict[str, str] | None = None, start: float | None = None) -> list[CommandRun]:
     """Run every command in its namespace on the wall clock; results in file order.
-    `hosts` maps node and pod names to addresses for name destinations."""
-    hosts = hosts or {}
+    `hosts` maps node and pod names to addresses for name destinations (read
+    when a command starts: events may change it); `start` is the
+    `time.monotonic()` of time 0 (default: now)."""
+    hosts = hosts if hosts is not None else {}
     results: dict[int, CommandRun] = {}
-    start = time.monotonic()
+    start = time.monotonic() if start is None else start
 
     def run_chain(at: float, specs: list[TrafficSpec]) -> None:
         time.sleep(max(0.0, start + at - time.monotonic()))
         for spec in specs:
-            results[id(spec)] = _run_command(prefix, spec, hosts)
+            results[id(spec)] = _run_command(prefix, spec, hosts, start)
 
     threads = [threading.Thread(target=run_chain, args=chain) for chain in _chains(traffic)]
     for thread in threads:
@@ -276,12 +338,68 @@ def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...],
     return [results[id(spec)] for spec in traffic]
 
 
-def cluster_hosts(scenario: Scenario) -> dict[str, str]:
-    """Node and pod names -> addresses, as the emulator (and so the export) chose them."""
-    cluster = build_cluster(scenario).cluster
-    hosts = {name: str(node.ip) for name, node in cluster.nodes.items()}
-    hosts.update({name: str(pod.ip) for name, pod in cluster.pods.items()})
-    return hosts
+def _open_captures(captures: PacketCaptures, prefix: str, interfaces: dict[str, list[str]]) -> None:
+    for ns, ifnames in interfaces.items():
+        for ifname in ifnames:
+            captures.open(prefix + ns, ns, ifname)
+
+
+def _run_event(export: NetnsExport, event: ExportedEvent, captures: PacketCaptures,
+               hosts: dict[str, str]) -> None:
+    """One event function, with the captures of the namespaces it deletes
+    closed first and those of the devices it creates opened after."""
+    for ns in event.removed:
+        captures.close_namespace(ns)
+    done = _script(export, event.function)
+    if done.returncode != 0:
+        raise KernelError(f"{event.function} (t={event.at:g}s) failed: {done.stderr.strip()}")
+    _open_captures(captures, export.prefix, event.added)
+    hosts.clear()
+    hosts.update(event.hosts)
+
+
+class _EventThread(threading.Thread):
+    """The export's events on the wall clock from `start` (a `time.monotonic()`),
+    beside the traffic, each appended to `done` once it ran; stops at the
+    first that fails (`error`) or when `cancelled` is set."""
+
+    def __init__(self, export: NetnsExport, captures: PacketCaptures, hosts: dict[str, str],
+                 start: float, done: list[EventRun]) -> None:
+        super().__init__(name="emu-events")
+        self.export = export
+        self.captures = captures
+        self.hosts = hosts
+        self.start_time = start
+        self.done = done
+        self.cancelled = threading.Event()
+        self.error: KernelError | None = None
+
+    def run(self) -> None:
+        try:
+            for event in self.export.events:
+                if self.cancelled.wait(max(0.0, self.start_time + event.at - time.monotonic())):
+                    return
+                started = time.monotonic() - self.start_time
+                _run_event(self.export, event, self.captures, self.hosts)
+                self.done.append(EventRun(event.function, event.at, started,
+                                          time.monotonic() - self.start_time))
+        except KernelError as error:
+            self.error = error
+        except OSError as error:  # opening a capture on an added device
+            self.error = KernelError(f"capturing a device of an added node failed: {error}")
+
+
+def check_event_timing(run: KernelRun) -> None:
+    """KernelError when a command started while an event function was still
+    changing the cluster: the emulator changes it in an instant, so such a
+    run shows a half-built state (move the traffic further from the event)."""
+    for event in run.events:
+        for command in run.commands:
+            if event.started_s <= command.started_s < event.ended_s:
+                raise KernelError(
+                    f"{event.function} (t={event.at:g}s) took until t={event.ended_s:.2f}s, past the "
+                    f"start of `{command.command}` from {command.source} at "
+                    f"t={command.started_s:.2f}s: leave more time after the event")
 
 
 def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = None) -> KernelRun:
@@ -294,17 +412,27 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
         old.unlink()
     run = KernelRun(target, export.prefix)
     captures = PacketCaptures(target)
+    events: _EventThread | None = None
     try:
         built = _script(export, "up")
         if built.returncode != 0:
             raise KernelError(f"building the cluster failed: {built.stderr.strip()}")
-        for ns, ifnames in export.interfaces.items():
-            for ifname in ifnames:
-                captures.open(export.prefix + ns, ns, ifname)
+        _open_captures(captures, export.prefix, export.interfaces)
         captures.start()
-        run.commands = play_traffic(export.prefix, scenario.traffic, cluster_hosts(scenario))
+        hosts = dict(export.hosts)
+        start = time.monotonic()
+        events = _EventThread(export, captures, hosts, start, run.events)
+        events.start()
+        run.commands = play_traffic(export.prefix, scenario.traffic, hosts, start)
+        events.join()
+        if events.error is not None:
+            raise events.error
+        check_event_timing(run)
         time.sleep(SETTLE_S + scenario.linger)  # the emulator keeps running `linger` too
     finally:
+        if events is not None:  # no event may build anything after `down`
+            events.cancelled.set()
+            events.join()
         captures.stop()
         _script(export, "down")
     run.capture_counts = captures.counts()
