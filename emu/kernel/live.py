@@ -306,6 +306,8 @@ def _run_command(prefix: str, spec: TrafficSpec, hosts: dict[str, str], start: f
     ping = spec.ping
     started = time.monotonic() - start
     budget = ping.count * ping.interval + (ping.timeout or 10.0) + COMMAND_MARGIN_S
+    if ping.deadline is not None:  # -w: ping runs until its deadline at most
+        budget = max(budget, ping.deadline + COMMAND_MARGIN_S)
     argv = ["ip", "netns", "exec", f"{prefix}{spec.source}", *_command_words(spec, hosts)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=budget)

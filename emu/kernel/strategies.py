@@ -5,8 +5,9 @@ topologies nobody captured by hand.
 hold: 1 to 4 nodes with 0 to 4 pods each, any backend with a random VNI and
 port (and DirectRouting on or off for vxlan), a subnet length of 22 to 28, an underlay MTU of 576 to 9000, the pod MTU automatic or overridden,
 hairpin on or off, a bridge name, and 1 to 3 ping commands between random
-nodes and pods (random -s, -t, -M do/dont, -c 1 to 3, with short -i and -W
-so that a live run stays quick and ends before the kernel's own timers fire). Addresses the emulator chooses (leased
+nodes and pods (random -s, -t, -M do/dont, -c 1 to 3, now and then a -Q TOS
+or a -p pattern, with short -i and -W so that a live run stays quick and
+ends before the kernel's own timers fire). Addresses the emulator chooses (leased
 subnets, pod IPs) are not drawn: the strategy builds the cluster once to
 learn them, so the pings aim at addresses that exist, or at one address of
 the flannel network that no lease holds (the unreachable paths). Never at
@@ -59,8 +60,16 @@ def _backend(draw: st.DrawFn) -> dict:
 def _ping(draw: st.DrawFn, destination: str) -> str:
     words = ["ping", "-c", str(draw(st.integers(1, 3))), "-i", draw(st.sampled_from(INTERVALS)),
              "-W", "1"]
+    size = None
     if draw(st.booleans()):
-        words += ["-s", str(draw(st.one_of(st.integers(0, 1600), st.integers(1600, 9100))))]
+        size = draw(st.one_of(st.integers(0, 1600), st.integers(1600, 9100)))
+        words += ["-s", str(size)]
+    if draw(st.integers(0, 3)) == 0:
+        tos = draw(st.integers(0, 255))
+        words += ["-Q", draw(st.sampled_from([str(tos), hex(tos)]))]
+    if (size is None or size >= 24) and draw(st.integers(0, 3)) == 0:
+        # From 24 bytes on, iputils' fill() writes every data byte (16 pattern bytes + 8).
+        words += ["-p", draw(st.text("0123456789abcdef", min_size=1, max_size=32))]
     if draw(st.booleans()):
         words += ["-t", str(draw(st.integers(1, 4)))]
     mode = draw(st.sampled_from([None, "do", "dont"]))

@@ -115,7 +115,10 @@ class PingSpec:
     wait for ever), pmtudisc "want" (Linux's socket default), no interface,
     not quiet. A destination that is a node or pod name (the loader checks it
     exists) is resolved to its address when the command starts, since
-    leased subnets make addresses hard to know in advance.
+    leased subnets make addresses hard to know in advance. ``count`` 0 means
+    no -c (then ``deadline``, -w in whole seconds, ends the run); ``preload``
+    -l, ``tos`` -Q, ``pattern`` -p (the bytes parsed, None: iputils' 0, 1,
+    2, ... fill), ``timestamps`` -D, ``outstanding`` -O, ``verbose`` -v.
     """
 
     destination: IPv4Address | str  # an address, or the name of a node or pod
@@ -128,6 +131,13 @@ class PingSpec:
     interface: str | None
     quiet: bool
     command: str
+    deadline: int | None = None
+    preload: int = 1
+    tos: int = 0
+    pattern: bytes | None = None
+    timestamps: bool = False
+    outstanding: bool = False
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

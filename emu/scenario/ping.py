@@ -2,10 +2,14 @@
 
 Scenarios say what traffic to send the way a person would type it in a
 pod's shell, so the emulated ping takes the same options as iputils ping
-(GNU getopt: clustered and attached forms such as ``-qc2`` and ``-s1400``,
-options after the destination). Only the options that change the packets or
-the run are accepted, ``-c`` is required so that every scenario ends, and
-anything else is a ``ValueError`` with a one-line reason naming the option.
+(GNU getopt: clustered and attached forms such as ``-nqc2`` and ``-s1400``,
+options after the destination), each argument checked the way iputils
+20221126 checks it (ping/ping.c main, ``parsetos``, ping_common.c ``fill``).
+Options that only change what ping prints or how its socket buffers (``-n
+-D -O -v -U -4 -a -B -L -m -S``) are accepted as well. The options whose
+behaviour depends on real round-trip times or on IP options are refused
+with the reason, since a run that pretends to honour them would mislead.
+Either ``-c`` or ``-w`` is required so that every scenario ends.
 """
 
 import getopt
@@ -15,10 +19,24 @@ from ipaddress import IPv4Address
 
 from emu.scenario.model import PingSpec, is_interface_name, is_object_name
 
-_OPTIONS = "c:i:s:t:W:M:I:q"
-_SUPPORTED = "-c -i -s -t -W -M -I -q"
+# iputils' own option string (IPv4 and common options), so that a refused
+# option's argument is consumed the way ping would consume it.
+_OPTIONS = "4bRT:aABc:CdDe:fhi:I:l:Lm:M:nOp:qQ:rs:S:t:UvVw:W:"
+_SUPPORTED = "-c -w -i -l -s -p -Q -t -W -M -I -q -n -D -O -v -U -4 -a -B -L -m -S"
+_NOT_EMULATED = {
+    "-f": "flood timing depends on the real round-trip time",
+    "-A": "the adaptive interval depends on the real round-trip time",
+    "-b": "broadcast pings",
+    "-R": "the record-route IP option",
+    "-T": "the timestamp IP option",
+    "-r": "bypassing the routing table (SO_DONTROUTE)",
+}
 _PMTUDISC = ("do", "dont", "want")
 _MAX_PAYLOAD = 65507  # 65535 - 20 (IPv4 header) - 8 (ICMP header)
+_INT_MAX = 2**31 - 1
+_UINT_MAX = 2**32 - 1
+_MAX_DUP_CHK = 0x10000  # the largest -l iputils takes
+_PATTERN_BYTES = 16
 
 
 def parse_ping(command: str) -> PingSpec:
@@ -36,23 +54,49 @@ def parse_ping(command: str) -> PingSpec:
         if "requires argument" in error.msg:
             raise ValueError(f"option -{error.opt} needs a value") from None
         raise ValueError(f"unsupported option -{error.opt} (supported: {_SUPPORTED})") from None
+    for option, _ in options:
+        if option in _NOT_EMULATED:
+            raise ValueError(f"{option}: {_NOT_EMULATED[option]}; not emulated")
+        if option not in _SUPPORTED.split():
+            raise ValueError(f"unsupported option {option} (supported: {_SUPPORTED})")
     values = dict(options)  # the last of a repeated option wins, as in ping
-    if "-c" not in values:
-        raise ValueError("ping needs -c COUNT")
+    deadline = _integer("-w", values["-w"], 0, _INT_MAX) if "-w" in values else 0
+    if "-c" not in values and not deadline:
+        raise ValueError("ping needs -c COUNT or -w DEADLINE")
     pmtudisc = values.get("-M", "want")
     if pmtudisc not in _PMTUDISC:
         raise ValueError(f"-M: expected do, dont or want, got {pmtudisc!r}")
+    interval = _seconds("-i", values.get("-i", "1"))
+    preload = _integer("-l", values["-l"], 1, _MAX_DUP_CHK) if "-l" in values else 1
+    if int(interval * 1000) >= _INT_MAX // preload:  # ping_common.c setup()
+        raise ValueError(f"-l: illegal preload and/or interval: {preload} and {values.get('-i', '1')}")
+    if "-m" in values:
+        _integer("-m", values["-m"], 0, _UINT_MAX)
+    if "-S" in values:
+        _integer("-S", values["-S"], 1, _INT_MAX)
+    size = _integer("-s", values.get("-s", "56"), 0, _MAX_PAYLOAD)
+    pattern = _pattern(values["-p"]) if "-p" in values else None
+    if pattern is not None and _unwritten(pattern, size):
+        raise ValueError(f"-p: with -s {size}, iputils leaves data bytes {_unwritten(pattern, size)} of "
+                         "the pattern uninitialized (heap garbage on the wire); not emulated")
     return PingSpec(
         destination=_destination(operands),
-        count=_integer("-c", values["-c"], 1, None),
-        interval=_seconds("-i", values.get("-i", "1")),
-        size=_integer("-s", values.get("-s", "56"), 0, _MAX_PAYLOAD),
+        count=_integer("-c", values["-c"], 1, None) if "-c" in values else 0,
+        interval=interval,
+        size=size,
         ttl=_integer("-t", values["-t"], 1, 255) if "-t" in values else None,
         timeout=_seconds("-W", values["-W"]) if "-W" in values else None,
         pmtudisc=pmtudisc,
         interface=_interface(values["-I"]) if "-I" in values else None,
         quiet="-q" in values,
         command=command,
+        deadline=deadline or None,
+        preload=preload,
+        tos=_tos(values["-Q"]) if "-Q" in values else 0,
+        pattern=pattern,
+        timestamps="-D" in values,
+        outstanding="-O" in values,
+        verbose="-v" in values,
     )
 
 
@@ -95,3 +139,37 @@ def _interface(text: str) -> str:
     if not is_interface_name(text):
         raise ValueError(f"-I: {text!r} is neither an IPv4 address nor an interface name")
     return text
+
+
+def _tos(text: str) -> int:
+    """iputils ``parsetos``: decimal, or hexadecimal after 0x/0X; 0..255
+    (strtol of nothing is 0, so "" and "0x" mean TOS 0 there too)."""
+    hexadecimal = text[:2] in ("0x", "0X")
+    digits = text[2:] if hexadecimal else text
+    allowed = "0123456789abcdefABCDEF" if hexadecimal else "0123456789"
+    if any(char not in allowed for char in digits):
+        raise ValueError(f"-Q: bad TOS value: {text!r} (expected 0..255, decimal or 0x hex)")
+    value = int(digits, 16 if hexadecimal else 10) if digits else 0
+    if value > 255:
+        raise ValueError(f"-Q: the decimal value of TOS bits must be in range 0-255, got {value}")
+    return value
+
+
+def _pattern(text: str) -> bytes:
+    """iputils ``fill``: hex digits read two at a time (``%2x``, so an odd
+    last digit is a byte of its own), at most 16 bytes, the rest ignored."""
+    bad = next((i for i, char in enumerate(text) if char not in "0123456789abcdefABCDEF"), None)
+    if bad is not None:
+        raise ValueError(f"-p: patterns must be specified as hex digits, got {text!r}")
+    return bytes(int(text[i:i + 2], 16) for i in range(0, min(len(text), 2 * _PATTERN_BYTES), 2))
+
+
+def _unwritten(pattern: bytes, size: int) -> str:
+    """The data bytes iputils' ``fill`` leaves as malloc gave them ("" if
+    none): it copies whole patterns up to index size - len + 8, so a size
+    below len + 8 gets one copy only; the timestamp covers bytes 0..15."""
+    written = size if size >= len(pattern) + 8 and pattern else len(pattern)
+    first = max(written, 16 if size >= 16 else 0)
+    if first >= size:
+        return ""
+    return f"{first}..{size - 1}"

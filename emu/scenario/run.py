@@ -159,7 +159,10 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
             return
         Ping(ns, destination, ping.count, ping.interval, ping.size, ping.ttl,
              ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command,
-             host_name=ping.destination if isinstance(ping.destination, str) else None).start(done)
+             host_name=ping.destination if isinstance(ping.destination, str) else None,
+             tos=ping.tos, pattern=ping.pattern, preload=ping.preload, deadline_s=ping.deadline,
+             timestamps=ping.timestamps, outstanding=ping.outstanding,
+             verbose=ping.verbose).start(done)
 
     for index, spec in enumerate(chain):
         if spec.at is not None:
