@@ -133,12 +133,19 @@ def play(text: str, flows: list[tuple], rounds: list[tuple], fast: bool,
     return run
 
 
-@given(cases())
-def test_sendto_batch_is_byte_identical_to_sendto(case):
-    text, flows, rounds = case
+def play_both(text: str, flows: list[tuple], rounds: list[tuple]) -> "Run":
+    """The same rounds with the flow cache off (the reference) and on: the
+    outcomes must be equal; returns the fast run."""
     slow = play(text, flows, rounds, fast=False)
     fast = play(text, flows, rounds, fast=True)
     assert fast.outcome() == slow.outcome()
+    return fast
+
+
+@given(cases())
+def test_sendto_batch_is_byte_identical_to_sendto(case):
+    text, flows, rounds = case
+    fast = play_both(text, flows, rounds)
     stats = flow_cache(fast.sim).stats
     sent = sum(count for _, count, _ in rounds) * len(flows)
     assert stats.datagrams_replayed + stats.datagrams_slow <= sent
@@ -152,9 +159,7 @@ def test_replays_happen_for_every_backend_and_path():
         text = scenario_text(backend, [2, 1], 1500)
         flows = [("p1a", "p2a", 100), ("p1a", "p1b", 64), ("n1", "p2a", 1000), ("p1a", "p1a", 10)]
         rounds = [("none", 5, 1)] * 4
-        slow = play(text, flows, rounds, fast=False)
-        fast = play(text, flows, rounds, fast=True)
-        assert fast.outcome() == slow.outcome()
+        fast = play_both(text, flows, rounds)
         stats = flow_cache(fast.sim).stats
         assert stats.flows_recorded == len(flows), (backend, stats)
         assert stats.datagrams_replayed >= 3 * 5 * len(flows), (backend, stats)
@@ -165,9 +170,7 @@ def test_changes_between_batches_force_a_new_walk():
     flows = [("p1a", "p2a", 200)]
     rounds = [("none", 3, 0), ("none", 3, 1), ("advance-400s", 3, 2), ("move-mac", 3, 3),
               ("none", 3, 4), ("delete-route", 3, 5), ("none", 3, 6)]
-    slow = play(text, flows, rounds, fast=False)
-    fast = play(text, flows, rounds, fast=True)
-    assert fast.outcome() == slow.outcome()
+    fast = play_both(text, flows, rounds)
     stats = flow_cache(fast.sim).stats
     assert stats.datagrams_replayed > 0
     assert sum(stats.fallbacks.values()) >= 2, stats
@@ -177,9 +180,7 @@ def test_fragmented_walks_are_never_cached():
     text = scenario_text("host-gw", [1, 1], 576)
     flows = [("p1a", "p2a", 1200)]
     rounds = [("none", 2, 0)] * 3
-    slow = play(text, flows, rounds, fast=False)
-    fast = play(text, flows, rounds, fast=True)
-    assert fast.outcome() == slow.outcome()
+    fast = play_both(text, flows, rounds)
     stats = flow_cache(fast.sim).stats
     assert stats.datagrams_replayed == 0
     assert stats.not_recorded["fragmentation"] >= 1
@@ -231,9 +232,7 @@ def test_bursts_of_two_processes_at_one_instant_take_turns():
     text = scenario_text("host-gw", [2, 1], 1500)
     flows = [("p1a", "p2a", 100), ("p1b", "p2a", 100)]
     rounds = [("none", 4, 1)] * 3
-    slow = play(text, flows, rounds, fast=False)
-    fast = play(text, flows, rounds, fast=True)
-    assert fast.outcome() == slow.outcome()
+    fast = play_both(text, flows, rounds)
     assert flow_cache(fast.sim).stats.datagrams_replayed >= 2 * 4 * 2  # rounds 2 and 3 at least
     received = [payload[0] for payload, _ in fast.receivers["p2a"].queue]
     assert received[-8:] == [3, 3, 4, 4, 5, 5, 6, 6]  # alternating senders, same fill per step
@@ -335,7 +334,5 @@ def test_a_huge_burst_replays_in_bounded_steps(monkeypatch):
     text = scenario_text("vxlan", [1, 1], 1500)
     flows = [("p1a", "p2a", 80)]
     rounds = [("none", 10, 0)] * 2
-    slow = play(text, flows, rounds, fast=False)
-    fast = play(text, flows, rounds, fast=True)
-    assert fast.outcome() == slow.outcome()
+    fast = play_both(text, flows, rounds)
     assert replayed and max(replayed) == 3 and sum(replayed) == flow_cache(fast.sim).stats.datagrams_replayed
