@@ -266,11 +266,9 @@ class PodToPodCase(SteppedCase):
         if primed != DISTINCT_FRAMES:
             raise CaseUnavailable(f"priming delivered {primed} of {DISTINCT_FRAMES} datagrams")
         self.eth0 = emulated.cluster.pods[topology.SOURCE_POD].ns.device("eth0")
+        self.emulated = emulated
         if self.params["capture"]:
-            self.capture_dir = Path(tempfile.mkdtemp(prefix="emu-bench-capture-"))
-            self.capture_set = CaptureSet(self.capture_dir, buffered=True)  # as `emu run` does
-            self.sim.on_advance.append(self.capture_set.flush)
-            _Captures(self.capture_set, emulated).attach_all()
+            self._fresh_capture()
         self.batches = cycle(_batches(recorded.sent, self.params["batch"]))
         self.sender = UdpSocket(emulated.cluster.pods[topology.SOURCE_POD].ns)
         self.address = (target.ip.packed, topology.RECEIVER_PORT)
@@ -296,8 +294,38 @@ class PodToPodCase(SteppedCase):
         self._drain()
         return self._received()
 
-    def close(self) -> None:
+    def measure(self, budget_s: float) -> tuple[int, float]:
+        if self.params["capture"]:
+            self._fresh_capture()
+        return super().measure(budget_s)
+
+    def _fresh_capture(self) -> None:
+        """Capture every device into new files, as `emu run` does (buffered,
+        flushed per instant), after removing the last round's files.
+
+        Why per round: a round writes ~2.8 KB of pcap + pcapng per datagram
+        (hundreds of MB per second). Files deleted before the kernel writes
+        them back cost no disk I/O, so the case measures the emulator's
+        capture path, not this machine's disk; files kept for minutes would
+        be written back and the disk's speed would set the pace."""
+        self._drop_capture()
+        self.capture_dir = Path(tempfile.mkdtemp(prefix="emu-bench-capture-"))
+        self.capture_set = CaptureSet(self.capture_dir, buffered=True)
+        self.sim.on_advance.append(self.capture_set.flush)
+        _Captures(self.capture_set, self.emulated).attach_all()
+
+    def _drop_capture(self) -> None:
         if self.capture_set is not None:
-            self.capture_set.close()
+            old = self.capture_set
+            for ns in self.emulated.cluster.namespaces():
+                for dev in ns.devices.values():
+                    dev.taps[:] = [tap for tap in dev.taps if getattr(tap, "batch_sink", None) is not old]
+            self.sim.on_advance.remove(old.flush)
+            old.close()
+            self.capture_set = None
         if self.capture_dir is not None:
             shutil.rmtree(self.capture_dir, ignore_errors=True)
+            self.capture_dir = None
+
+    def close(self) -> None:
+        self._drop_capture()
