@@ -63,7 +63,8 @@ class _SinkPort(NetDevice):
     @classmethod
     def transmit_interleaved_batch(cls, devices, which: np.ndarray, frames) -> None:
         counts = np.bincount(which, minlength=len(devices))
-        involved = [devices[number] for number in np.flatnonzero(counts).tolist()]
+        numbers = np.flatnonzero(counts).tolist()
+        involved = [devices[number] for number in numbers]
         if involved[0].sim.context is not None or any(dev.taps or not dev.up for dev in involved):
             for number, frame in zip(which.tolist(), frames):
                 devices[number].transmit(frame)
@@ -71,8 +72,7 @@ class _SinkPort(NetDevice):
         lengths = frames.lengths if isinstance(frames, PackedFrames) else \
             np.fromiter(map(len, frames), np.int64, len(frames))
         sizes = np.bincount(which, weights=lengths, minlength=len(devices))
-        for number in np.flatnonzero(counts).tolist():
-            device = devices[number]
+        for number, device in zip(numbers, involved):
             device.stats.tx_packets += int(counts[number])
             device.stats.tx_bytes += int(sizes[number])
             device.sent += int(counts[number])
@@ -189,8 +189,7 @@ class VxlanEncapCase(SteppedCase):
         self.outer = _outer_headers(frames[0], 0)
         batches = []
         for batch in _batches(list(enumerate(frames)), self.params["batch"]):
-            matrix = np.frombuffer(b"".join(frame for _, frame in batch), np.uint8).reshape(
-                len(batch), self.params["frame_size"])
+            matrix = PackedFrames.from_frames([frame for _, frame in batch]).rows
             idents = np.array([index for index, _ in batch], np.uint64)
             ports = np.array([flow_source_port(frame) for _, frame in batch], np.uint64)
             batches.append((matrix, idents, ports))
