@@ -1,7 +1,7 @@
 """Random topologies against the real kernel, and the regressions they left.
 
 `test_random_topologies_match_the_kernel` (root) runs RANDOM_SCENARIOS random
-valid scenarios (emu.kernel.strategies) in real namespaces and in the
+valid scenarios (emu.testing.strategies.scenarios) in real namespaces and in the
 emulator and requires every capture point to match. It prints its seed
 (replay with EMU_RANDOM_SEED=<seed>). A failing scenario is shrunk by
 hypothesis and saved as tests/regressions/random-<seed>.yaml with its kernel
@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from emu.kernel import kernel_unavailable, verify_kernel
 from emu.kernel.live import scenario_ports
-from emu.kernel.strategies import MAX_COMMANDS, MAX_NODES, MAX_PODS, scenario_documents, scenario_yaml
+from emu.testing.topologies import MAX_COMMANDS, MAX_NODES, MAX_PODS, scenario_documents, scenario_yaml
 from emu.scenario import load_scenario, load_scenario_text
 from emu.scenario.run import run_scenario
 from emu.verify import compare_dirs

@@ -39,7 +39,7 @@ __all__ = [
     "macs", "unicast_macs", "ipv4_addresses", "ethernet_reprs", "arp_reprs",
     "ipv4_options", "ipv4_reprs", "icmp_reprs", "udp_reprs", "vxlan_reprs",
     "vxlan_outer_headers", "arp_frames", "ipv4_icmp_frames", "ipv4_udp_frames",
-    "ethernet_frames", "vxlan_frames",
+    "ethernet_frames", "vxlan_frames", "scenarios", "scenario_yaml",
 ]
 
 MAX_IPV4_TOTAL_LEN = 0xFFFF
@@ -398,3 +398,8 @@ def vxlan_frames(draw: st.DrawFn, inner: SearchStrategy[bytes] | None = None) ->
     vxlan = draw(vxlan_reprs()).build() + inner_frame
     outer = EthernetRepr(draw(unicast_macs()), draw(unicast_macs()), ETHERTYPE_IPV4)
     return outer.build(_udp_in_ipv4(draw, vxlan, _vxlan_ports()))
+
+
+# Whole scenarios (random topologies) live in their own module; they are
+# part of this public namespace.
+from emu.testing.topologies import scenario_yaml, scenarios  # noqa: E402
