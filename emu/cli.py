@@ -7,6 +7,7 @@ file, arguments). Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -38,6 +39,20 @@ def _load(scenario_path: str | None) -> Scenario:
         fail(str(error))
 
 
+def _with_etcd(scenario: Scenario, endpoints: tuple[str, ...], prefix: str | None) -> Scenario:
+    """The scenario with its lease store moved to the etcd given on the command line."""
+    if not endpoints:
+        if prefix is not None:
+            fail("--etcd-prefix needs --etcd URL")
+        return scenario
+    from emu.scenario.loader import override_etcd
+
+    try:
+        return override_etcd(scenario, list(endpoints), prefix)
+    except ScenarioError as error:
+        fail(re.sub(r"^etcd\.endpoints(\[\d+\])?", "--etcd", str(error)).replace("etcd.prefix", "--etcd-prefix", 1))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="emu")
 def main() -> None:
@@ -49,12 +64,18 @@ def main() -> None:
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Directory for the pcaps and stats.json (default: pcaps/<scenario name>).")
 @click.option("--quiet", "-q", is_flag=True, help="Only print the per-command summaries.")
-def run(scenario: str | None, out_dir: str | None, quiet: bool) -> None:
+@click.option("--etcd", "etcd_endpoints", multiple=True, metavar="URL",
+              help="Keep flannel's leases in this etcd v3 (e.g. http://127.0.0.1:2379; repeat for "
+                   "more endpoints) instead of the embedded store; overrides the scenario's etcd key.")
+@click.option("--etcd-prefix", default=None, metavar="PREFIX",
+              help="flanneld's --etcd-prefix (default /coreos.com/network).")
+def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: tuple[str, ...],
+        etcd_prefix: str | None) -> None:
     """Run SCENARIO (a YAML/JSON file; default: the built-in reference cluster)
     and write a pcap per interface, all.pcapng and stats.json."""
     from emu.scenario.run import run_scenario
 
-    loaded = _load(scenario)
+    loaded = _with_etcd(_load(scenario), etcd_endpoints, etcd_prefix)
     target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
     try:
         result = run_scenario(loaded, target)

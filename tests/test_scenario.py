@@ -384,7 +384,7 @@ def test_validation_error(edits, message):
 
 
 UNKNOWN_KEYS = [
-    ((), "", "name, seed, net-conf, underlay, cni, nodes, traffic, events, linger"),
+    ((), "", "name, seed, net-conf, underlay, cni, nodes, traffic, events, linger, etcd"),
     (("net-conf",), "net-conf.", "Network, SubnetLen, SubnetMin, SubnetMax, Backend"),
     (("net-conf", "Backend"), "net-conf.Backend.", "Type, VNI, Port, DirectRouting"),
     (("underlay",), "underlay.", "subnet, mtu"),

@@ -110,13 +110,13 @@ class MemoryStore:
 
     def get(self, key: str, now_ns: int) -> Entry | None:
         entry = self._entries.get(key)
-        if entry is None or _is_expired(entry, now_ns):
+        if entry is None or is_expired(entry, now_ns):
             return None
         return entry
 
     def create(self, key: str, value: str, ttl_ns: int | None, now_ns: int) -> Entry:
         """Write `key` only if it is absent or expired (etcd's `Version(key) == 0` txn)."""
-        _check_write(key, value, ttl_ns)
+        check_write(key, value, ttl_ns)
         self._collect_if_expired(key, now_ns)
         if key in self._entries:
             raise KeyExists(key)
@@ -124,7 +124,7 @@ class MemoryStore:
 
     def put(self, key: str, value: str, ttl_ns: int | None, now_ns: int) -> Entry:
         """Create or overwrite `key`; the TTL is replaced, not extended."""
-        _check_write(key, value, ttl_ns)
+        check_write(key, value, ttl_ns)
         self._collect_if_expired(key, now_ns)
         return self._write(key, value, ttl_ns, now_ns, previous=self._entries.get(key))
 
@@ -138,7 +138,7 @@ class MemoryStore:
         return [
             entry
             for key, entry in sorted(self._entries.items())
-            if key.startswith(prefix) and not _is_expired(entry, now_ns)
+            if key.startswith(prefix) and not is_expired(entry, now_ns)
         ]
 
     def watch(self, prefix: str, callback: WatchCallback) -> int:
@@ -156,7 +156,7 @@ class MemoryStore:
         """Remove every entry whose TTL has passed, earliest expiry first;
         returns the removed entries."""
         expired = sorted(
-            (entry for entry in self._entries.values() if _is_expired(entry, now_ns)),
+            (entry for entry in self._entries.values() if is_expired(entry, now_ns)),
             key=lambda entry: (entry.expires_ns, entry.key),
         )
         for entry in expired:
@@ -165,7 +165,7 @@ class MemoryStore:
 
     def _collect_if_expired(self, key: str, now_ns: int) -> None:
         entry = self._entries.get(key)
-        if entry is not None and _is_expired(entry, now_ns):
+        if entry is not None and is_expired(entry, now_ns):
             self._remove(key, "expire")
 
     def _write(
@@ -190,11 +190,11 @@ class MemoryStore:
                 watch.callback(event)
 
 
-def _is_expired(entry: Entry, now_ns: int) -> bool:
+def is_expired(entry: Entry, now_ns: int) -> bool:
     return entry.expires_ns is not None and now_ns >= entry.expires_ns
 
 
-def _check_write(key: str, value: str, ttl_ns: int | None) -> None:
+def check_write(key: str, value: str, ttl_ns: int | None) -> None:
     if not isinstance(key, str) or not key:
         raise ValueError(f"key must be a non-empty string, got {key!r}")
     if not isinstance(value, str):

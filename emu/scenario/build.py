@@ -15,10 +15,11 @@ import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from emu.flannel.etcd_store import EtcdStore, StoreUnavailable
 from emu.flannel.flanneld import Flanneld
 from emu.flannel.host_gw import HostGwBackend
-from emu.flannel.leases import LeaseError, SubnetManager
-from emu.flannel.store import MemoryStore
+from emu.flannel.leases import SUBNETS_PREFIX, Lease, LeaseError, LeaseEvent, SubnetManager, decode_lease, subnet_key
+from emu.flannel.store import KeyValueStore, MemoryStore
 from emu.flannel.subnet_env import parse_subnet_env
 from emu.flannel.udp_backend import UdpBackend
 from emu.flannel.vxlan_backend import VxlanBackend
@@ -36,11 +37,14 @@ class EmulatedCluster:
     scenario: Scenario
     sim: Scheduler
     cluster: Cluster
-    store: MemoryStore
+    store: KeyValueStore
     manager: SubnetManager
     flanneld: dict[str, Flanneld] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     macs: dict[bytes, str] = field(default_factory=dict)
+    # Called with a node's name and a note when it joins or leaves outside the
+    # scenario's own events (a lease another etcd writer added or deleted).
+    node_listeners: list = field(default_factory=list)
 
 
 def default_vtep_mac(seed: int, node: str) -> bytes:
@@ -52,27 +56,126 @@ def default_vtep_mac(seed: int, node: str) -> bytes:
     return bytes(raw)
 
 
+def open_store(scenario: Scenario) -> KeyValueStore:
+    """The lease store: the embedded one, or the real etcd the scenario names
+    (unreachable: a ScenarioError, before anything is built or written)."""
+    if scenario.etcd is None:
+        return MemoryStore()
+    try:
+        return EtcdStore(list(scenario.etcd.endpoints), scenario.etcd.prefix)
+    except StoreUnavailable as error:
+        raise ScenarioError("etcd.endpoints", str(error)) from None
+
+
 def build_cluster(scenario: Scenario) -> EmulatedCluster:
     """Build and start the cluster described by `scenario` (at virtual time 0)."""
     sim = Scheduler()
     net = scenario.net_conf
-    store = MemoryStore()
+    store = open_store(scenario)
     try:
         manager = SubnetManager(store, net.network, net.subnet_len, net.subnet_min, net.subnet_max,
                                 seed=scenario.seed)
     except ValueError as error:
         raise ScenarioError("net-conf", str(error)) from None
-    manager.write_config(net.raw, 0)
+    _write_config(store, manager, net.raw)
     cluster = Cluster(sim, scenario.underlay.subnet, scenario.underlay.mtu, scenario.seed)
     emulated = EmulatedCluster(scenario, sim, cluster, store, manager)
     if net.backend.defaulted:
         emulated.notes.append("net-conf has no Backend: flannel's default backend udp is used")
+    foreign = _foreign_leases(emulated)
     ordered = sorted(scenario.nodes, key=lambda n: n.subnet is None)
     for spec in ordered:
         start_node(emulated, spec)
     for spec in scenario.nodes:
         add_pods(emulated, spec)
+    if isinstance(store, EtcdStore):
+        for lease in foreign:
+            _add_lease_node(emulated, lease)
+        manager.watch_leases(lambda event: _follow_foreign_lease(emulated, event))
+        sim.on_advance.append(lambda: store.poll(sim.now_ns))
     return emulated
+
+
+def _write_config(store: KeyValueStore, manager: SubnetManager, raw: dict) -> None:
+    """Store flannel's net-conf as an admin would; a real etcd that already
+    holds a different one belongs to another cluster: refuse to overwrite it."""
+    if isinstance(store, EtcdStore):
+        try:
+            existing = manager.read_config(0)
+        except LeaseError:
+            existing = None
+        if existing is not None and existing != raw:
+            raise ScenarioError("etcd.prefix", f"etcd at {store.endpoint} already holds another flannel "
+                                f"config under {store.prefix} (use another prefix, or `emu import --etcd`)")
+    manager.write_config(raw, 0)
+
+
+def _foreign_leases(emulated: EmulatedCluster) -> list[Lease]:
+    """Leases already in a real etcd that belong to no node of the scenario
+    (they become pod-less nodes); malformed keys are skipped and named."""
+    if not isinstance(emulated.store, EtcdStore):
+        return []
+    own = {spec.ip for spec in emulated.scenario.nodes}
+    foreign = []
+    for entry in emulated.store.list(SUBNETS_PREFIX, 0):
+        lease = decode_lease(entry)
+        if lease is not None and lease.public_ip not in own:
+            foreign.append(lease)
+    return foreign
+
+
+def lease_node_name(lease: Lease) -> str:
+    """A node joined through etcd has no name of its own: name it after its subnet."""
+    return "lease-" + str(lease.subnet).replace(".", "-").replace("/", "-")
+
+
+def _lease_node_spec(emulated: EmulatedCluster, lease: Lease) -> NodeSpec | None:
+    scenario = emulated.scenario
+    if lease.public_ip not in scenario.underlay.subnet:
+        emulated.notes.append(f"etcd: lease {lease.subnet} of {lease.public_ip} is outside the underlay "
+                              f"{scenario.underlay.subnet}: not emulated")
+        return None
+    vtep_mac = None
+    data = lease.backend_data or {}
+    if scenario.net_conf.backend.type == "vxlan" and isinstance(data.get("VtepMAC"), str):
+        try:
+            vtep_mac = bytes.fromhex(data["VtepMAC"].replace(":", ""))
+        except ValueError:
+            vtep_mac = None
+    name = lease_node_name(lease)
+    return NodeSpec(name, lease.public_ip, b"\x02\x42" + lease.public_ip.packed, lease.subnet, None,
+                    vtep_mac, (), f"etcd:{emulated.store.remote_key(subnet_key(lease.subnet))}")
+
+
+def _add_lease_node(emulated: EmulatedCluster, lease: Lease) -> None:
+    spec = _lease_node_spec(emulated, lease)
+    if spec is None or spec.name in emulated.cluster.nodes:
+        return
+    if any(node.ip == lease.public_ip for node in emulated.cluster.nodes.values()):
+        return
+    add_node_later(emulated, spec)
+    _tell(emulated, spec.name, f"node {spec.name} ({lease.public_ip}, {lease.subnet}) joined through etcd")
+
+
+def _tell(emulated: EmulatedCluster, name: str, what: str) -> None:
+    """A node joined or left outside the scenario's events: a note, and the listeners."""
+    note = f"t={emulated.sim.now_ns / 1e9:g}s: {what}"
+    if not emulated.node_listeners:
+        emulated.notes.append(note)
+    for listener in emulated.node_listeners:
+        listener(name, note)
+
+
+def _follow_foreign_lease(emulated: EmulatedCluster, event: LeaseEvent) -> None:
+    """Another writer's lease: a new node joins, a removed lease's node leaves."""
+    if event.kind == "added":
+        _add_lease_node(emulated, event.lease)
+    elif event.kind == "removed":
+        for name, node in list(emulated.cluster.nodes.items()):
+            flanneld = emulated.flanneld.get(name)
+            if flanneld is not None and flanneld.lease is not None and flanneld.lease.subnet == event.lease.subnet:
+                remove_node_later(emulated, name)
+                _tell(emulated, name, f"node {name} left: its lease was deleted in etcd")
 
 
 def _claim_mac(emulated: EmulatedCluster, mac: bytes, path: str) -> None:

@@ -15,6 +15,7 @@ follows flannel (24, or the Network prefix + 2 for networks smaller than a
 """
 
 import copy
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,11 +27,13 @@ from pathlib import Path
 
 import yaml
 
+from emu.flannel.etcd_store import FLANNEL_PREFIX as ETCD_DEFAULT_PREFIX, parse_endpoint
 from emu.flannel.subnet_env import ENCAP_OVERHEAD
 from emu.scenario.errors import ScenarioError
 from emu.scenario.model import (
     Backend,
     Cni,
+    EtcdSpec,
     EventSpec,
     NetConf,
     NodeSpec,
@@ -44,7 +47,7 @@ from emu.scenario.model import (
 from emu.scenario.ping import parse_ping
 from emu.scenario.yamlsafe import load_yaml
 
-_TOP_KEYS = ("name", "seed", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger")
+_TOP_KEYS = ("name", "seed", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger", "etcd")
 _NET_CONF_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
 _NET_CONF_FLANNEL_ONLY = (
     "EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
@@ -54,6 +57,7 @@ _BACKEND_KEYS = ("Type", "VNI", "Port", "DirectRouting")
 _BACKEND_FLANNEL_ONLY = ("GBP", "Learning", "MTU", "MacPrefix", "PSK")
 _BACKEND_TYPES = ("vxlan", "host-gw", "udp")
 _UNDERLAY_KEYS = ("subnet", "mtu")
+_ETCD_KEYS = ("endpoints", "prefix")
 _CNI_KEYS = ("bridge", "mtu", "hairpinMode")
 _NODE_KEYS = ("name", "ip", "mac", "subnet", "cni-mac", "vtep-mac", "pods")
 _POD_KEYS = ("name", "ip", "mac", "host-veth", "host-veth-mac", "containers")
@@ -391,6 +395,34 @@ def _underlay(value: object, path: str, network: IPv4Network) -> Underlay:
     return Underlay(subnet, fields.read("mtu", _mtu, default=_DEFAULT_MTU))
 
 
+def _etcd(value: object, path: str) -> EtcdSpec:
+    """`etcd: {endpoints: [http://127.0.0.1:2379], prefix: /coreos.com/network}`."""
+    fields = _Mapping(value, path, _ETCD_KEYS)
+    endpoints = []
+    for item, item_path in fields.items("endpoints"):
+        try:
+            parse_endpoint(item)
+        except ValueError as error:
+            raise ScenarioError(item_path, str(error)) from None
+        endpoints.append(item)
+    if not endpoints:
+        raise ScenarioError(fields.path_of("endpoints"), "at least one etcd endpoint is required")
+    prefix = fields.read("prefix", _string, default=ETCD_DEFAULT_PREFIX)
+    if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+        raise ScenarioError(fields.path_of("prefix"), f"{prefix!r} must be a key path like /coreos.com/network")
+    return EtcdSpec(tuple(endpoints), prefix)
+
+
+def override_etcd(scenario: Scenario, endpoints: list[str], prefix: str | None) -> Scenario:
+    """`scenario` with its leases in the etcd at `endpoints` (the command line's --etcd)."""
+    document: dict = {"endpoints": endpoints}
+    if prefix is not None:
+        document["prefix"] = prefix
+    elif scenario.etcd is not None:
+        document["prefix"] = scenario.etcd.prefix
+    return dataclasses.replace(scenario, etcd=_etcd(document, "etcd"))
+
+
 def _check_backend_fits(underlay_mtu: int, backend: str) -> None:
     """flannel's device gets the underlay MTU minus the encapsulation; Linux
     refuses a vxlan or TUN device below the IPv4 minimum MTU (68), so
@@ -488,8 +520,9 @@ class _Builder:
         events = self._events(event_fields, {node.path: node for node in nodes}, [node.name for node in initial])
         traffic = tuple(self._traffic(value, path, nodes) for value, path in top.items("traffic"))
         linger = top.read("linger", _seconds, default=0.0)
+        etcd = top.read("etcd", _etcd, default=None)
         return Scenario(name, seed, self.net_conf, self.underlay, self.cni, initial, traffic, events, self.source,
-                        linger)
+                        linger, etcd)
 
     # Nodes and pods.
 

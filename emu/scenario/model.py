@@ -168,6 +168,15 @@ class EventSpec:
 
 
 @dataclass(frozen=True)
+class EtcdSpec:
+    """Where flannel's leases live when they live in a real etcd (flanneld's
+    --etcd-endpoints and --etcd-prefix); None in a Scenario: the embedded store."""
+
+    endpoints: tuple[str, ...]
+    prefix: str = "/coreos.com/network"
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole scenario file. ``traffic`` is in file order; ``events`` are
     sorted by ``at`` (file order among equal times); ``source`` names the
@@ -185,6 +194,8 @@ class Scenario:
     # Seconds the cluster keeps running after the last command ends (timers
     # such as ARP probes then still reach the captures); 0: stop at once.
     linger: float = 0.0
+    # A real etcd for the lease store (None: the embedded, in-process store).
+    etcd: EtcdSpec | None = None
 
 
 # Name rules, shared by the loader and the ping parser.

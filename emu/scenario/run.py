@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.capture import CaptureSet
+from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
 from emu.net import Bridge, Namespace, Ping, PingResult
 from emu.scenario.build import EmulatedCluster, add_node_later, build_cluster, remove_node_later
 from emu.scenario.model import Scenario, TrafficSpec
@@ -119,6 +120,15 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         captures = _Captures(capture_set, emulated)
         captures.attach_all()
 
+    def on_node_changed(name: str, note: str) -> None:
+        result.notes.append(note)
+        if name in emulated.cluster.nodes:
+            result.nodes.append(describe_node(emulated, name))
+        if captures is not None:
+            captures.attach_all()
+
+    emulated.node_listeners.append(on_node_changed)
+
     pending = {"traffic": len(scenario.traffic), "events": len(scenario.events)}
 
     def on_event(event) -> None:
@@ -190,7 +200,11 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     result.end_ns = sim.now_ns
     for flanneld in emulated.flanneld.values():
         result.notes.extend(line for line in flanneld.log if "cannot" in line or "no valid" in line)
+    result.notes.extend(store_notes(emulated))
     result.stats = collect_stats(emulated, result)
+    close_store = getattr(emulated.store, "close", None)
+    if close_store is not None:
+        close_store()
     if capture_set is not None:
         capture_set.close()
         result.capture_counts = {k: v for k, v in capture_set.counts().items() if v}
@@ -224,10 +238,32 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
                      "transmitted": t.ping.transmitted, "received": t.ping.received,
                      "errors": t.ping.errors, "output": t.ping.lines} for t in result.traffic],
         "flannel": {
-            "leases": {entry.key: json.loads(entry.value)
-                       for entry in emulated.store.list("/coreos.com/network/subnets/", now)},
+            "leases": lease_table(emulated, now),
             "subnet_env": {name: f.subnet_env for name, f in emulated.flanneld.items()},
             "log": [line for f in emulated.flanneld.values() for line in f.log],
         },
         "namespaces": namespaces,
+        **({"store": emulated.store.describe()} if hasattr(emulated.store, "describe") else {}),
     }
+
+
+def lease_table(emulated: EmulatedCluster, now: int) -> dict:
+    """Every readable lease by its key as the store holds it (etcd: with its prefix)."""
+    remote = getattr(emulated.store, "remote_key", lambda key: key)
+    table = {}
+    for entry in emulated.store.list(SUBNETS_PREFIX, now):
+        if decode_lease(entry) is not None:  # a malformed one is named in the notes
+            table[remote(entry.key)] = json.loads(entry.value)
+    return table
+
+
+def store_notes(emulated: EmulatedCluster) -> list[str]:
+    """What the run summary says about a real etcd: skipped keys, a lost server."""
+    describe = getattr(emulated.store, "describe", None)
+    if describe is None:
+        return []
+    store = describe()
+    notes = [f"etcd: skipped malformed lease {key}" for key in store["malformed_leases"]]
+    if store["lost"]:
+        notes.append(f"etcd: store lost during the run ({store['lost']}); leases already read were kept")
+    return notes
