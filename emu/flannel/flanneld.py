@@ -88,7 +88,8 @@ class Flanneld:
 
     def _schedule_renewal(self) -> None:
         due = self.manager.renew_due_ns(self.lease)
-        self._renewal = self.ns.sim.call_at(max(due, self.now), self._renew)
+        # Housekeeping: a renewal changes no frame, so it keeps no run going.
+        self._renewal = self.ns.sim.call_housekeeping_at(max(due, self.now), self._renew)
 
     def _renew(self) -> None:
         self.lease = self.manager.renew_lease(self.lease, self.now)

@@ -120,7 +120,10 @@ class Reassembler:
         if queue is None:
             queue = self.queues[key] = _Queue()
             now = self.sim.now_ns  # inet_frag's mod_timer: the timer wheel rounds it up
-            queue.timer = self.sim.call_at(fire_time_ns(now, now + IPFRAG_TIME_NS), self._expire, key)
+            # Housekeeping until the first fragment arrives: only then does
+            # the timeout send an ICMP time exceeded.
+            queue.timer = self.sim.call_housekeeping_at(fire_time_ns(now, now + IPFRAG_TIME_NS), self._expire,
+                                                        key, quiet_if=lambda: queue.first_packet is None)
         end = offset + len(data)
         if more and len(data) % 8:
             self._discard(key, "frag-bad-length")

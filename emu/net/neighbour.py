@@ -118,10 +118,30 @@ class NeighbourTable:
         return self.ns.rng.randrange(base) + base // 2
 
     def _set_timer(self, n: Neighbour, at_ns: int) -> None:
-        """mod_timer: the timer runs when the kernel's timer wheel gets to it."""
+        """mod_timer: the timer runs when the kernel's timer wheel gets to it.
+        It is housekeeping while firing it cannot send anything (see
+        `_timer_is_quiet`), so an idle cluster settles."""
         if n.timer is not None:
             n.timer.cancel()
-        n.timer = self.ns.sim.call_at(fire_time_ns(self.now, at_ns), self._timer, n)
+        fire_ns = fire_time_ns(self.now, at_ns)
+        n.timer = self.ns.sim.call_housekeeping_at(fire_ns, self._timer, n,
+                                                   quiet_if=lambda: self._timer_is_quiet(n, fire_ns))
+
+    def _timer_is_quiet(self, n: Neighbour, fire_ns: int) -> bool:
+        """Whether `_timer` firing at `fire_ns` can only change the entry's
+        state, never send an ARP request or fail queued packets: a REACHABLE
+        entry that will go STALE (not used within delay_first_probe of its
+        expiry, which is at least `fire_ns` and its reachable time), a DELAY
+        entry confirmed recently enough to go back to REACHABLE, or an entry
+        that is gone or has no timer work. INCOMPLETE and PROBE send."""
+        if self.entries.get(n.ip) is not n:
+            return True
+        delay = self.params.delay_first_probe_ns
+        if n.state is Nud.REACHABLE:
+            return max(fire_ns, n.confirmed_ns + self.reachable_ns) > n.used_ns + delay
+        if n.state is Nud.DELAY:
+            return fire_ns <= n.confirmed_ns + delay
+        return n.state not in (Nud.INCOMPLETE, Nud.PROBE)
 
     def _cancel_timer(self, n: Neighbour) -> None:
         if n.timer is not None:

@@ -18,6 +18,16 @@ they cause, has run: Linux processes the softirq backlog when a sending
 system call re-enables bottom halves, so a packet's whole same-instant chain
 completes before the process sends its next packet.
 
+Housekeeping: `call_housekeeping_at` schedules a timer that only expires
+state (a flannel lease renewal, a neighbour entry going STALE): it runs in
+its turn like any event, but it cannot change a frame, so it does not keep
+a run going. `run()` without `until_ns` returns once every event left is
+such a timer (`settled()`): an idle cluster, whose lease renewals re-arm
+every 23 hours forever, settles at once instead of running virtual years.
+A timer whose effect depends on state (a REACHABLE entry goes DELAY, and
+later probes, only if it was used lately) passes `quiet_if`, asked each
+time settling is checked.
+
 Contexts: an object in `context` follows the events it causes. While it is
 set, every event scheduled for the current instant inherits it and the
 context hears `on_scheduled(event)`, `on_enter(event)` and `on_exit(event)`.
@@ -41,6 +51,10 @@ def seconds(value: float) -> int:
     return round(value * NS_PER_SECOND)
 
 
+class SettleError(RuntimeError):
+    """A run that was asked to settle still had work left at its bound."""
+
+
 @dataclass(order=True)
 class Event:
     """A scheduled callback; `cancel()` stops it from running."""
@@ -52,9 +66,17 @@ class Event:
     args: tuple = field(compare=False, default=())
     cancelled: bool = field(compare=False, default=False)
     context: Any = field(compare=False, default=None)
+    # False: the event may change a frame; True: it cannot (housekeeping);
+    # a callable: ask it (True = cannot) when settling is checked.
+    quiet: bool | Callable[[], bool] = field(compare=False, default=False)
 
     def cancel(self) -> None:
         self.cancelled = True
+
+    def is_quiet(self) -> bool:
+        """True if running this event cannot change any frame (see module docstring)."""
+        quiet = self.quiet
+        return quiet if isinstance(quiet, bool) else bool(quiet())
 
 
 class Scheduler:
@@ -77,6 +99,15 @@ class Scheduler:
     def call_at(self, time_ns: int, callback: Callable[..., Any], *args: Any) -> Event:
         """Run `callback(*args)` at absolute virtual time `time_ns`."""
         return self._schedule(time_ns, PRIORITY_SOFTIRQ, callback, args)
+
+    def call_housekeeping_at(self, time_ns: int, callback: Callable[..., Any], *args: Any,
+                             quiet_if: Callable[[], bool] | None = None) -> Event:
+        """`call_at` for a timer that only expires state, so it does not keep
+        `run()` going (see the module docstring); with `quiet_if`, only while
+        `quiet_if()` is true."""
+        event = self._schedule(time_ns, PRIORITY_SOFTIRQ, callback, args)
+        event.quiet = True if quiet_if is None else quiet_if
+        return event
 
     def call_process_at(self, time_ns: int, callback: Callable[..., Any], *args: Any) -> Event:
         """Run `callback(*args)` at `time_ns` in process context: after every
@@ -132,10 +163,19 @@ class Scheduler:
             heapq.heappop(self._queue)
         return self._queue[0].time_ns if self._queue else None
 
-    def run(self, until_ns: int | None = None, stop: Callable[[], bool] | None = None) -> None:
-        """Run events until the queue is empty, `until_ns` is reached or `stop()`.
+    def settled(self) -> bool:
+        """True when no pending event can change a frame any more (only
+        housekeeping timers are left, or nothing at all)."""
+        return all(event.cancelled or event.is_quiet() for event in self._queue)
 
-        With `until_ns`, the clock ends exactly at `until_ns` even if idle.
+    def run(self, until_ns: int | None = None, stop: Callable[[], bool] | None = None) -> None:
+        """Run events until `until_ns` is reached, `stop()` is true, or (without
+        `until_ns`) the cluster has settled: only housekeeping timers are left,
+        which stay queued for a later run. The clock then stays at the last
+        event run.
+
+        With `until_ns`, every event up to it runs (housekeeping too) and the
+        clock ends exactly at `until_ns` even if idle.
         """
         queue = self._queue
         try:
@@ -144,11 +184,39 @@ class Scheduler:
             for hook in self.on_advance:
                 hook()
 
+    def run_until_settled(self, limit_ns: int, max_events: int | None = None) -> None:
+        """`run()` until the cluster has settled (see `settled`), but raise
+        SettleError rather than go past `limit_ns` of virtual time from now or
+        run more than `max_events` events: a run that cannot settle (a ping
+        with a huge count, a loop at one instant) stops with a clear error
+        instead of running for ever. Events past the bound stay queued."""
+        deadline = self.now_ns + limit_ns
+        start = self.events_run
+
+        def beyond_bound() -> bool:
+            following = self.next_time()
+            too_many = max_events is not None and self.events_run - start >= max_events
+            return too_many or (following is not None and following > deadline)
+
+        if not self.settled() and not beyond_bound():
+            self.run(stop=beyond_bound)
+        if not self.settled():
+            event = min(e for e in self._queue if not e.cancelled and not e.is_quiet())
+            name = getattr(event.callback, "__qualname__", repr(event.callback))
+            ran = self.events_run - start
+            raise SettleError(f"the cluster did not settle within {limit_ns / NS_PER_SECOND:g} s of virtual "
+                              f"time{f' or {max_events} events' if max_events is not None else ''} "
+                              f"({ran} events run, now t={self.now_ns / NS_PER_SECOND:g} s); next event that "
+                              f"can change a frame: {name} at t={event.time_ns / NS_PER_SECOND:g} s")
+
     def _run(self, queue: list[Event], until_ns: int | None, stop: Callable[[], bool] | None) -> None:
         while queue:
             event = queue[0]
-            if until_ns is not None and event.time_ns > until_ns:
-                break
+            if until_ns is not None:
+                if event.time_ns > until_ns:
+                    break
+            elif event.quiet is not False and self.settled():
+                return
             heapq.heappop(queue)
             if event is self._open_batch:
                 self._open_batch = None
