@@ -116,7 +116,8 @@ def test_pings_before_and_after_the_node_are_net_unreachable(tmp_path, backend):
         assert (ping.transmitted, ping.received, ping.errors) == (1, 0, 1)
         assert "From 10.244.1.1 icmp_seq=1 Destination Net Unreachable" in ping.lines
     assert stats["namespaces"]["n1"]["stack"]["drops"].get("no-route") == 2
-    unreachable = [(round(t, 3), src, dst) for t, src, dst, kind, code in icmp_in(tmp_path / "p1_eth0.pcap")
+    start = result.scenario.start_ns / 1e9  # capture timestamps count from the scenario's start
+    unreachable = [(round(t - start, 3), src, dst) for t, src, dst, kind, code in icmp_in(tmp_path / "p1_eth0.pcap")
                    if (kind, code) == (3, 0)]
     assert unreachable == [(0.5, "10.244.1.1", "10.244.1.2"), (4.0, "10.244.1.1", "10.244.1.2")]
 

@@ -384,10 +384,10 @@ def test_validation_error(edits, message):
 
 
 UNKNOWN_KEYS = [
-    ((), "", "name, seed, net-conf, underlay, cni, nodes, traffic, events, linger, etcd"),
+    ((), "", "name, seed, start, net-conf, underlay, cni, nodes, traffic, events, linger, etcd"),
     (("net-conf",), "net-conf.", "Network, SubnetLen, SubnetMin, SubnetMax, Backend"),
     (("net-conf", "Backend"), "net-conf.Backend.", "Type, VNI, Port, DirectRouting"),
-    (("underlay",), "underlay.", "subnet, mtu"),
+    (("underlay",), "underlay.", "subnet, mtu, latency"),
     (("cni",), "cni.", "bridge, mtu, hairpinMode"),
     (N1, "nodes[1].", "name, ip, mac, subnet, cni-mac, vtep-mac, pods"),
     (("nodes", 1, "pods", 0), "nodes[1].pods[0].", POD_KEYS),

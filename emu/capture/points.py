@@ -82,6 +82,7 @@ class CapturePoint:
         nanosecond: bool,
         buffered: bool = False,
         batch_sink: "CaptureSet | None" = None,
+        epoch_ns: int = 0,
     ) -> None:
         self.namespace = namespace
         self.ifname = ifname
@@ -96,6 +97,7 @@ class CapturePoint:
         self._pcap: PcapWriter | None = None
         self._interface_id: int | None = None
         self._closed = False
+        self.epoch_ns = epoch_ns
 
     @property
     def key(self) -> str:
@@ -103,7 +105,12 @@ class CapturePoint:
         return f"{self.namespace}_{self.ifname}"
 
     def record(self, ts_ns: int, frame: Frame) -> None:
-        """Write ``frame``, seen at virtual time ``ts_ns``, to this point's files."""
+        """Write ``frame``, seen at virtual time ``ts_ns``, to this point's files
+        (stamped ``epoch_ns + ts_ns``)."""
+        self._record_stamped(self.epoch_ns + checked_timestamp(ts_ns), frame)
+
+    def _record_stamped(self, ts_ns: int, frame: Frame) -> None:
+        """`record` with the file timestamp already computed."""
         data = checked_frame(ts_ns, frame)  # refuse bad input before any file is created
         if self._closed:
             raise ValueError(f"capture point {self.namespace}/{self.ifname}: capture set is closed")
@@ -152,12 +159,15 @@ class CaptureSet(ClosingContext):
 
     ``nanosecond`` chooses the timestamp resolution of every file, the pcaps
     and the merged pcapng alike, so a frame has the same time in both.
-    ``pcapng_name=None`` writes the per-interface pcaps only.
+    ``pcapng_name=None`` writes the per-interface pcaps only. ``epoch_ns``
+    (Unix nanoseconds) is added to every timestamp: the wall-clock time of
+    virtual time 0, so Wireshark shows a date, not 1970.
     """
 
     def __init__(self, out_dir: str | Path, pcapng_name: str | None = "all.pcapng", nanosecond: bool = False,
-                 buffered: bool = False) -> None:
+                 buffered: bool = False, epoch_ns: int = 0) -> None:
         self.out_dir = Path(out_dir)
+        self.epoch_ns = checked_timestamp(epoch_ns)
         self.buffered = bool(buffered)
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise ValueError(f"out_dir: {self.out_dir} exists and is not a directory")
@@ -203,6 +213,7 @@ class CaptureSet(ClosingContext):
             self.nanosecond,
             self.buffered,
             batch_sink=self,
+            epoch_ns=self.epoch_ns,
         )
         clash = self._keys.get(capture_point.key)
         if clash is not None:
@@ -225,7 +236,7 @@ class CaptureSet(ClosingContext):
         point (or a closed one, which raises) records its first row frame by
         frame.
         """
-        checked_timestamp(ts_ns)
+        ts_ns = checked_timestamp(self.epoch_ns + checked_timestamp(ts_ns))
         count = checked_rows(frames[0][1]).shape[0] if frames else 0
         for capture_point, rows in frames:
             if capture_point.batch_sink is not self:
@@ -235,7 +246,7 @@ class CaptureSet(ClosingContext):
         first = 0
         if count and not all(capture_point.ready for capture_point, _ in frames):
             for capture_point, rows in frames:
-                capture_point.record(ts_ns, rows[0].tobytes())
+                capture_point._record_stamped(ts_ns, rows[0].tobytes())
             first = 1
         if first == count:
             return

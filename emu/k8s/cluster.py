@@ -51,8 +51,9 @@ class Cluster:
     """Nodes on one underlay L2 segment, with their pods."""
 
     def __init__(self, sim: Scheduler, underlay_subnet: IPv4Network, underlay_mtu: int = 1500,
-                 seed: int = 0) -> None:
+                 seed: int = 0, underlay_latency_ns: int = 0) -> None:
         self.sim = sim
+        self.underlay_latency_ns = underlay_latency_ns
         self.seed = seed
         self.underlay_subnet = underlay_subnet
         self.underlay_mtu = underlay_mtu
@@ -70,6 +71,7 @@ class Cluster:
         eth0, port = veth_pair(self.sim, "eth0", mac, f"{name[:11]}-ul", b"\x02\xfe" + ip.packed,
                                self.underlay_mtu)
         ns.add_device(eth0)
+        port.delay_ns = self.underlay_latency_ns  # the wire from the switch to this node
         self.underlay.add_device(port)
         self.switch.add_port(port)
         ns.add_address(eth0, ip.packed, self.underlay_subnet.prefixlen)

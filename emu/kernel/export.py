@@ -145,6 +145,9 @@ class _Script:
     def exec(self, ns: str, *words: object) -> None:
         self.line(f"ip netns exec {_netns(ns)} {_words(words)}")
 
+    def tc(self, ns: str, *words: object) -> None:
+        self.line(f"tc -n {_netns(ns)} {_words(words)}")
+
 
 def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
     """The bash script (``up`` / ``down`` / one function per event) that
@@ -314,6 +317,9 @@ def _node(body: _Script, emulated: EmulatedCluster, node: Node, switch_port: str
             "mtu", port.mtu, "netns", _netns(UNDERLAY_NAMESPACE))
     body.ip(UNDERLAY_NAMESPACE, "link", "set", switch_port, "master", emulated.cluster.switch.name,
             "up")
+    if port.delay_ns:  # the emulator's underlay latency: the wire from the switch to the node
+        body.tc(UNDERLAY_NAMESPACE, "qdisc", "add", "dev", switch_port, "root", "netem", "delay",
+                f"{port.delay_ns // 1000}us")
     body.ip(name, "addr", "add", f"{node.ip}/{prefixlen}", "dev", "eth0")
     body.ip(name, "link", "set", "eth0", "up")
     _backend_device(body, emulated, node)

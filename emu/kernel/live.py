@@ -67,7 +67,7 @@ RECEIVE_BUFFER = 4 << 20
 SETTLE_S = 0.3  # quiet time after the last command, for frames still on their way
 COMMAND_MARGIN_S = 30.0
 CAPTURE_REQUEST_TIMEOUT_S = 5.0
-REQUIRED_TOOLS = ("ip", "bridge", "ping", "setsid", "sysctl")
+REQUIRED_TOOLS = ("ip", "bridge", "ping", "setsid", "sysctl", "tc")
 
 
 class KernelError(Exception):
@@ -418,7 +418,9 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
     try:
         built = _script(export, "up")
         if built.returncode != 0:
-            raise KernelError(f"building the cluster failed: {built.stderr.strip()}")
+            hint = (" (underlay.latency needs the netem qdisc: this kernel lacks CONFIG_NET_SCH_NETEM)"
+                    if "netem" in export.script and "qdisc kind is unknown" in built.stderr else "")
+            raise KernelError(f"building the cluster failed: {built.stderr.strip()}{hint}")
         _open_captures(captures, export.prefix, export.interfaces)
         captures.start()
         hosts = dict(export.hosts)

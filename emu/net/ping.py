@@ -213,7 +213,8 @@ class Ping:
             return  # the alarm came first; it ends the run
         if self.outstanding and seq > 1 and seq - 1 not in self._replied:
             self._line(f"{self._stamp()}no answer yet for icmp_seq={seq - 1}", always=True)
-        request = IcmpRepr.echo_request(self.ident, seq & 0xFFFF, _payload(self._data, now)).build()
+        request = IcmpRepr.echo_request(self.ident, seq & 0xFFFF,
+                                        _payload(self._data, self.ns.sim.realtime_ns(now))).build()
         self.result.transmitted += 1
         self._sent_at[seq] = now
         try:
@@ -268,7 +269,8 @@ class Ping:
             self.result.received += 1
             self._confirm = True
             if len(self._data) >= 16:  # iputils' `timing`: microseconds, as timevals subtract
-                triptime_us = now // 1000 - self._sent_at[seq] // 1000
+                clock = self.ns.sim.realtime_ns
+                triptime_us = clock(now) // 1000 - clock(self._sent_at[seq]) // 1000
                 about += f" time={_rtt_text(triptime_us)} ms"
             self._line(about)
         else:
@@ -312,10 +314,10 @@ class Ping:
         done(self.result)
 
     def _stamp(self) -> str:
-        """-D: print_timestamp's "[seconds.micros] " (virtual time)."""
+        """-D: print_timestamp's "[seconds.micros] " (the scenario's start + virtual time)."""
         if not self.timestamps:
             return ""
-        seconds, rest = divmod(self.ns.sim.now_ns, NS_PER_SECOND)
+        seconds, rest = divmod(self.ns.sim.realtime_ns(), NS_PER_SECOND)
         return f"[{seconds}.{rest // 1000:06d}] "
 
     def _line(self, text: str, always: bool = False) -> None:

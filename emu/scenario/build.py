@@ -69,7 +69,7 @@ def open_store(scenario: Scenario) -> KeyValueStore:
 
 def build_cluster(scenario: Scenario) -> EmulatedCluster:
     """Build and start the cluster described by `scenario` (at virtual time 0)."""
-    sim = Scheduler()
+    sim = Scheduler(scenario.start_ns)
     net = scenario.net_conf
     store = open_store(scenario)
     try:
@@ -78,7 +78,8 @@ def build_cluster(scenario: Scenario) -> EmulatedCluster:
     except ValueError as error:
         raise ScenarioError("net-conf", str(error)) from None
     _write_config(store, manager, net.raw)
-    cluster = Cluster(sim, scenario.underlay.subnet, scenario.underlay.mtu, scenario.seed)
+    cluster = Cluster(sim, scenario.underlay.subnet, scenario.underlay.mtu, scenario.seed,
+                      scenario.underlay.latency_ns)
     emulated = EmulatedCluster(scenario, sim, cluster, store, manager)
     if net.backend.defaulted:
         emulated.notes.append("net-conf has no Backend: flannel's default backend udp is used")

@@ -16,6 +16,7 @@ follows flannel (24, or the Network prefix + 2 for networks smaller than a
 
 import copy
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -47,7 +48,8 @@ from emu.scenario.model import (
 from emu.scenario.ping import parse_ping
 from emu.scenario.yamlsafe import load_yaml
 
-_TOP_KEYS = ("name", "seed", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger", "etcd")
+_TOP_KEYS = ("name", "seed", "start", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger",
+             "etcd")
 _NET_CONF_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
 _NET_CONF_FLANNEL_ONLY = (
     "EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
@@ -56,7 +58,7 @@ _NET_CONF_FLANNEL_ONLY = (
 _BACKEND_KEYS = ("Type", "VNI", "Port", "DirectRouting")
 _BACKEND_FLANNEL_ONLY = ("GBP", "Learning", "MTU", "MacPrefix", "PSK")
 _BACKEND_TYPES = ("vxlan", "host-gw", "udp")
-_UNDERLAY_KEYS = ("subnet", "mtu")
+_UNDERLAY_KEYS = ("subnet", "mtu", "latency")
 _ETCD_KEYS = ("endpoints", "prefix")
 _CNI_KEYS = ("bridge", "mtu", "hairpinMode")
 _NODE_KEYS = ("name", "ip", "mac", "subnet", "cni-mac", "vtep-mac", "pods")
@@ -192,6 +194,50 @@ def _seconds(value: object, path: str) -> float:
     if not math.isfinite(value) or value < 0:
         raise ScenarioError(path, f"{value} is not a time (expected a number of seconds >= 0)")
     return float(value)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ns|us|µs|ms|s)")
+_DURATION_UNIT_NS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000}
+_MAX_LATENCY_NS = 10 * 1_000_000_000
+_LAST_START = datetime.datetime(2106, 1, 1, tzinfo=datetime.timezone.utc)  # pcap ts_sec is 32-bit
+
+
+def _duration_ns(value: object, path: str) -> int:
+    """A duration as tc writes it ("200us", "1.5ms", "0s"; a bare number is
+    seconds), in whole microseconds (as the kernel export gives it to tc
+    netem), returned in nanoseconds; at most 10 s."""
+    if isinstance(value, bool):
+        raise ScenarioError(path, f"expected a duration such as 200us, got {_describe(value)}")
+    if isinstance(value, (int, float)):
+        ns = _seconds(value, path) * 1e9
+    elif isinstance(value, str) and (match := _DURATION.fullmatch(value.strip())):
+        ns = float(match.group(1)) * _DURATION_UNIT_NS[match.group(2)]
+    else:
+        raise ScenarioError(path, f"expected a duration such as 200us, 1.5ms or 0 (ns, us, ms, s), "
+                                  f"got {_describe(value)}")
+    if ns > _MAX_LATENCY_NS:
+        raise ScenarioError(path, f"{value} is longer than 10s")
+    if ns != round(ns, -3):
+        raise ScenarioError(path, f"{value} is not a whole number of microseconds (tc netem's unit)")
+    return round(ns)
+
+
+def _start_ns(value: object, path: str) -> int:
+    """An ISO 8601 date and time ("2026-03-01T12:00:00Z", "...+02:00"; no
+    offset means UTC) as Unix nanoseconds, 1970 .. 2105."""
+    if not isinstance(value, str):
+        raise ScenarioError(path, f"expected an ISO 8601 time such as 2026-01-01T00:00:00Z, got {_describe(value)}")
+    try:
+        when = datetime.datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ScenarioError(path, f"{_shorten(value)} is not an ISO 8601 time "
+                                  "(such as 2026-01-01T00:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    if not datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) <= when < _LAST_START:
+        raise ScenarioError(path, f"{_shorten(value)} is outside 1970-01-01 .. 2105-12-31 (pcap timestamps)")
+    delta = when - datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
 
 
 def _boolean(value: object, path: str) -> bool:
@@ -392,7 +438,8 @@ def _underlay(value: object, path: str, network: IPv4Network) -> Underlay:
         raise ScenarioError(fields.path_of("subnet"), f"{subnet} has no room for nodes (at most /30)")
     if subnet.overlaps(network):
         raise ScenarioError(fields.path_of("subnet"), f"{subnet} overlaps net-conf.Network {network}")
-    return Underlay(subnet, fields.read("mtu", _mtu, default=_DEFAULT_MTU))
+    return Underlay(subnet, fields.read("mtu", _mtu, default=_DEFAULT_MTU),
+                    fields.read("latency", _duration_ns, default=0))
 
 
 def _etcd(value: object, path: str) -> EtcdSpec:
@@ -521,8 +568,9 @@ class _Builder:
         traffic = tuple(self._traffic(value, path, nodes) for value, path in top.items("traffic"))
         linger = top.read("linger", _seconds, default=0.0)
         etcd = top.read("etcd", _etcd, default=None)
+        start = top.read("start", _start_ns, default=Scenario.start_ns)
         return Scenario(name, seed, self.net_conf, self.underlay, self.cni, initial, traffic, events, self.source,
-                        linger, etcd)
+                        linger, etcd, start)
 
     # Nodes and pods.
 

@@ -49,10 +49,14 @@ class NetConf:
 
 @dataclass(frozen=True)
 class Underlay:
-    """The L2 segment joining every node's eth0."""
+    """The L2 segment joining every node's eth0. ``latency_ns``: the wire
+    delay of every frame the switch hands to a node (one way; a round trip
+    between two nodes crosses it twice); 0, the default, is the reference
+    captures' instantaneous segment."""
 
     subnet: IPv4Network
     mtu: int
+    latency_ns: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,10 @@ class Scenario:
     linger: float = 0.0
     # A real etcd for the lease store (None: the embedded, in-process store).
     etcd: EtcdSpec | None = None
+    # `start:` as Unix nanoseconds: the wall-clock time of virtual time 0
+    # (capture timestamps, ping's timevals and -D). A fixed default keeps
+    # runs byte-identical.
+    start_ns: int = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
 
 
 # Name rules, shared by the loader and the ping parser.

@@ -115,7 +115,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     if capture and result.out_dir is not None:
         result.out_dir.mkdir(parents=True, exist_ok=True)
         clear_outputs(result.out_dir)
-        capture_set = CaptureSet(result.out_dir, buffered=True)
+        capture_set = CaptureSet(result.out_dir, buffered=True, epoch_ns=sim.epoch_ns)
         sim.on_advance.append(capture_set.flush)
         captures = _Captures(capture_set, emulated)
         captures.attach_all()

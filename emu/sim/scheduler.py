@@ -82,8 +82,11 @@ class Event:
 class Scheduler:
     """Runs callbacks in (time, insertion order); time only moves forward."""
 
-    def __init__(self) -> None:
+    def __init__(self, epoch_ns: int = 0) -> None:
         self.now_ns = 0
+        # The wall-clock time (Unix ns) of virtual time 0: what
+        # gettimeofday() and capture timestamps show (`realtime_ns`).
+        self.epoch_ns = epoch_ns
         self._queue: list[Event] = []
         self._seq = 0
         self.events_run = 0
@@ -95,6 +98,10 @@ class Scheduler:
         # Called whenever an instant is over (time is about to move on, or
         # run() returns): buffered capture files flush here.
         self.on_advance: list[Callable[[], None]] = []
+
+    def realtime_ns(self, time_ns: int | None = None) -> int:
+        """CLOCK_REALTIME at virtual time `time_ns` (default: now)."""
+        return self.epoch_ns + (self.now_ns if time_ns is None else time_ns)
 
     def call_at(self, time_ns: int, callback: Callable[..., Any], *args: Any) -> Event:
         """Run `callback(*args)` at absolute virtual time `time_ns`."""
