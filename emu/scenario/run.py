@@ -1,5 +1,5 @@
 """Run a scenario: build the cluster, capture every interface, play the
-traffic and cluster events on the virtual clock, write the outputs.
+traffic and cluster events on the virtual clock (play.py), write the outputs.
 
 Outputs (directly in `out_dir`): `<ns>_<ifname>.pcap` for every interface
 that saw traffic, `all.pcapng` with every capture point named, and
@@ -17,18 +17,13 @@ from pathlib import Path
 
 from emu.capture import CaptureSet
 from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
-from emu.net import Bridge, Namespace, Ping, PingResult
-from emu.scenario.build import EmulatedCluster, add_node_later, build_cluster, remove_node_later
-from emu.scenario.model import Scenario, TrafficSpec
+from emu.net import Bridge, Namespace
+from emu.scenario.build import EmulatedCluster, build_cluster
+from emu.scenario.model import Scenario
+from emu.scenario.play import Player, TrafficResult
 from emu.sim import seconds
 
 OWN_OUTPUTS = ("*.pcap", "all.pcapng", "stats.json")
-
-
-@dataclass
-class TrafficResult:
-    spec: TrafficSpec
-    ping: PingResult
 
 
 @dataclass
@@ -74,28 +69,6 @@ class _Captures:
         return f"{owner}, {dev.kind} {dev.name}"
 
 
-def describe_node(emulated: EmulatedCluster, name: str) -> str:
-    """One line per node for the run summary: what flannel and IPAM chose."""
-    node = emulated.cluster.nodes[name]
-    flanneld = emulated.flanneld.get(name)
-    subnet = flanneld.lease.subnet if flanneld is not None and flanneld.lease else "-"
-    pods = ", ".join(f"{pod.name} {pod.ip}" for pod in node.pods.values()) or "no pods"
-    return f"{name} {node.ip} subnet {subnet}: {pods}"
-
-
-def resolve_destination(emulated: EmulatedCluster, destination) -> str | None:
-    """A ping destination as an address: node names give their eth0 address,
-    pod names their pod address; None for a name that does not exist (now)."""
-    if not isinstance(destination, str):
-        return str(destination)
-    cluster = emulated.cluster
-    if destination in cluster.nodes:
-        return str(cluster.nodes[destination].ip)
-    if destination in cluster.pods:
-        return str(cluster.pods[destination].ip)
-    return None
-
-
 def clear_outputs(out_dir: Path) -> None:
     """Remove the files a previous run wrote (and nothing else)."""
     for pattern in OWN_OUTPUTS:
@@ -107,9 +80,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     """Run `scenario`; with `out_dir` None (or capture off) nothing is written."""
     emulated = build_cluster(scenario)
     sim = emulated.sim
-    result = RunResult(scenario, Path(out_dir) if out_dir is not None else None,
-                       notes=list(emulated.notes),
-                       nodes=[describe_node(emulated, name) for name in emulated.cluster.nodes])
+    result = RunResult(scenario, Path(out_dir) if out_dir is not None else None)
     captures = None
     capture_set = None
     if capture and result.out_dir is not None:
@@ -120,83 +91,21 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         captures = _Captures(capture_set, emulated)
         captures.attach_all()
 
-    def on_node_changed(name: str, note: str) -> None:
-        result.notes.append(note)
-        if name in emulated.cluster.nodes:
-            result.nodes.append(describe_node(emulated, name))
-        if captures is not None:
-            captures.attach_all()
-
-    emulated.node_listeners.append(on_node_changed)
-
-    pending = {"traffic": len(scenario.traffic), "events": len(scenario.events)}
-
-    def on_event(event) -> None:
-        if event.add_node is not None:
-            add_node_later(emulated, event.add_node)
-            result.notes.append(f"t={event.at:g}s: node {event.add_node.name} added")
-            result.nodes.append(describe_node(emulated, event.add_node.name))
-        else:
-            remove_node_later(emulated, event.remove_node)
-            result.notes.append(f"t={event.at:g}s: node {event.remove_node} removed")
-        if captures is not None:
-            captures.attach_all()
-        pending["events"] -= 1
-
-    for event in scenario.events:
-        sim.call_at(seconds(event.at), on_event, event)
-
-    chain = scenario.traffic
-
-    def start(index: int) -> None:
-        spec = chain[index]
-        ns = emulated.cluster.namespace(spec.source)
-        ping = spec.ping
-
-        def done(ping_result: PingResult) -> None:
-            result.traffic.append(TrafficResult(spec, ping_result))
-            pending["traffic"] -= 1
-            following = index + 1
-            if following < len(chain) and chain[following].at is None:
-                sim.call_process(start, following)
-
-        destination = resolve_destination(emulated, ping.destination)
-        if ns is None or destination is None:
-            failed = PingResult(ping.command, str(ping.destination))
-            failed.fatal = (f"emu: {spec.source} does not exist at t={sim.now_ns / 1e9:g}s"
-                            if ns is None else f"ping: {ping.destination}: Name or service not known")
-            done(failed)
-            return
-        Ping(ns, destination, ping.count, ping.interval, ping.size, ping.ttl,
-             ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command,
-             host_name=ping.destination if isinstance(ping.destination, str) else None,
-             tos=ping.tos, pattern=ping.pattern, preload=ping.preload, deadline_s=ping.deadline,
-             timestamps=ping.timestamps, outstanding=ping.outstanding,
-             verbose=ping.verbose).start(done)
-
-    for index, spec in enumerate(chain):
-        if spec.at is not None:
-            sim.call_process_at(seconds(spec.at), start, index)
-        elif index == 0:
-            sim.call_process_at(0, start, 0)
-
-    def finished() -> bool:
-        # Stop once the last command has ended and its instant is fully
-        # processed (a sending process may still have fragments to send).
-        if pending["traffic"] or pending["events"]:
-            return False
-        following = sim.next_time()
-        return following is None or following > sim.now_ns
+    player = Player(emulated)
+    if captures is not None:
+        player.on_nodes_changed.append(captures.attach_all)
+    player.play(scenario)
 
     try:
-        sim.run(stop=finished)
+        sim.run(stop=player.finished)
         if scenario.linger:
             sim.run(until_ns=sim.now_ns + seconds(scenario.linger))
     except BaseException:
         if capture_set is not None:
             capture_set.close()  # an interrupted run still leaves readable files
         raise
-    result.traffic.sort(key=lambda t: chain.index(t.spec))
+    result.traffic = player.ordered_results()
+    result.notes, result.nodes = player.notes, player.nodes
     result.end_ns = sim.now_ns
     for flanneld in emulated.flanneld.values():
         result.notes.extend(line for line in flanneld.log if "cannot" in line or "no valid" in line)

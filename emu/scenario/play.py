@@ -1,0 +1,163 @@
+"""Play traffic commands and cluster events on an emulated cluster.
+
+Why a module of its own: `emu run` (run.py) and the Python API
+(`emu.Cluster`) play the very same commands the very same way, so the
+rules live once: a command without `at` starts when the one before it
+ends (in process context at that instant), one with `at` starts at its
+time; a source or destination name is resolved when the command starts;
+events (add-node / remove-node) run at their time. `finished()` says when
+everything given so far has ended and its instant is fully processed,
+which is where `emu run` stops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from emu.net import Ping, PingResult
+from emu.scenario.build import EmulatedCluster, add_node_later, remove_node_later
+from emu.scenario.model import EventSpec, Scenario, TrafficSpec
+from emu.sim import seconds
+
+
+@dataclass
+class TrafficResult:
+    spec: TrafficSpec
+    ping: PingResult
+
+
+def describe_node(emulated: EmulatedCluster, name: str) -> str:
+    """One line per node for the run summary: what flannel and IPAM chose."""
+    node = emulated.cluster.nodes[name]
+    flanneld = emulated.flanneld.get(name)
+    subnet = flanneld.lease.subnet if flanneld is not None and flanneld.lease else "-"
+    pods = ", ".join(f"{pod.name} {pod.ip}" for pod in node.pods.values()) or "no pods"
+    return f"{name} {node.ip} subnet {subnet}: {pods}"
+
+
+def resolve_destination(emulated: EmulatedCluster, destination) -> str | None:
+    """A ping destination as an address: node names give their eth0 address,
+    pod names their pod address; None for a name that does not exist (now)."""
+    if not isinstance(destination, str):
+        return str(destination)
+    cluster = emulated.cluster
+    if destination in cluster.nodes:
+        return str(cluster.nodes[destination].ip)
+    if destination in cluster.pods:
+        return str(cluster.pods[destination].ip)
+    return None
+
+
+class Player:
+    """Schedules commands and events on `emulated` and keeps what they gave.
+
+    `results` holds one TrafficResult per ended command (in the order they
+    ended; `ordered_results()` in the order given), `notes` and `nodes` the
+    run summary's lines. `on_nodes_changed` callbacks run after a node
+    joined or left (capture points attach to its devices there).
+    """
+
+    def __init__(self, emulated: EmulatedCluster) -> None:
+        self.emulated = emulated
+        self.sim = emulated.sim
+        self.commands: list[TrafficSpec] = []
+        self.results: list[TrafficResult] = []
+        self.notes: list[str] = list(emulated.notes)
+        self.nodes: list[str] = [describe_node(emulated, name) for name in emulated.cluster.nodes]
+        self.on_nodes_changed: list[Callable[[], None]] = []
+        self.on_command_done: list[Callable[[TrafficResult], None]] = []
+        self._pending_commands = 0
+        self._pending_events = 0
+        emulated.node_listeners.append(self._node_changed)
+
+    # -- what to play ---------------------------------------------------------
+    def play(self, scenario: Scenario) -> None:
+        """Schedule the scenario's events and traffic (as `emu run` does)."""
+        for event in scenario.events:
+            self.add_event(event)
+        for spec in scenario.traffic:
+            self.add_command(spec)
+
+    def add_event(self, event: EventSpec) -> None:
+        self._pending_events += 1
+        self.sim.call_at(max(seconds(event.at), self.sim.now_ns), self._run_event, event)
+
+    def add_command(self, spec: TrafficSpec) -> None:
+        """Schedule `spec`: at its `at`, or after the previous command given
+        (now, if every command given so far has ended)."""
+        index = len(self.commands)
+        self.commands.append(spec)
+        self._pending_commands += 1
+        chained = spec.at is None and index > 0
+        if chained and not self._ended(index - 1):
+            return  # started by the previous command's end
+        at_ns = self.sim.now_ns if spec.at is None else max(seconds(spec.at), self.sim.now_ns)
+        self.sim.call_process_at(at_ns, self._start, index)
+
+    # -- state ------------------------------------------------------------------
+    def finished(self) -> bool:
+        """Every command and event given has ended, and its instant is fully
+        processed (a sending process may still have fragments to send)."""
+        if self._pending_commands or self._pending_events:
+            return False
+        following = self.sim.next_time()
+        return following is None or following > self.sim.now_ns
+
+    def ordered_results(self) -> list[TrafficResult]:
+        order = {id(spec): k for k, spec in enumerate(self.commands)}
+        return sorted(self.results, key=lambda result: order[id(result.spec)])
+
+    # -- internals --------------------------------------------------------------
+    def _ended(self, index: int) -> bool:
+        spec = self.commands[index]
+        return any(result.spec is spec for result in self.results)
+
+    def _node_changed(self, name: str, note: str) -> None:
+        self.notes.append(note)
+        if name in self.emulated.cluster.nodes:
+            self.nodes.append(describe_node(self.emulated, name))
+        for callback in self.on_nodes_changed:
+            callback()
+
+    def _run_event(self, event: EventSpec) -> None:
+        if event.add_node is not None:
+            add_node_later(self.emulated, event.add_node)
+            self.notes.append(f"t={event.at:g}s: node {event.add_node.name} added")
+            self.nodes.append(describe_node(self.emulated, event.add_node.name))
+        else:
+            remove_node_later(self.emulated, event.remove_node)
+            self.notes.append(f"t={event.at:g}s: node {event.remove_node} removed")
+        for callback in self.on_nodes_changed:
+            callback()
+        self._pending_events -= 1
+
+    def _start(self, index: int) -> None:
+        spec = self.commands[index]
+        emulated = self.emulated
+        ns = emulated.cluster.namespace(spec.source)
+        ping = spec.ping
+
+        def done(ping_result: PingResult) -> None:
+            result = TrafficResult(spec, ping_result)
+            self.results.append(result)
+            self._pending_commands -= 1
+            following = index + 1
+            if following < len(self.commands) and self.commands[following].at is None:
+                self.sim.call_process(self._start, following)
+            for callback in self.on_command_done:
+                callback(result)
+
+        destination = resolve_destination(emulated, ping.destination)
+        if ns is None or destination is None:
+            failed = PingResult(ping.command, str(ping.destination))
+            failed.fatal = (f"emu: {spec.source} does not exist at t={self.sim.now_ns / 1e9:g}s"
+                            if ns is None else f"ping: {ping.destination}: Name or service not known")
+            done(failed)
+            return
+        Ping(ns, destination, ping.count, ping.interval, ping.size, ping.ttl,
+             ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command,
+             host_name=ping.destination if isinstance(ping.destination, str) else None,
+             tos=ping.tos, pattern=ping.pattern, preload=ping.preload, deadline_s=ping.deadline,
+             timestamps=ping.timestamps, outstanding=ping.outstanding,
+             verbose=ping.verbose).start(done)
