@@ -173,6 +173,24 @@ def check(scenario: str) -> None:
 
 @main.command()
 @click.argument("scenario")
+@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot"]), default="mermaid", show_default=True,
+              help="Mermaid flowchart (Markdown, docs) or Graphviz dot (`dot -Tsvg`).")
+def diagram(scenario: str, fmt: str) -> None:
+    """Print SCENARIO's cluster (nodes, pods, devices, addresses, flannel's
+    tunnels) as a diagram, as built at time 0 (leases and IPAM resolved)."""
+    from emu.explain.diagram import render
+    from emu.explain.topology import topology_of
+    from emu.scenario.build import build_cluster
+
+    try:
+        emulated = build_cluster(_load(scenario))
+    except ScenarioError as error:
+        fail(str(error))
+    click.echo(render(topology_of(emulated), fmt), nl=False)
+
+
+@main.command()
+@click.argument("scenario")
 @click.option("--netns", is_flag=True, help="A bash script for real network namespaces (the only format).")
 @click.option("--prefix", default=None, help="Namespace name prefix (default: a fresh emu<hex>-).")
 def export(scenario: str, netns: bool, prefix: str | None) -> None:

@@ -44,7 +44,13 @@ VERSION_MINOR = 0
 SECTION_LENGTH_UNKNOWN = -1
 
 OPT_ENDOFOPT = 0
+OPT_COMMENT = 1
 SHB_USERAPPL = 4
+EPB_FLAGS = 2
+EPB_PACKETID = 5
+# epb_flags bits 0-1: the direction the packet went through the interface.
+DIRECTION_INBOUND = 1
+DIRECTION_OUTBOUND = 2
 IF_NAME = 2
 IF_DESCRIPTION = 3
 IF_TSRESOL = 9
@@ -75,6 +81,26 @@ def _option(code: int, value: bytes) -> bytes:
 
 def _options(*options: bytes) -> bytes:
     return b"".join(options) + OPTION_HEADER.pack(OPT_ENDOFOPT, 0)
+
+
+def packet_options(outbound: bool | None = None, packet_id: int | None = None,
+                   comment: str | None = None) -> bytes:
+    """An Enhanced Packet Block's options: epb_flags with the direction
+    (None: unknown, no flags), epb_packetid (the same id on every interface
+    one packet crosses, so Wireshark can follow it), opt_comment; b"" for
+    none at all (the block then ends at its data, as before options)."""
+    options = []
+    if comment is not None:
+        if not isinstance(comment, str):
+            raise ValueError(f"comment: expected a string, got {comment!r:.40}")
+        options.append(_option(OPT_COMMENT, comment.encode()))
+    if outbound is not None:
+        options.append(_option(EPB_FLAGS, struct.pack("<I", DIRECTION_OUTBOUND if outbound else DIRECTION_INBOUND)))
+    if packet_id is not None:
+        if isinstance(packet_id, bool) or not isinstance(packet_id, int) or not 0 <= packet_id < 1 << 64:
+            raise ValueError(f"packet_id: expected an int in 0..2^64-1, got {packet_id!r}")
+        options.append(_option(EPB_PACKETID, struct.pack("<Q", packet_id)))
+    return _options(*options) if options else b""
 
 
 def _block(block_type: int, body: bytes) -> bytes:
@@ -118,31 +144,33 @@ class PcapngWriter(ClosingContext):
         self._interfaces.append(interface)
         return len(self._interfaces) - 1
 
-    def write(self, interface_id: int, ts_ns: int, frame: Frame) -> None:
-        """Append one frame seen on ``interface_id`` at virtual time ``ts_ns``."""
+    def write(self, interface_id: int, ts_ns: int, frame: Frame, options: bytes = b"") -> None:
+        """Append one frame seen on ``interface_id`` at virtual time ``ts_ns``
+        (``options``: `packet_options`)."""
         data = checked_frame(ts_ns, frame)
         self._check_interface(interface_id)
-        self.append_checked(interface_id, ts_ns, data)
+        self.append_checked(interface_id, ts_ns, data, options)
 
-    def append_checked(self, interface_id: int, ts_ns: int, data: memoryview) -> None:
+    def append_checked(self, interface_id: int, ts_ns: int, data: memoryview, options: bytes = b"") -> None:
         """`write` for an interface id this writer returned and a frame
         `checked_frame` has already vouched for: one Enhanced Packet Block
-        (header, frame, padding to 32 bits, trailer) built in one go."""
-        head, caplen, tail = self._packet_block_frame(interface_id, ts_ns, len(data))
+        (header, frame, padding to 32 bits, options, trailer) built in one go."""
+        head, caplen, tail = self._packet_block_frame(interface_id, ts_ns, len(data), options)
         self._file.write(head + data[:caplen] + tail)
 
-    def write_rows(self, ts_ns: int, frames: Sequence[tuple[int, "np.ndarray"]]) -> None:
+    def write_rows(self, ts_ns: int, frames: Sequence[tuple[int, "np.ndarray"] | tuple[int, "np.ndarray", bytes]]
+                   ) -> None:
         """For each row j, one Enhanced Packet Block of row j of each
         (interface id, matrix) in `frames`, in order, all seen at ``ts_ns``:
         the same bytes as that many `write` calls, written at once (whole
-        blocks, also when unbuffered)."""
+        blocks, also when unbuffered); a third element is the pair's options."""
         checked_timestamp(ts_ns)
         count = checked_rows(frames[0][1]).shape[0] if frames else 0
         parts = []
-        for interface_id, rows in frames:
+        for interface_id, rows, *options in frames:
             self._check_interface(interface_id)
             head, caplen, tail = self._packet_block_frame(interface_id, ts_ns,
-                                                          checked_rows(rows, count).shape[1])
+                                                          checked_rows(rows, count).shape[1], *options)
             parts.append((head, rows[:, :caplen], tail))
         if count:
             self._file.write(interleaved_records(parts))
@@ -156,16 +184,18 @@ class PcapngWriter(ClosingContext):
                 f"({len(self._interfaces)} declared; call add_interface first)"
             )
 
-    def _packet_block_frame(self, interface_id: int, ts_ns: int, length: int) -> tuple[bytes, int, bytes]:
+    def _packet_block_frame(self, interface_id: int, ts_ns: int, length: int,
+                            options: bytes = b"") -> tuple[bytes, int, bytes]:
         """What surrounds a ``length``-byte frame in its Enhanced Packet Block:
-        the header, how much of the frame is kept, padding to 32 bits plus trailer."""
+        the header, how much of the frame is kept, padding to 32 bits plus
+        options plus trailer."""
         ticks = ts_ns if self._interfaces[interface_id].nanosecond else ts_ns // NS_PER_MICROSECOND
         caplen = min(length, DEFAULT_SNAPLEN)
         padding = -caplen % 4
-        total = ENHANCED_PACKET_HEAD.size + caplen + padding + BLOCK_TRAILER.size
+        total = ENHANCED_PACKET_HEAD.size + caplen + padding + len(options) + BLOCK_TRAILER.size
         head = ENHANCED_PACKET_HEAD.pack(BLOCK_ENHANCED_PACKET, total, interface_id, ticks >> 32,
                                          ticks & 0xFFFFFFFF, caplen, length)
-        return head, caplen, ZERO_PADDING[:padding] + BLOCK_TRAILER.pack(total)
+        return head, caplen, ZERO_PADDING[:padding] + options + BLOCK_TRAILER.pack(total)
 
     def _write_block(self, block_type: int, body: bytes) -> None:
         self._file.write(_block(block_type, body))

@@ -19,6 +19,7 @@ from emu.capture import CaptureSet
 from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
 from emu.net import Bridge, Namespace
 from emu.scenario.build import EmulatedCluster, build_cluster
+from emu.scenario.describe import describe_interface
 from emu.scenario.model import Scenario
 from emu.scenario.play import Player, TrafficResult
 from emu.sim import seconds
@@ -61,12 +62,7 @@ class _Captures:
             dev.promiscuous = True
 
     def _describe(self, ns: Namespace, dev) -> str:
-        cluster = self.emulated.cluster
-        if ns.name in cluster.nodes:
-            owner = f"node {ns.name}"
-        else:
-            owner = f"pod {ns.name} on node {cluster.pods[ns.name].node.name}"
-        return f"{owner}, {dev.kind} {dev.name}"
+        return describe_interface(self.emulated.cluster, ns, dev)
 
 
 def clear_outputs(out_dir: Path) -> None:
