@@ -111,6 +111,64 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
     console.print(f"wrote {len(result.capture_counts)} pcaps, all.pcapng and stats.json to {target}")
 
 
+@main.command(name="import")
+@click.option("--etcd", "etcd_url", metavar="URL", default=None,
+              help="Read flannel's config and leases from this live etcd (v3).")
+@click.option("--etcd-prefix", default="/coreos.com/network", show_default=True, metavar="PREFIX",
+              help="flanneld's --etcd-prefix.")
+@click.option("--kube", "kube_nodes", metavar="NODES.json", type=click.Path(dir_okay=False), default=None,
+              help="`kubectl get nodes -o json` of a cluster using flannel's kube subnet manager.")
+@click.option("--net-conf", "net_conf", metavar="FILE", type=click.Path(dir_okay=False), default=None,
+              help="With --kube: flannel's net-conf.json, or the kube-flannel ConfigMap as YAML/JSON.")
+@click.option("--pods", "kube_pods", metavar="PODS.json", type=click.Path(dir_okay=False), default=None,
+              help="With --kube: `kubectl get pods -A -o json`, to emulate the pods too.")
+@click.option("--subnet-env", "subnet_env", metavar="FILE", type=click.Path(dir_okay=False), default=None,
+              help="One node's /run/flannel/subnet.env.")
+@click.option("--public-ip", default=None, metavar="ADDRESS",
+              help="With --subnet-env: the node's address (subnet.env does not hold it).")
+@click.option("--name", "scenario_name", default="imported", show_default=True,
+              help="The scenario's name (its default output folder).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None,
+              help="Write the scenario here (default: standard output).")
+def import_(etcd_url: str | None, etcd_prefix: str, kube_nodes: str | None, net_conf: str | None,
+            kube_pods: str | None, subnet_env: str | None, public_ip: str | None, scenario_name: str,
+            output: str | None) -> None:
+    """Write a scenario file from a real cluster's state: its etcd, its Node
+    objects, or one node's subnet.env. Fields emu cannot use are named in
+    comments at the top of the file."""
+    from emu.scenario import importer
+
+    sources = [name for name, value in (("--etcd", etcd_url), ("--kube", kube_nodes),
+                                        ("--subnet-env", subnet_env)) if value]
+    if len(sources) != 1:
+        fail("import: give exactly one of --etcd URL, --kube NODES.json, --subnet-env FILE")
+    if kube_nodes and not net_conf:
+        fail("import: --kube needs --net-conf FILE (net-conf.json or the kube-flannel ConfigMap)")
+    for flag, value, needs in (("--net-conf", net_conf, kube_nodes), ("--pods", kube_pods, kube_nodes),
+                               ("--public-ip", public_ip, subnet_env)):
+        if value and not needs:
+            fail(f"import: {flag} goes with {'--kube' if flag != '--public-ip' else '--subnet-env'}")
+    try:
+        if etcd_url:
+            imported = importer.from_etcd(etcd_url, etcd_prefix)
+        elif kube_nodes:
+            imported = importer.from_kube(kube_nodes, net_conf, kube_pods)
+        else:
+            imported = importer.from_subnet_env(subnet_env, public_ip)
+        text = importer.import_scenario(imported, scenario_name)
+    except ScenarioError as error:
+        fail(str(error))
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(output).write_text(text)
+    except OSError as error:
+        fail(f"{output}: {error.strerror or error}")
+    click.echo(f"wrote {output}: {len(imported.nodes)} nodes, "
+               f"{sum(len(node.pods) for node in imported.nodes)} pods", err=True)
+
+
 @main.command()
 @click.argument("kernel_dir", type=click.Path(), required=False)
 @click.argument("out_dir", type=click.Path(), required=False)

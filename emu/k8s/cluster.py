@@ -10,6 +10,8 @@ reference cluster; it is infrastructure, not a capture point.
 
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
 
@@ -68,7 +70,7 @@ class Cluster:
         if name in self.nodes or name in self.pods or name == UNDERLAY_NAMESPACE:
             raise ValueError(f"name {name} is taken")
         ns = Namespace(self.sim, name, ip_forward=True, seed=self.seed)
-        eth0, port = veth_pair(self.sim, "eth0", mac, f"{name[:11]}-ul", b"\x02\xfe" + ip.packed,
+        eth0, port = veth_pair(self.sim, "eth0", mac, underlay_port_name(name), b"\x02\xfe" + ip.packed,
                                self.underlay_mtu)
         ns.add_device(eth0)
         port.delay_ns = self.underlay_latency_ns  # the wire from the switch to this node
@@ -125,3 +127,13 @@ class Cluster:
             result.append(node.ns)
             result.extend(pod.ns for pod in node.pods.values())
         return result
+
+
+def underlay_port_name(node: str) -> str:
+    """The underlay switch's port for a node: `<node>-ul`, within IFNAMSIZ.
+    A name too long for that keeps 6 characters and adds 5 hex digits of its
+    hash, so nodes sharing a long prefix (worker-node-1, worker-node-2) still
+    get ports of their own."""
+    if len(node) <= 11:
+        return f"{node}-ul"
+    return f"{node[:6]}-{hashlib.sha256(node.encode()).hexdigest()[:5]}-ul"
