@@ -43,6 +43,11 @@ class Case:
         """Run for about `budget_s` seconds: (frames that arrived, seconds taken)."""
         raise NotImplementedError
 
+    def side_rates(self) -> dict[str, float]:
+        """Other per-second rates of the last round, reported beside its fps
+        (e.g. what the kernel's senders sent, next to what arrived)."""
+        return {}
+
     def close(self) -> None:
         """Release what setup took (files, namespaces); called even after failures."""
 

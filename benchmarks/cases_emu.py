@@ -6,7 +6,9 @@ VXLAN codec alone (`emu.wire.vxlan_batch` with full checksums, vectorised),
 and whole pod->pod paths through a built cluster (datagrams sent with the
 flow cache's `UdpSocket.sendto_batch`, or frames injected at the source
 pod's eth0 for the slow-path variants, counted by a UDP socket in the
-destination pod while the scheduler runs), capture off or on.
+destination pod while the scheduler runs), every frame built at every
+capture point (a `FrameSink`) or written to pcaps, and, apart, the
+counters-only replay.
 
 Every case takes a `batch`: how many frames are handed over per call.
 """
@@ -24,6 +26,7 @@ import numpy as np
 
 from benchmarks import topology
 from benchmarks.case import CaseUnavailable, SteppedCase, current_rss_mb
+from benchmarks.sink import FrameSink
 from emu.capture import CaptureSet
 from emu.net import Bridge, NetDevice, UdpSocket
 from emu.net.vxlan import flow_source_port
@@ -222,6 +225,9 @@ class VxlanDecapCase(SteppedCase):
         return len(batch)
 
 
+TAPS = ("sink", "capture", "none")
+
+
 class PodToPodCase(SteppedCase):
     """UDP frames from pod p1a to `destination` through the whole emulated cluster.
 
@@ -230,24 +236,48 @@ class PodToPodCase(SteppedCase):
     round sends `batch` datagrams with `UdpSocket.sendto_batch`, the flow
     cache's entry point (record once, replay the rest); without it, the
     recorded frames are injected at eth0 with `transmit_batch` and walk the
-    slow path hop by hop. Either way the scheduler drains the instant and the
-    destination pod's socket counts arrivals. With `capture`, every device of
-    every node and pod is captured to pcap files, as `emu run` does.
+    slow path hop by hop (which makes every frame at every device on its
+    way). Either way the scheduler drains the instant and the destination
+    pod's socket counts arrivals.
+
+    `taps` says what watches the devices, at the points `emu run` captures
+    (every device of every node and pod):
+    - "sink": a `FrameSink`, so the flow cache builds the bytes of every
+      frame at every point, as with capture, but nothing is written;
+    - "capture": pcap and pcapng files, as `emu run` writes them;
+    - "none": nothing, so a replay builds no frame at all (counters and the
+      receiving socket's queue only): not like work, reported apart.
+    With a sink or capture, each round checks that every datagram that
+    arrived left exactly as many frames as its slow-path walk shows the
+    points (measured in setup), and fails otherwise: a case that stops
+    building frames cannot report a number.
     """
 
     def __init__(self, name: str, backend: str, destination: str, batch: int,
-                 capture: bool = False, fast: bool = True) -> None:
-        super().__init__(name, "end_to_end", backend=backend, destination=destination,
-                         batch=batch, capture=capture, fast=fast,
+                 taps: str = "sink", fast: bool = True, group: str = "end_to_end") -> None:
+        if taps not in TAPS:
+            raise ValueError(f"taps: expected one of {', '.join(TAPS)}, got {taps!r}")
+        super().__init__(name, group, backend=backend, destination=destination,
+                         batch=batch, taps=taps, fast=fast,
                          frame_size=MIN_FRAME + topology.PAYLOAD_LEN)
         self.capture_dir: Path | None = None
         self.capture_set: CaptureSet | None = None
+        self.sink: FrameSink | None = None
+        self.points_per_datagram = 0
 
     def describe(self) -> str:
         params = self.params
+        points = self.points_per_datagram
+        if params["taps"] == "capture":
+            watching = f"every frame built and captured at {points} points"
+        elif params["taps"] == "sink":
+            watching = f"every frame built at {points} points"
+        elif params["fast"]:
+            watching = "no frame built after a flow's first (counters only)"
+        else:
+            watching = f"every frame built hop by hop ({points} points), no tap"
         return (f"{params['backend']}, {topology.SOURCE_POD}->{params['destination']}, batch "
-                f"{params['batch']}{', capture on' if params['capture'] else ''}"
-                f"{', flow cache' if params['fast'] else ', slow path'}")
+                f"{params['batch']}, {'flow cache' if params['fast'] else 'slow path'}, {watching}")
 
     def setup(self) -> None:
         emulated = topology.build(self.params["backend"])
@@ -266,8 +296,14 @@ class PodToPodCase(SteppedCase):
             raise CaseUnavailable(f"priming delivered {primed} of {DISTINCT_FRAMES} datagrams")
         self.eth0 = emulated.cluster.pods[topology.SOURCE_POD].ns.device("eth0")
         self.emulated = emulated
-        if self.params["capture"]:
+        if self.params["taps"] == "sink":
+            self.sink = FrameSink()
+            _Captures(self.sink, emulated).attach_all()
+        elif self.params["taps"] == "capture":
             self._fresh_capture()
+        # After the taps: a captured bridge is promiscuous, which can add a point.
+        self.points_per_datagram = len(topology.frames_at_every_point(emulated, recorded.sent[0]))
+        self._received()
         self.batches = cycle(_batches(recorded.sent, self.params["batch"]))
         self.sender = UdpSocket(emulated.cluster.pods[topology.SOURCE_POD].ns)
         self.address = (target.ip.packed, topology.RECEIVER_PORT)
@@ -294,9 +330,30 @@ class PodToPodCase(SteppedCase):
         return self._received()
 
     def measure(self, budget_s: float) -> tuple[int, float]:
-        if self.params["capture"]:
+        if self.params["taps"] == "capture":
             self._fresh_capture()
-        return super().measure(budget_s)
+        elif self.sink is not None:
+            self.sink.clear()
+        frames, seconds = super().measure(budget_s)
+        self._check_frames_built(frames)
+        return frames, seconds
+
+    def _frames_shown(self) -> int | None:
+        """Frames the taps were shown this round (None without taps)."""
+        if self.sink is not None:
+            return self.sink.frames
+        if self.capture_set is not None:
+            self.capture_set.flush()
+            return sum(self.capture_set.counts().values())
+        return None
+
+    def _check_frames_built(self, datagrams: int) -> None:
+        shown = self._frames_shown()
+        expected = datagrams * self.points_per_datagram
+        if shown is not None and shown != expected:
+            raise RuntimeError(f"{self.name}: {datagrams} datagrams arrived but the taps were shown "
+                               f"{shown} frames, not {expected} ({self.points_per_datagram} per "
+                               "datagram): the case stopped building every frame")
 
     def _fresh_capture(self) -> None:
         """Capture every device into new files, as `emu run` does (buffered,

@@ -5,10 +5,11 @@ with `emu.kernel.export` (the same script `emu export --netns` writes, so
 the kernel gets exactly the emulator's devices, addresses, MTUs and flannel
 entries), under a fresh `h6b<hex>-` prefix, and compiles the C sender /
 receiver `benchmarks/c/udpblast.c` with gcc. A round runs the receiver in
-the destination pod and one sender per CPU in p1a for the round's budget
-(sendmmsg batches of 64-byte UDP payloads; one sender alone leaves a core
-idle, since the kernel forwards each packet in its sender's context); the
-frames/s are what the receiver counted over the senders' time. Traffic
+the destination pod and one sender per CPU in p1a, each pinned to its CPU,
+for the round's budget (sendmmsg batches of 64-byte UDP payloads; one
+sender alone leaves a core idle, since the kernel forwards each packet in
+its sender's context); the frames/s are what the receiver counted over the
+senders' time, and what the senders sent is reported beside it. Traffic
 stays inside the namespaces created here; `close` removes them (and any
 process left in them), also after a failure.
 """
@@ -54,18 +55,37 @@ def _script(export: NetnsExport, action: str) -> subprocess.CompletedProcess:
                           text=True, env=env)
 
 
-class KernelCase(Case):
-    """Pod p1a -> `destination` UDP frames/s through the kernel's own path."""
+def sender_cpus(cpus: int) -> tuple[int, ...]:
+    """Where the senders run: one pinned to each CPU. The kernel forwards each
+    packet in its sender's context, so one sender per core keeps every core
+    forwarding; the receiver is left to the scheduler (it only counts)."""
+    return tuple(range(max(cpus, 1)))
 
-    def __init__(self, name: str, destination: str) -> None:
+
+class KernelCase(Case):
+    """Pod p1a -> `destination` UDP frames/s through the kernel's own path.
+
+    A round's fps is what the receiver counted over the senders' time; the
+    senders' own count over the same time is reported beside it (`sent`), so
+    packets the kernel dropped on the way (a full socket buffer, backlog
+    overflow) show as the gap between the two."""
+
+    def __init__(self, name: str, destination: str, cpus: tuple[int, ...] | None = None,
+                 receiver_cpu: int = -1) -> None:
+        cpus = sender_cpus(os.cpu_count() or 1) if cpus is None else cpus
         super().__init__(name, "kernel", backend="vxlan", destination=destination,
-                         frame_size=42 + topology.PAYLOAD_LEN, senders=os.cpu_count() or 1)
+                         frame_size=42 + topology.PAYLOAD_LEN, senders=len(cpus),
+                         sender_cpus=list(cpus), receiver_cpu=receiver_cpu)
         self.export: NetnsExport | None = None
         self.work_dir: Path | None = None
+        self._sent_rate = 0.0
 
     def describe(self) -> str:
+        pinned = ", ".join(map(str, self.params["sender_cpus"]))
+        receiver = self.params["receiver_cpu"]
         return (f"Linux, {topology.SOURCE_POD}->{self.params['destination']}, "
-                f"{self.params['senders']} sendmmsg senders")
+                f"{self.params['senders']} sendmmsg senders pinned to CPU {pinned}, receiver "
+                f"{'unpinned' if receiver < 0 else f'on CPU {receiver}'}, fps = received")
 
     def setup(self) -> None:
         reason = kernel_unavailable()
@@ -89,16 +109,18 @@ class KernelCase(Case):
 
     def measure(self, budget_s: float) -> tuple[int, float]:
         receiver = subprocess.Popen(
-            self._in_pod(self.params["destination"], "recv", topology.RECEIVER_PORT, IDLE_MS),
+            self._in_pod(self.params["destination"], "recv", topology.RECEIVER_PORT, IDLE_MS,
+                         self.params["receiver_cpu"]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         senders: list[subprocess.Popen] = []
         try:
             if receiver.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"udpblast recv did not start: {receiver.stderr.read().strip()}")
-            command = self._in_pod(topology.SOURCE_POD, "send", self.destination_ip,
-                                   topology.RECEIVER_PORT, topology.PAYLOAD_LEN, budget_s)
-            senders = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True) for _ in range(self.params["senders"])]
+            senders = [subprocess.Popen(
+                self._in_pod(topology.SOURCE_POD, "send", self.destination_ip,
+                             topology.RECEIVER_PORT, topology.PAYLOAD_LEN, budget_s, cpu),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for cpu in self.params["sender_cpus"]]
             sent = [sender.communicate(timeout=budget_s + PROCESS_MARGIN_S) for sender in senders]
             received, errors = receiver.communicate(timeout=PROCESS_MARGIN_S)
         finally:
@@ -110,7 +132,12 @@ class KernelCase(Case):
         if len(words) != 2 or any(len(out.split()) != 3 for out, _ in sent):
             problems = " ".join(err.strip() for _, err in sent) + " " + errors.strip()
             raise RuntimeError(f"udpblast failed: {problems.strip()}")
-        return int(words[1]), max(float(out.split()[2]) for out, _ in sent)
+        seconds = max(float(out.split()[2]) for out, _ in sent)
+        self._sent_rate = sum(int(out.split()[1]) for out, _ in sent) / seconds
+        return int(words[1]), seconds
+
+    def side_rates(self) -> dict[str, float]:
+        return {"sent": self._sent_rate}
 
     def close(self) -> None:
         if self.export is not None:

@@ -6,8 +6,16 @@ noisy neighbour, thermal limits) spreads over every case instead of landing
 on whichever ran last. Each case reports the median of its rounds and their
 min and max. Output: a rich table, a JSON document (`cases`: name ->
 `{"fps", "min", "max", "rounds", ...}`, fps null where a case cannot run;
-`peak_rss_mb`; `ratios`), a PNG plot, and the ratios emulator/kernel and
-emulator/scapy printed last.
+`peak_rss_mb`; `ratios`: the median of per-round ratios, `ratio_rounds`
+their range), a PNG plot, and the ratios printed last.
+
+Like work only: every end-to-end case that reports frames/s builds every
+frame at every capture point it passes (slow path, a `FrameSink`, or pcap
+files); the ratios divide the emulator building frames by the kernel
+forwarding every packet, and the slow path by naive chains checked to build
+the same frames at the same points. The flow cache's counters-only replays
+(`*_replay_counters_only`: no frame built after a flow's first) are in their
+own group and in no ratio.
 """
 
 from __future__ import annotations
@@ -30,21 +38,31 @@ from benchmarks.baseline_dpkt import DpktChain
 from benchmarks.baseline_scapy import ScapyChain
 from benchmarks.case import Case, CaseUnavailable
 from benchmarks.cases_emu import BridgeCase, PodToPodCase, VxlanDecapCase, VxlanEncapCase
+from benchmarks.cases_scenario import PingScenarioCase
 from benchmarks.kernel import KernelCase
 
 REQUIRED_CASES = (
     "bridge_1k_macs", "bridge_1m_macs", "vxlan_encap_batch", "vxlan_decap_batch", "same_node",
     "cross_node_vxlan", "cross_node_hostgw", "cross_node_udp", "cross_node_vxlan_capture",
     "scapy_cross_node_vxlan", "dpkt_cross_node_vxlan", "kernel_cross_node_vxlan",
-    "kernel_same_node",
+    "kernel_same_node", "cross_node_vxlan_slow_path", "cross_node_vxlan_replay_counters_only",
+    "emu_run_ping_capture",
 )
 NAMED_FDB_SIZES = (1_000, 1_000_000)  # bridge_1k_macs, bridge_1m_macs
 NAMED_FRAME_SIZE = 100  # vxlan_encap_batch / vxlan_decap_batch: 100-byte inner frames
+# Like work only: the emulator building (and capturing) every frame at every
+# point vs the kernel forwarding every packet; the slow path vs the naive
+# chains that build the same frames at the same points. Each ratio is the
+# median of per-round ratios (rounds interleave, so both sides of a round saw
+# the same load). The counters-only replays are in no ratio.
 RATIOS = (
-    ("emulator/kernel cross-node vxlan", "cross_node_vxlan", "kernel_cross_node_vxlan"),
-    ("emulator/kernel same-node", "same_node", "kernel_same_node"),
-    ("emulator/scapy cross-node vxlan", "cross_node_vxlan", "scapy_cross_node_vxlan"),
-    ("emulator/dpkt cross-node vxlan", "cross_node_vxlan", "dpkt_cross_node_vxlan"),
+    ("emulator (every frame built and captured)/kernel cross-node vxlan",
+     "cross_node_vxlan_capture", "kernel_cross_node_vxlan"),
+    ("emulator (every frame built)/kernel cross-node vxlan", "cross_node_vxlan",
+     "kernel_cross_node_vxlan"),
+    ("emulator (every frame built)/kernel same-node", "same_node", "kernel_same_node"),
+    ("slow path/dpkt cross-node vxlan", "cross_node_vxlan_slow_path", "dpkt_cross_node_vxlan"),
+    ("slow path/scapy cross-node vxlan", "cross_node_vxlan_slow_path", "scapy_cross_node_vxlan"),
 )
 
 
@@ -60,6 +78,7 @@ class Settings:
     batch: int = 256
     kernel: bool = True
     bridge_batches: tuple[int, ...] = (64, 256, 1024)
+    pings: int = 20_000  # the emu_run_ping_capture scenario's ping -c
 
     def __post_init__(self) -> None:
         if self.rounds < 1:
@@ -112,19 +131,21 @@ def build_cases(settings: Settings) -> list[Case]:
             name = f"vxlan_{kind}_batch" if size == NAMED_FRAME_SIZE else f"vxlan_{kind}_{size}b"
             cases.append(codec(name, size, max(settings.batch, CODEC_BATCH)))
     batch = settings.batch
+    paths = (("same_node", "vxlan", "p1b"), ("cross_node_vxlan", "vxlan", "p2a"),
+             ("cross_node_hostgw", "host-gw", "p2a"), ("cross_node_udp", "udp", "p2a"))
+    cases += [PodToPodCase(name, backend, pod, batch) for name, backend, pod in paths]
     cases += [
-        PodToPodCase("same_node", "vxlan", "p1b", batch),
-        PodToPodCase("cross_node_vxlan", "vxlan", "p2a", batch),
-        PodToPodCase("cross_node_hostgw", "host-gw", "p2a", batch),
-        PodToPodCase("cross_node_udp", "udp", "p2a", batch),
-        PodToPodCase("cross_node_vxlan_capture", "vxlan", "p2a", batch, capture=True),
-        PodToPodCase("same_node_slow_path", "vxlan", "p1b", batch, fast=False),
-        PodToPodCase("cross_node_vxlan_slow_path", "vxlan", "p2a", batch, fast=False),
-        PodToPodCase("cross_node_vxlan_capture_slow_path", "vxlan", "p2a", batch, capture=True,
+        PodToPodCase("cross_node_vxlan_capture", "vxlan", "p2a", batch, taps="capture"),
+        PodToPodCase("same_node_slow_path", "vxlan", "p1b", batch, taps="none", fast=False),
+        PodToPodCase("cross_node_vxlan_slow_path", "vxlan", "p2a", batch, taps="none", fast=False),
+        PodToPodCase("cross_node_vxlan_capture_slow_path", "vxlan", "p2a", batch, taps="capture",
                      fast=False),
+        PingScenarioCase("emu_run_ping_capture", settings.pings),
         ChainCase("scapy_cross_node_vxlan", "scapy", ScapyChain),
         ChainCase("dpkt_cross_node_vxlan", "dpkt", DpktChain),
     ]
+    cases += [PodToPodCase(f"{name}_replay_counters_only", backend, pod, batch, taps="none",
+                           group="counters_only") for name, backend, pod in paths]
     for name, destination in (("kernel_cross_node_vxlan", "p2a"), ("kernel_same_node", "p1b")):
         cases.append(KernelCase(name, destination) if settings.kernel
                      else _Disabled(name, "kernel", destination=destination))
@@ -139,10 +160,12 @@ def _progress(console: Console) -> Progress:
 def measure_cases(cases: list[Case], settings: Settings, console: Console) -> dict[str, dict]:
     """Set every case up, run the interleaved rounds, close every case.
 
-    Returns name -> {"samples": [frames/s per round], "note": why it did not
-    run or None}. Cases are closed even when a round fails or is interrupted.
+    Returns name -> {"samples": [frames/s per round], "side": {name: [rate
+    per round]} (a case's `side_rates`, e.g. the kernel senders' packets/s),
+    "note": why it did not run or None}. Cases are closed even when a round
+    fails or is interrupted.
     """
-    outcome = {case.name: {"samples": [], "note": None} for case in cases}
+    outcome = {case.name: {"samples": [], "side": {}, "note": None} for case in cases}
     live: list[Case] = []
     try:
         with _progress(console) as progress:
@@ -162,6 +185,8 @@ def measure_cases(cases: list[Case], settings: Settings, console: Console) -> di
                                                       f"{case.name}")
                     frames, seconds = case.measure(settings.budget_s)
                     outcome[case.name]["samples"].append(frames / seconds)
+                    for key, rate in case.side_rates().items():
+                        outcome[case.name]["side"].setdefault(key, []).append(rate)
                     progress.advance(task)
     finally:
         for case in cases:
@@ -201,15 +226,21 @@ def build_document(cases: list[Case], outcome: dict[str, dict], settings: Settin
                  "description": case.describe()}
         if case.extra:
             entry["extra"] = case.extra
+        side = outcome[case.name].get("side")
+        if side:
+            entry["side_fps"] = {key: round(statistics.median(rates)) for key, rates in side.items()}
         if outcome[case.name]["note"]:
             entry["note"] = outcome[case.name]["note"]
         entries[case.name] = entry
-    ratios = {}
+    ratios, ratio_rounds = {}, {}
     for label, numerator, denominator in RATIOS:
-        top, bottom = entries[numerator]["fps"], entries[denominator]["fps"]
-        ratios[label] = round(top / bottom, 3) if top and bottom else None
+        per_round = [top / bottom for top, bottom in zip(outcome[numerator]["samples"],
+                                                         outcome[denominator]["samples"])]
+        ratios[label] = round(statistics.median(per_round), 3) if per_round else None
+        ratio_rounds[label] = ({"min": round(min(per_round), 3), "max": round(max(per_round), 3)}
+                               if per_round else None)
     return {"machine": machine_info(), "settings": asdict(settings), "cases": entries,
-            "ratios": ratios, "peak_rss_mb": peak_rss_mb()}
+            "ratios": ratios, "ratio_rounds": ratio_rounds, "peak_rss_mb": peak_rss_mb()}
 
 
 def _fps(value: float | None) -> str:
@@ -226,24 +257,29 @@ def render_table(document: dict) -> Table:
         table.add_column(column, justify="right", no_wrap=True)
     table.add_column("what")
     for name, entry in document["cases"].items():
-        table.add_row(name, _fps(entry["fps"]), _fps(entry["min"]), _fps(entry["max"]),
-                      entry.get("note") or entry["description"])
+        what = entry.get("note") or entry["description"]
+        for key, rate in entry.get("side_fps", {}).items():
+            what += f"; {key} {_fps(rate)}/s"
+        table.add_row(name, _fps(entry["fps"]), _fps(entry["min"]), _fps(entry["max"]), what)
     return table
 
 
 def ratio_lines(document: dict) -> list[str]:
-    """The closing lines: how the emulator compares with the kernel and scapy."""
+    """The closing lines: how the emulator compares with the kernel and the
+    naive chains (median of the per-round ratios, their range in brackets)."""
     lines = []
     for label, value in document["ratios"].items():
-        lines.append(f"{label}: " + ("n/a (a case did not run)" if value is None
-                                      else f"{value:,.3f}x"))
+        spread = document["ratio_rounds"][label]
+        lines.append(f"{label}: " + ("n/a (a case did not run)" if value is None else
+                                      f"{value:,.3f}x, per round {spread['min']:,.2f}x to {spread['max']:,.2f}x"))
     return lines
 
 
 def write_plot(document: dict, path: Path) -> None:
     """PNG: frames/s vs inner frame size (codec), vs FDB size and vs batch
-    size (bridge), and the pod->pod paths side by side (emulator, baselines,
-    kernel); log scales, bars from min to max."""
+    size (bridge), and the pod->pod paths side by side (emulator building
+    every frame, `emu run`, baselines, kernel; not the counters-only
+    replays); log scales, bars from min to max."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -265,8 +301,9 @@ def write_plot(document: dict, path: Path) -> None:
     batches.set(title="learning bridge", xlabel="frames per batch", ylabel="frames/s",
                 xscale="log", yscale="log")
     ran = [(name, e) for name, e in cases.items()
-           if e["group"] in ("end_to_end", "baseline", "kernel") and e["fps"]]
-    colours = {"end_to_end": "tab:blue", "baseline": "tab:orange", "kernel": "tab:green"}
+           if e["group"] in ("end_to_end", "scenario", "baseline", "kernel") and e["fps"]]
+    colours = {"end_to_end": "tab:blue", "scenario": "tab:purple", "baseline": "tab:orange",
+               "kernel": "tab:green"}
     positions = range(len(ran))
     paths.bar(positions, [e["fps"] for _, e in ran], color=[colours[e["group"]] for _, e in ran],
               yerr=[[e["fps"] - e["min"] for _, e in ran], [e["max"] - e["fps"] for _, e in ran]])

@@ -48,11 +48,16 @@ traffic: []
 """
 
 
-def scenario(backend: str) -> Scenario:
-    """The benchmark cluster with flannel's `backend` (vxlan, host-gw or udp)."""
+def scenario_text(backend: str) -> str:
+    """The benchmark cluster's scenario file with flannel's `backend` (no traffic)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-    return load_scenario_text(_SCENARIO.format(backend=backend))
+    return _SCENARIO.format(backend=backend)
+
+
+def scenario(backend: str) -> Scenario:
+    """The benchmark cluster with flannel's `backend` (vxlan, host-gw or udp)."""
+    return load_scenario_text(scenario_text(backend))
 
 
 def build(backend: str) -> EmulatedCluster:
@@ -78,10 +83,14 @@ class VxlanChain:
     remote_pod_ip: bytes
     vni: int
     port: int
+    vtep1_mtu: int          # n1 flannel.1: the route to p2a's subnet
+    gateway2_mtu: int       # n2 cni0: the route to p2a
+    node1_next_ident: int   # the IPv4 identifier n1's stack gives its next packet
 
 
 def vxlan_chain(emulated: EmulatedCluster) -> VxlanChain:
-    """Read the chain's addresses from a cluster built by `build("vxlan")`."""
+    """Read the chain's addresses (and n1's next IPv4 identifier) from a
+    cluster built by `build("vxlan")`."""
     nodes = emulated.cluster.nodes
     pods = emulated.cluster.pods
     n1, n2 = nodes["n1"], nodes["n2"]
@@ -91,7 +100,9 @@ def vxlan_chain(emulated: EmulatedCluster) -> VxlanChain:
         vtep1_mac=vtep1.mac, vtep2_mac=vtep2.mac,
         node1_mac=n1.mac, node2_mac=n2.mac, node1_ip=n1.ip.packed, node2_ip=n2.ip.packed,
         gateway2_mac=n2.cni.bridge.mac, remote_pod_mac=pods[REMOTE_POD].mac,
-        remote_pod_ip=pods[REMOTE_POD].ip.packed, vni=vtep1.vni, port=vtep1.port)
+        remote_pod_ip=pods[REMOTE_POD].ip.packed, vni=vtep1.vni, port=vtep1.port,
+        vtep1_mtu=vtep1.mtu, gateway2_mtu=n2.cni.bridge.mtu,
+        node1_next_ident=n1.ns.stack.reserve_idents(0))
 
 
 @dataclass
@@ -133,6 +144,29 @@ def record_traffic(emulated: EmulatedCluster, destination: str, count: int,
     source_eth0.taps.pop()
     target_eth0.taps.pop()
     return recorded
+
+
+def frames_at_every_point(emulated: EmulatedCluster, frame: bytes) -> list[tuple[str, bytes]]:
+    """Send `frame` out of p1a's eth0 on the slow path and return every frame
+    every device's taps were shown while the instant drains, in order, as
+    ("namespace/device", bytes): the reference for what a case or a baseline
+    must build for one datagram. Taps already attached see it too."""
+    seen: list[tuple[str, bytes]] = []
+    tapped = []
+    for ns in emulated.cluster.namespaces():
+        for dev in ns.devices.values():
+            def tap(_now: int, data: bytes, name: str = f"{ns.name}/{dev.name}") -> None:
+                seen.append((name, bytes(data)))
+            dev.taps.append(tap)
+            tapped.append((dev, tap))
+    sim = emulated.sim
+    try:
+        emulated.cluster.pods[SOURCE_POD].ns.device("eth0").transmit(frame)
+        sim.run(until_ns=sim.now_ns)
+    finally:
+        for dev, tap in tapped:
+            dev.taps.remove(tap)
+    return seen
 
 
 def pod_ip(scenario: Scenario, pod: str) -> str:

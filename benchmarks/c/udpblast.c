@@ -1,13 +1,17 @@
 /*
  * udpblast: the kernel baseline's traffic, as fast as one core can make it.
  *
- *   udpblast send DST_IP PORT PAYLOAD_BYTES SECONDS
+ *   udpblast send DST_IP PORT PAYLOAD_BYTES SECONDS [CPU]
  *       sendmmsg() batches of BATCH datagrams to DST_IP:PORT for SECONDS;
  *       prints "sent PACKETS ELAPSED_SECONDS".
- *   udpblast recv PORT IDLE_MS
+ *   udpblast recv PORT IDLE_MS [CPU]
  *       binds PORT, prints "ready", counts datagrams with recvmmsg() until
  *       none arrived for IDLE_MS after the first one (or for 10 s before it);
  *       prints "received PACKETS".
+ *   CPU (0, 1, ...) pins the process to that CPU (sched_setaffinity); -1 or
+ *   none leaves it to the scheduler. The kernel forwards a sent packet in its
+ *   sender's context (veth -> backlog -> softirq on the same CPU), so where
+ *   the senders run decides which cores do the forwarding.
  *
  * A send error such as ENOBUFS or ECONNREFUSED is counted as not sent and the
  * blast goes on: the receiver's count is what the benchmark reports.
@@ -16,6 +20,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -114,12 +119,26 @@ static int count(int port, int idle_ms) {
     return 0;
 }
 
+static int pin(const char *cpu_arg) {
+    int cpu = atoi(cpu_arg);
+    cpu_set_t set;
+    if (cpu < 0) return 0;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) < 0) return fail("sched_setaffinity");
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    if (argc == 6 && strcmp(argv[1], "send") == 0)
+    if ((argc == 6 || argc == 7) && strcmp(argv[1], "send") == 0) {
+        if (argc == 7 && pin(argv[6])) return 1;
         return blast(argv[2], atoi(argv[3]), atoi(argv[4]), atof(argv[5]));
-    if (argc == 4 && strcmp(argv[1], "recv") == 0)
+    }
+    if ((argc == 4 || argc == 5) && strcmp(argv[1], "recv") == 0) {
+        if (argc == 5 && pin(argv[4])) return 1;
         return count(atoi(argv[2]), atoi(argv[3]));
-    fprintf(stderr, "usage: udpblast send DST_IP PORT PAYLOAD_BYTES SECONDS\n"
-                    "       udpblast recv PORT IDLE_MS\n");
+    }
+    fprintf(stderr, "usage: udpblast send DST_IP PORT PAYLOAD_BYTES SECONDS [CPU]\n"
+                    "       udpblast recv PORT IDLE_MS [CPU]\n");
     return 2;
 }
