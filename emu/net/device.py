@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
 
-Tap = Callable[[int, bytes], None]
+# A tap is called tap(time_ns, frame); one with a true `with_direction`
+# attribute is called tap(time_ns, frame, outgoing) (see NetDevice._tap).
+Tap = Callable[..., None]
 
 
 @dataclass
@@ -112,7 +114,7 @@ class NetDevice:
             self.drop("device-down")
             return
         if self.taps_see_transmit:
-            self._tap(frame)
+            self._tap(frame, outgoing=True)
         self.stats.tx_packets += 1
         self.stats.tx_bytes += len(frame)
         self._xmit(frame)
@@ -192,14 +194,19 @@ class NetDevice:
         self.drop("no-carrier")
 
     # -- helpers --------------------------------------------------------------
-    def _tap(self, frame: bytes) -> None:
+    def _tap(self, frame: bytes, outgoing: bool = False) -> None:
+        """Show `frame` to the taps: `outgoing` when the device sends it
+        (transmit), not when it arrived (receive), Linux's PACKET_OUTGOING."""
         recorder = self.sim.context
         if recorder is not None:
-            recorder.on_frame(self, frame)
+            recorder.on_frame(self, frame, outgoing)
         if self.taps:
             now = self.sim.now_ns
             for tap in self.taps:
-                tap(now, frame)
+                if getattr(tap, "with_direction", False):
+                    tap(now, frame, outgoing)
+                else:
+                    tap(now, frame)
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count `count` refused frames under a named reason."""

@@ -35,7 +35,9 @@ When other events are due at the same instant (other traffic, another
 process), a step replays one datagram only and lets them run in between, as
 the slow path would.
 
-Taps (emu.net.device.Tap) are called ``tap(ts_ns, frame)``. A tap that
+Taps (emu.net.device.Tap) are called ``tap(ts_ns, frame)`` (with
+``outgoing`` as a third argument for a tap whose ``with_direction`` is
+true, as the slow path calls it). A tap that
 also has a ``batch_sink`` attribute (not None) may take a whole replay
 instead: the fast path calls ``sink.record_interleaved(ts_ns, frames)`` once
 per sink and replay, ``frames`` being the (tap, matrix) pairs of that sink's
@@ -279,7 +281,7 @@ class FlowEntry:
 
     epoch: int
     templates: list[FrameTemplate]
-    frames: list[tuple["NetDevice", int]] = field(default_factory=list)  # in tap order
+    frames: list[tuple["NetDevice", int, bool]] = field(default_factory=list)  # in tap order, outgoing
     ident_counts: dict["Ipv4Stack", int] = field(default_factory=dict)
     counters: list[tuple[Any, str, int]] = field(default_factory=list)
     fdb_learned: list[tuple["Fdb", bytes, "NetDevice"]] = field(default_factory=list)
@@ -312,7 +314,7 @@ class Recorder:
         self.pending = 0
         self._before: dict = {}
         self._counters: list[tuple[Any, str, int]] = []
-        self._frames: list[tuple["NetDevice", bytes]] = []
+        self._frames: list[tuple["NetDevice", bytes, bool]] = []
         self._idents: list[tuple["Ipv4Stack", int]] = []
         self._fdb_learned: list[tuple["Fdb", bytes, "NetDevice"]] = []
         self._fdb_looked_up: list[tuple["Fdb", bytes]] = []
@@ -353,8 +355,8 @@ class Recorder:
             self.cache.finish_recording(self)
 
     # -- hooks in the devices and the stack --------------------------------------
-    def on_frame(self, dev: "NetDevice", frame: bytes) -> None:
-        self._frames.append((dev, bytes(frame)))
+    def on_frame(self, dev: "NetDevice", frame: bytes, outgoing: bool = False) -> None:
+        self._frames.append((dev, bytes(frame), outgoing))
 
     def on_ident(self, stack: "Ipv4Stack", ident: int) -> None:
         self._idents.append((stack, ident))
@@ -424,7 +426,7 @@ class Recorder:
                 entry.templates.append(FrameTemplate(frame, ethernet, self.payload, idents))
             return by_frame[key]
 
-        entry.frames = [(dev, template_of(frame, dev.has_l2)) for dev, frame in self._frames]
+        entry.frames = [(dev, template_of(frame, dev.has_l2), outgoing) for dev, frame, outgoing in self._frames]
         for sock, source, packet, dev, _ in self._deliveries:
             entry.delivery = (sock, source, template_of(packet, False), dev)
         for stack, _ in self._idents:
@@ -603,7 +605,7 @@ class FlowCache:
                 target[name] += delta * count
             else:
                 setattr(target, name, getattr(target, name) + delta * count)
-        if any(dev.taps for dev, _ in entry.frames):
+        if any(dev.taps for dev, _, _ in entry.frames):
             self._emit_taps(replay, now)
         if entry.delivery is not None:
             self._deliver(replay, entry.delivery)
@@ -616,19 +618,20 @@ class FlowCache:
         sink); the others are called frame by frame. Sinks and other taps
         write to separate places, so only the order each one sees matters."""
         sinks: dict[int, tuple[Any, list]] = {}
-        single: list[tuple[Callable, list[bytes]]] = []
-        for dev, template in replay.entry.frames:
+        single: list[tuple[Callable, list[bytes], tuple]] = []
+        for dev, template, outgoing in replay.entry.frames:
             for tap in dev.taps:
                 sink = getattr(tap, "batch_sink", None)
                 if sink is None:
-                    single.append((tap, replay.frames(template)))
+                    direction = (outgoing,) if getattr(tap, "with_direction", False) else ()
+                    single.append((tap, replay.frames(template), direction))
                 else:
                     sinks.setdefault(id(sink), (sink, []))[1].append((tap, replay.rows(template)))
         for sink, frames in sinks.values():
             sink.record_interleaved(now, frames)
         for j in range(replay.count):
-            for tap, frames in single:
-                tap(now, frames[j])
+            for tap, frames, direction in single:
+                tap(now, frames[j], *direction)
 
     @staticmethod
     def _deliver(replay: Replay, delivery: tuple) -> None:

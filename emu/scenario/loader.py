@@ -102,6 +102,12 @@ def load_scenario_text(text: str, fmt: str = "yaml", source: str = "<string>") -
     if fmt not in ("yaml", "json"):
         raise ValueError(f"fmt must be 'yaml' or 'json', not {fmt!r}")
     document = _parse_json(text, source) if fmt == "json" else _parse_yaml(text, source)
+    return load_scenario_document(document, source)
+
+
+def load_scenario_document(document: object, source: str = "<dict>") -> Scenario:
+    """Validate an already parsed scenario (the mapping a YAML or JSON file
+    holds, e.g. built in Python): same schema and errors as a file."""
     if not isinstance(document, dict):
         raise ScenarioError("", f"{source}: top level must be a mapping, got {_describe(document)}")
     return _Builder(document, source).scenario()

@@ -39,8 +39,12 @@ class RunResult:
     end_ns: int = 0
 
 
-class _Captures:
-    """Attaches a capture point to every device of every node and pod."""
+class Captures:
+    """Attaches a capture point to every device of every node and pod.
+
+    `capture_set` is a CaptureSet or anything with its `point(namespace,
+    ifname, linktype, description)` method returning a tap (the Python API
+    keeps frames in memory that way)."""
 
     def __init__(self, capture_set: CaptureSet, emulated: EmulatedCluster) -> None:
         self.set = capture_set
@@ -65,6 +69,9 @@ class _Captures:
         return describe_interface(self.emulated.cluster, ns, dev)
 
 
+_Captures = Captures  # the name tests know
+
+
 def clear_outputs(out_dir: Path) -> None:
     """Remove the files a previous run wrote (and nothing else)."""
     for pattern in OWN_OUTPUTS:
@@ -84,7 +91,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         clear_outputs(result.out_dir)
         capture_set = CaptureSet(result.out_dir, buffered=True, epoch_ns=sim.epoch_ns)
         sim.on_advance.append(capture_set.flush)
-        captures = _Captures(capture_set, emulated)
+        captures = Captures(capture_set, emulated)
         captures.attach_all()
 
     player = Player(emulated)
@@ -100,13 +107,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         if capture_set is not None:
             capture_set.close()  # an interrupted run still leaves readable files
         raise
-    result.traffic = player.ordered_results()
-    result.notes, result.nodes = player.notes, player.nodes
-    result.end_ns = sim.now_ns
-    for flanneld in emulated.flanneld.values():
-        result.notes.extend(line for line in flanneld.log if "cannot" in line or "no valid" in line)
-    result.notes.extend(store_notes(emulated))
-    result.stats = collect_stats(emulated, result)
+    finish_result(emulated, player, result)
     close_store = getattr(emulated.store, "close", None)
     if close_store is not None:
         close_store()
@@ -115,6 +116,20 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         result.capture_counts = {k: v for k, v in capture_set.counts().items() if v}
         (result.out_dir / "stats.json").write_text(json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def finish_result(emulated: EmulatedCluster, player: Player, result: RunResult) -> None:
+    """Fill `result` from the player and the cluster as they are now: the
+    commands' results in the order given, the summary's notes (with flanneld's
+    complaints and the store's), the stats.json document."""
+    result.traffic = player.ordered_results()
+    result.nodes = list(player.nodes)
+    result.end_ns = emulated.sim.now_ns
+    result.notes = [*player.notes,
+                    *(line for flanneld in emulated.flanneld.values() for line in flanneld.log
+                      if "cannot" in line or "no valid" in line),
+                    *store_notes(emulated)]
+    result.stats = collect_stats(emulated, result)
 
 
 def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
