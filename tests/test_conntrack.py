@@ -171,3 +171,53 @@ def test_rewrite_keeps_every_checksum_valid(protocol, payload, src, dst, new_src
     assert checksums_valid(packet)
     if protocol == "udp" and udp_zero:
         assert parsed[UDP].chksum == 0
+
+
+def node_netfilter(rules: str):
+    from emu.net.netfilter import Netfilter
+    from emu.net.netfilter.engine import address_type_of
+
+    def masquerade_source(out_dev: str, destination: bytes) -> bytes:
+        return ip(NODE)
+
+    netfilter = Netfilter(random.Random(3), lambda a: address_type_of(a, lambda b: b == ip(NODE)),
+                          masquerade_source)
+    netfilter.load(rules)
+    return netfilter
+
+
+def test_a_node_forwards_a_pod_to_its_service_and_back_through_the_hooks_in_linux_order():
+    from test_netfilter_rules import KUBE_PROXY_RULES
+
+    node = node_netfilter(KUBE_PROXY_RULES.replace("--probability 0.50000000000", "--probability 1.0"))
+    request = bytearray(bytes(IP(src=POD_A, dst=VIP) / TCP(sport=40000, dport=80, flags="S")))
+    result, state = node.prerouting(request, "cni0", 0)
+    assert result.verdict == "ACCEPT" and IP(bytes(request)).dst == "10.244.1.5"
+    assert node.forward(request, state, "cni0").verdict == "ACCEPT"
+    assert node.postrouting(request, state, "cni0", 0).verdict == "ACCEPT"
+    assert checksums_valid(request) and IP(bytes(request))[TCP].dport == 8080
+    reply = bytearray(bytes(IP(src="10.244.1.5", dst=POD_A) / TCP(sport=8080, dport=40000, flags="SA")))
+    result, state = node.prerouting(reply, "cni0", NS)
+    assert state.tracked.state == "ESTABLISHED"
+    assert node.forward(reply, state, "cni0").verdict == "ACCEPT"  # KUBE-FORWARD: ESTABLISHED
+    node.postrouting(reply, state, "cni0", NS)
+    assert (IP(bytes(reply)).src, IP(bytes(reply))[TCP].sport) == (VIP, 80) and checksums_valid(reply)
+    shown = node.show(NS)
+    nat = shown["iptables"]["nat"]
+    assert nat["KUBE-SERVICES"]["rules"][0]["packets"] == 1  # the nat table saw the first packet only
+    assert nat["PREROUTING"]["rules"][0]["packets"] == 1
+    assert shown["conntrack"][0].startswith("tcp      6 ")
+    assert "src=10.244.1.2 dst=10.96.0.10 sport=40000 dport=80 src=10.244.1.5 dst=10.244.1.2 sport=8080" \
+           in shown["conntrack"][0]
+
+
+def test_forward_policy_drop_without_flannels_rule_drops_cross_node_traffic():
+    node = node_netfilter("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    packet = bytearray(bytes(IP(src=POD_A, dst=POD_B) / ICMP(type=8, id=1)))
+    result, state = node.prerouting(packet, "cni0", 0)
+    dropped = node.forward(packet, state, "flannel.1")
+    assert (dropped.verdict, dropped.where) == ("DROP", "filter/FORWARD")
+    fixed = node_netfilter("*filter\n:FORWARD DROP [0:0]\n-A FORWARD -s 10.244.0.0/16 -j ACCEPT\n"
+                           "-A FORWARD -d 10.244.0.0/16 -j ACCEPT\nCOMMIT\n")
+    result, state = fixed.prerouting(packet, "cni0", 0)
+    assert fixed.forward(packet, state, "flannel.1").verdict == "ACCEPT"
