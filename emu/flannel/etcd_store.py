@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlparse
 
 from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
-from emu.flannel.store import Entry, KeyExists, WatchCallback, WatchEvent, check_write, is_expired
+from emu.flannel.store import Entry, KeyExists, Watchers, WatchEvent, check_write, is_expired
 
 FLANNEL_PREFIX = "/coreos.com/network"
 """The key prefix the subnet manager uses inside the emulator; `EtcdStore`
@@ -42,12 +42,6 @@ maps it to the configured etcd prefix (flanneld's `--etcd-prefix`)."""
 
 class StoreUnavailable(Exception):
     """etcd cannot be reached or answered with an error (one line, names the endpoint)."""
-
-
-@dataclass(frozen=True)
-class _Watch:
-    prefix: str
-    callback: WatchCallback
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str, int]:
@@ -66,7 +60,7 @@ def parse_endpoint(endpoint: str) -> tuple[str, str, int]:
     return parsed.scheme, parsed.hostname, port
 
 
-class EtcdStore:
+class EtcdStore(Watchers):
     """`KeyValueStore` over a real etcd v3 (see the module docstring).
 
     `endpoints` are tried in order at start; the first that answers is used.
@@ -85,13 +79,12 @@ class EtcdStore:
             raise ValueError("at least one etcd endpoint is needed")
         if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
             raise ValueError(f"etcd prefix must start with '/' and not end with one, got {prefix!r}")
+        super().__init__()
         self.prefix = prefix
         self.endpoints = list(endpoints)
         self.lost: str | None = None
         self.foreign_events = 0
         self.malformed: list[str] = []
-        self._watches: dict[int, _Watch] = {}
-        self._next_handle = 1
         self._expires: dict[str, int | None] = {}
         self._cache: dict[str, Entry] = {}
         self._own_revisions: set[int] = set()
@@ -184,16 +177,6 @@ class EtcdStore:
                     del self._cache[key]  # removed by another writer; its watch event follows
         return [entry for key, entry in sorted(self._cache.items())
                 if key.startswith(prefix) and not is_expired(entry, now_ns)]
-
-    def watch(self, prefix: str, callback: WatchCallback) -> int:
-        handle = self._next_handle
-        self._next_handle += 1
-        self._watches[handle] = _Watch(prefix, callback)
-        return handle
-
-    def unwatch(self, handle: int) -> None:
-        if self._watches.pop(handle, None) is None:
-            raise ValueError(f"unknown watch handle {handle!r}")
 
     def expire(self, now_ns: int) -> list[Entry]:
         """Keys whose virtual TTL has passed are deleted from etcd too (etcd's own
@@ -343,11 +326,6 @@ class EtcdStore:
             answer = self._call("/kv/deleterange", {"key": _b64(self.remote_key(key))})
             revision = 0 if answer is None else _revision(answer)
         self._removed(key, "expire", revision)
-
-    def _notify(self, event: WatchEvent) -> None:
-        for watch in list(self._watches.values()):
-            if event.entry.key.startswith(watch.prefix):
-                watch.callback(event)
 
     def _start_stream(self) -> None:
         """A background watch of the whole prefix; events wait in a queue for `poll()`."""

@@ -87,7 +87,32 @@ class _Watch:
     callback: WatchCallback
 
 
-class MemoryStore:
+class Watchers:
+    """Prefix watches shared by the stores: callbacks run synchronously, in
+    registration order, after the store has been updated."""
+
+    def __init__(self) -> None:
+        self._watches: dict[int, _Watch] = {}
+        self._next_handle = 1
+
+    def watch(self, prefix: str, callback: WatchCallback) -> int:
+        """Call `callback` for every later change under `prefix`; returns a handle for `unwatch`."""
+        handle = self._next_handle
+        self._next_handle += 1
+        self._watches[handle] = _Watch(prefix, callback)
+        return handle
+
+    def unwatch(self, handle: int) -> None:
+        if self._watches.pop(handle, None) is None:
+            raise ValueError(f"unknown watch handle {handle!r}")
+
+    def _notify(self, event: WatchEvent) -> None:
+        for watch in list(self._watches.values()):
+            if event.entry.key.startswith(watch.prefix):
+                watch.callback(event)
+
+
+class MemoryStore(Watchers):
     """In-process `KeyValueStore`.
 
     An entry whose TTL has passed is invisible to `get`/`list` at once, but is
@@ -98,9 +123,8 @@ class MemoryStore:
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._entries: dict[str, Entry] = {}
-        self._watches: dict[int, _Watch] = {}
-        self._next_handle = 1
         self._revision = 0
 
     @property
@@ -141,17 +165,6 @@ class MemoryStore:
             if key.startswith(prefix) and not is_expired(entry, now_ns)
         ]
 
-    def watch(self, prefix: str, callback: WatchCallback) -> int:
-        """Call `callback` for every later change under `prefix`; returns a handle for `unwatch`."""
-        handle = self._next_handle
-        self._next_handle += 1
-        self._watches[handle] = _Watch(prefix, callback)
-        return handle
-
-    def unwatch(self, handle: int) -> None:
-        if self._watches.pop(handle, None) is None:
-            raise ValueError(f"unknown watch handle {handle!r}")
-
     def expire(self, now_ns: int) -> list[Entry]:
         """Remove every entry whose TTL has passed, earliest expiry first;
         returns the removed entries."""
@@ -184,10 +197,6 @@ class MemoryStore:
         tombstone = replace(previous, value="", expires_ns=None, revision=self._revision)
         self._notify(WatchEvent(kind, tombstone, previous))
 
-    def _notify(self, event: WatchEvent) -> None:
-        for watch in list(self._watches.values()):
-            if event.entry.key.startswith(watch.prefix):
-                watch.callback(event)
 
 
 def is_expired(entry: Entry, now_ns: int) -> bool:
