@@ -222,6 +222,12 @@ class Pod(_Member):
     def node(self) -> "Node":
         return Node(self.cluster, self.cluster._emulated_now().cluster.pods[self.name].node.name)
 
+    @property
+    def host_veth(self) -> Interface:
+        """The node's end of the pod's veth pair (enslaved to the CNI bridge)."""
+        pod = self.cluster._emulated_now().cluster.pods[self.name]
+        return Interface(self.cluster, f"{pod.node.name}/{pod.host_veth}")
+
 
 @dataclass(frozen=True)
 class Node(_Member):

@@ -39,7 +39,7 @@ __all__ = [
     "macs", "unicast_macs", "ipv4_addresses", "ethernet_reprs", "arp_reprs",
     "ipv4_options", "ipv4_reprs", "icmp_reprs", "udp_reprs", "vxlan_reprs",
     "vxlan_outer_headers", "arp_frames", "ipv4_icmp_frames", "ipv4_udp_frames",
-    "ethernet_frames", "vxlan_frames", "scenarios", "scenario_yaml",
+    "ethernet_frames", "vxlan_frames", "scenarios", "clusters", "scenario_yaml",
 ]
 
 MAX_IPV4_TOTAL_LEN = 0xFFFF
@@ -402,4 +402,4 @@ def vxlan_frames(draw: st.DrawFn, inner: SearchStrategy[bytes] | None = None) ->
 
 # Whole scenarios (random topologies) live in their own module; they are
 # part of this public namespace.
-from emu.testing.topologies import scenario_yaml, scenarios  # noqa: E402
+from emu.testing.topologies import clusters, scenario_yaml, scenarios  # noqa: E402

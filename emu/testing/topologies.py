@@ -35,7 +35,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import hypothesis.strategies as st
 import yaml
@@ -43,6 +43,9 @@ from hypothesis.strategies import SearchStrategy
 
 from emu.scenario import load_scenario_text
 from emu.scenario.build import build_cluster
+
+if TYPE_CHECKING:
+    from emu.api import Cluster
 
 BACKENDS = ("vxlan", "host-gw", "udp")
 BRIDGE_NAMES = ("cni0", "cbr0", "kube-bridge", "br-pods")
@@ -202,3 +205,24 @@ def scenarios(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes:
 def scenario_documents() -> SearchStrategy[dict]:
     """`scenarios()` with its defaults: what the kernel oracle draws."""
     return scenarios()
+
+
+def clusters(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes: int = MAX_NODES,
+             min_pods: int = 0, max_pods: int = MAX_PODS, mtu: tuple[int, int] = MTU_RANGE,
+             traffic: Sequence[str] = (), max_commands: int = MAX_COMMANDS,
+             capture: bool = True) -> SearchStrategy["Cluster"]:
+    """Random clusters (`emu.Cluster`, not yet run) of `scenarios(...)` with
+    the same arguments, except that by default they carry no traffic: a
+    test drives them itself (`send`, `ping`). Nodes are n1, n2, ...; pods
+    p1a, p1b, ... on n1, p2a, ... on n2.
+
+    Example::
+
+        @given(clusters(backends=["vxlan"], min_nodes=2, min_pods=1))
+        def test_pods_reach_each_other(cluster):
+            assert cluster.ping("p1a", "p2a").received == 1
+    """
+    from emu.api import Cluster
+
+    documents = scenarios(backends, min_nodes, max_nodes, min_pods, max_pods, mtu, traffic, max_commands)
+    return documents.map(lambda document: Cluster.from_dict(document, capture=capture))

@@ -1,0 +1,108 @@
+"""A user's test, written against the public API only (emu and
+emu.testing; nothing from emu.net, emu.sim or the scenario internals): a
+scapy Ether()/IP()/UDP()/Raw() frame from one pod to a pod on another node,
+read back as scapy at every hop of each backend, and VXLAN round trips as a
+property over random clusters."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw, bind_layers
+
+from emu import Cluster
+from emu.testing.strategies import clusters
+
+bind_layers(UDP, VXLAN, dport=8472)  # flannel's VXLAN port (Wireshark's -d udp.port==8472,vxlan)
+PAYLOAD = b"emu user test payload"
+
+
+def two_node_cluster(backend: str) -> Cluster:
+    cluster = Cluster(backend=backend)
+    cluster.add_node("n1")
+    cluster.add_node("n2")
+    cluster.add_pod("p1a", node="n1")
+    cluster.add_pod("p2a", node="n2")
+    return cluster
+
+
+def innermost_ip(packet):
+    """The pod's IP packet inside whatever carries it: VXLAN, flanneld's UDP
+    (port 8285), or nothing."""
+    if VXLAN in packet:
+        return packet[VXLAN][IP]
+    if UDP in packet and 8285 in (packet[UDP].sport, packet[UDP].dport):
+        return IP(packet[UDP].load)
+    return packet[IP] if IP in packet else None
+
+
+def datagrams(cluster: Cluster, where: str) -> list:
+    """The packets at `where` carrying our datagram (not the ICMP error
+    that quotes it: nothing listens on port 9 of p2a)."""
+    found = []
+    for packet in cluster.captures(where).scapy():
+        inner = innermost_ip(packet)
+        if inner is not None and UDP in inner and inner[UDP].dport == 9 and ICMP not in inner:
+            found.append(packet)
+    return found
+
+
+@pytest.mark.parametrize("backend", ["vxlan", "udp", "host-gw"])
+def test_a_scapy_datagram_crosses_every_hop(backend):
+    cluster = two_node_cluster(backend)
+    src, dst = cluster.pod("p1a"), cluster.pod("p2a")
+    frame = (Ether(src=src.mac, dst=cluster["n1/cni0"].mac)
+             / IP(src=str(src.ip), dst=str(dst.ip), ttl=64) / UDP(sport=40000, dport=9) / Raw(PAYLOAD))
+    cluster.send("p1a/eth0", frame)
+    cluster.run_until_idle()
+
+    tunnel = {"vxlan": "flannel.1", "udp": "flannel0", "host-gw": None}[backend]
+    hops = ["p1a/eth0", src.host_veth.name, "n1/cni0", *([f"n1/{tunnel}"] if tunnel else []), "n1/eth0",
+            "n2/eth0", *([f"n2/{tunnel}"] if tunnel else []), "n2/cni0", dst.host_veth.name, "p2a/eth0"]
+    for hop in hops:
+        seen = datagrams(cluster, hop)
+        assert len(seen) == 1, (hop, [p.summary() for p in cluster.captures(hop).scapy()])
+        packet = seen[0]
+        assert packet.sniffed_on == hop
+        inner = innermost_ip(packet)
+        if hop.endswith("/eth0") and hop[0] == "n" and backend != "host-gw":
+            outer = packet[IP]
+            assert (outer.src, outer.dst) == (str(cluster.node("n1").ip), str(cluster.node("n2").ip))
+        assert (inner.src, inner.dst, inner[UDP].dport, inner[Raw].load) == (str(src.ip), str(dst.ip), 9, PAYLOAD)
+
+    # TTL: one hop per routing node (udp: flanneld's proxy takes one more per side).
+    arrived = datagrams(cluster, "p2a/eth0")[0]
+    assert arrived[IP].ttl == {"vxlan": 62, "host-gw": 62, "udp": 60}[backend]
+    assert arrived.dst == dst.mac and arrived.src == cluster["n2/cni0"].mac
+
+
+@settings(max_examples=12, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(clusters(backends=["vxlan"], min_nodes=2, max_nodes=3, min_pods=1, max_pods=2), st.data())
+def test_vxlan_round_trips_over_random_clusters(cluster, data):
+    """For any two pods on different nodes and any payload: what flannel.1
+    sends on one node is what the other node's flannel.1 decapsulates, the
+    outer frame on the underlay carries exactly that inner frame under the
+    scenario's VNI, and the datagram arrives as sent."""
+    backend = cluster.scenario.net_conf.backend
+    assume(not backend.direct_routing)  # DirectRouting on one subnet: nothing is tunnelled
+    vni, port = backend.vni, backend.port
+    bind_layers(UDP, VXLAN, dport=port)
+    pods = cluster.pods
+    src = data.draw(st.sampled_from(pods), label="source")
+    dst = data.draw(st.sampled_from([p for p in pods if p.node.name != src.node.name]), label="destination")
+    payload = data.draw(st.binary(min_size=1, max_size=400), label="payload")
+    cluster.send(src.name, IP(src=str(src.ip), dst=str(dst.ip)) / UDP(sport=1234, dport=7) / Raw(payload))
+    cluster.run_until_idle()
+
+    sent_inner = [f for _, f in cluster.sent(f"{src.node.name}/flannel.1")]
+    decapsulated = [f for _, f in cluster.received(f"{dst.node.name}/flannel.1")]
+    assert len(sent_inner) == 1 and decapsulated == sent_inner
+    on_wire = [p for p in cluster.captures(f"{src.node.name}/eth0").scapy()
+               if VXLAN in p and p[IP].src == str(src.node.ip)]
+    assert len(on_wire) == 1 and on_wire[0][VXLAN].vni == vni and bytes(on_wire[0][VXLAN].payload) == sent_inner[0]
+    arrived = [p for p in cluster.captures(f"{dst.name}/eth0").scapy() if UDP in p and p[UDP].dport == 7]
+    assert len(arrived) == 1 and arrived[0][Raw].load == payload
