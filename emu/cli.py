@@ -7,6 +7,7 @@ file, arguments). Errors are one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.table import Table
 
 from emu import __version__
 from emu.scenario import ScenarioError, load_default, load_scenario
+from emu.net.ping import PingResult
 from emu.scenario.model import Scenario
 
 EXIT_MISMATCH = 1
@@ -90,9 +92,10 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
     for item in result.traffic:
-        console.print(f"\n[bold]{item.spec.source}$ {item.ping.command}[/bold]")
-        lines = item.ping.lines if not quiet else item.ping.lines[-1:]
-        for line in lines:
+        who = item.spec.source + (f"/{item.spec.container}" if item.spec.container else "")
+        console.print(f"\n{who}$ {item.spec.command}", style="bold", markup=False)
+        lines = _shown_output(item.result)
+        for line in (lines if not quiet else lines[-1:]):
             console.print(f"  {line}", markup=False)
     table = Table(title=f"capture points in {target}", show_edge=False)
     table.add_column("capture point")
@@ -167,6 +170,21 @@ def import_(etcd_url: str | None, etcd_prefix: str, kube_nodes: str | None, net_
         fail(f"{output}: {error.strerror or error}")
     click.echo(f"wrote {output}: {len(imported.nodes)} nodes, "
                f"{sum(len(node.pods) for node in imported.nodes)} pods", err=True)
+_SHOWN_STDOUT = 2048
+
+
+def _shown_output(process) -> list[str]:
+    """What the run summary prints for a process: ping's lines as ping
+    prints them; for other programs their output (a long or binary stdout
+    summed up) and how they ended."""
+    if isinstance(process, PingResult):
+        return process.lines
+    stdout = bytes(process.stdout)
+    text = stdout.decode("utf-8", errors="replace")
+    printable = len(stdout) <= _SHOWN_STDOUT and all(c.isprintable() or c in "\t\n" for c in text)
+    lines = text.splitlines() if printable else [f"({len(stdout)} bytes on stdout, sha256 "
+                                                 f"{hashlib.sha256(stdout).hexdigest()[:16]}...)"]
+    return lines + process.stderr + [f"[{process.summary()}]"]
 
 
 @main.command()

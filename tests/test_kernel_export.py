@@ -245,14 +245,17 @@ def test_net_unreachable_quotes_the_offender():
 
 
 def test_live_commands_get_addresses_for_name_destinations():
-    from emu.kernel.live import _command_words
+    from emu.kernel.processes import command_words as _command_words
     from emu.scenario import load_scenario_text
 
     text = ("name: n\nnet-conf: {Network: 10.244.0.0/16, Backend: {Type: host-gw}}\n"
             "nodes: [{name: n1, pods: [{name: a1}]}, {name: n2, pods: [{name: b1}]}]\n"
             "traffic:\n  - {from: a1, run: ping -c 1 -W 1 b1}\n"
-            "  - {from: b1, run: ping -I eth0 -c 1 10.244.9.9}\n")
+            "  - {from: b1, run: ping -I eth0 -c 1 10.244.9.9}\n"
+            "  - {from: b1, run: nc -u -q 0 a1 5000 &}\n")
     scenario = load_scenario_text(text)
     hosts = {"b1": "10.244.7.2", "eth0": "should-not-be-used"}
     assert _command_words(scenario.traffic[0], hosts) == ["ping", "-c", "1", "-W", "1", "10.244.7.2"]
     assert _command_words(scenario.traffic[1], hosts) == ["ping", "-I", "eth0", "-c", "1", "10.244.9.9"]
+    hosts["a1"] = "10.244.3.2"
+    assert _command_words(scenario.traffic[2], hosts) == ["nc", "-u", "-q", "0", "10.244.3.2", "5000"]

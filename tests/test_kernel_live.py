@@ -143,3 +143,19 @@ def test_sigint_removes_the_cluster(tmp_path):
 def test_verify_kernel_refuses_bad_input():
     proc = emu("verify", "--kernel", "no-such-file.yaml")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_processes_print_and_exit_as_the_real_ones(tmp_path):
+    """nc's stdout and exit status (and a stopped background listener) as the
+    real netcat-openbsd's, next to the capture points."""
+    from emu.kernel import run_kernel
+    from emu.scenario.run import run_scenario
+    from emu.verify import compare_dirs
+
+    scenario = load_scenario(ROOT / "examples" / "udp-fragmented.yaml")
+    kernel = run_kernel(scenario, tmp_path / "kernel")
+    emulated = run_scenario(scenario, tmp_path / "emu")
+    assert compare_dirs(tmp_path / "kernel", tmp_path / "emu", udp_ports=(8285,)).ok
+    for real, ours in zip(kernel.commands, (item.result for item in emulated.traffic)):
+        assert real.stdout == bytes(ours.stdout), real.command
+        assert (real.stopped, None if real.stopped else real.returncode) == (ours.stopped, ours.exit_status)

@@ -364,7 +364,7 @@ ERRORS = [
     ([(("traffic", 0, "from"), "n1/app")], "traffic[0].from: n1 is a node; only pods have containers"),
     ([(("traffic", 0, "at"), -1)], "traffic[0].at: -1 is not a time (expected a number of seconds >= 0)"),
     ([(("traffic", 0, "run"), "ping 10.244.2.2")], "traffic[0].run: ping needs -c COUNT or -w DEADLINE"),
-    ([(("traffic", 0, "run"), "curl http://x")], "traffic[0].run: only ping commands are supported, got 'curl'"),
+    ([(("traffic", 0, "run"), "curl http://x")], "traffic[0].run: unknown program 'curl' (supported: ping, nc)"),
     ([(("events", 0, "remove-node"), "n9")], "events[0].remove-node: no node n9 exists at t=2 s"),
     ([(("events", 0, "at"), 0.5)], "events[0].remove-node: no node n3 exists at t=0.5 s"),
     ([(("events", 0, "add-node"), {"name": "n4"})], "events[0]: needs exactly one of add-node, remove-node"),
@@ -391,7 +391,7 @@ UNKNOWN_KEYS = [
     (("cni",), "cni.", "bridge, mtu, hairpinMode"),
     (N1, "nodes[1].", "name, ip, mac, subnet, cni-mac, vtep-mac, pods"),
     (("nodes", 1, "pods", 0), "nodes[1].pods[0].", POD_KEYS),
-    (("traffic", 1), "traffic[1].", "from, run, at"),
+    (("traffic", 1), "traffic[1].", "from, run, at, stdin"),
     (("events", 0), "events[0].", "at, add-node, remove-node"),
     (("events", 1, "add-node"), "events[1].add-node.", "name, ip, mac, subnet, cni-mac, vtep-mac, pods"),
 ]

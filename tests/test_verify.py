@@ -452,14 +452,42 @@ def test_flannel_udp_source_port_may_not_differ(emu_copy):
     emu = emu_copy("udp-node-to-pod")
 
     def new_source_port(eth):
-        eth.data.data.sport = 40000
+        eth.data.data.sport = 8286
         seal(eth.data)
 
     edit_frames(emu, "n1_eth0", new_source_port, frames=[3])
     assert only_failure(compare_dirs(KERNEL / "udp-node-to-pod", emu)) == (
         "n1_eth0",
-        ["frame 3: udp.sport kernel=8285 emu=40000"],
+        ["frame 3: udp.sport kernel=8285 emu=8286"],
     )
+
+
+def _udp_frame(sport: int, dport: int) -> bytes:
+    udp = dpkt.udp.UDP(sport=sport, dport=dport, ulen=14, data=b"hello\n")
+    ip = dpkt.ip.IP(src=bytes([10, 0, 0, 1]), dst=bytes([10, 0, 0, 2]), p=17, ttl=64, data=udp)
+    ip.len = 20 + len(bytes(udp))
+    seal(ip)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, type=0x0800, data=ip))
+
+
+def _write(path, frames):
+    with open(path, "wb") as file:
+        writer = dpkt.pcap.Writer(file)
+        for frame in frames:
+            writer.writepkt(frame, 0)
+
+
+@pytest.mark.parametrize("emu_ports, ok", [
+    ((41000, 41000, 50000), True),   # another pick, the same roles: the kernel's ports are random
+    ((41000, 42000, 50000), False),  # the emulator's flow changed port where the kernel's did not
+    ((41000, 41000, 41000), False),  # two flows on one port where the kernel has two ports
+])
+def test_ephemeral_ports_compare_by_role(tmp_path, emu_ports, ok):
+    kernel, emu = tmp_path / "kernel", tmp_path / "emu"
+    kernel.mkdir(), emu.mkdir()
+    _write(kernel / "p1_eth0.pcap", [_udp_frame(port, 5000) for port in (33000, 33000, 60000)])
+    _write(emu / "p1_eth0.pcap", [_udp_frame(port, 5000) for port in emu_ports])
+    assert compare_dirs(kernel, emu).ok == ok
 
 
 def test_timestamps_may_differ(emu_copy):

@@ -1,9 +1,10 @@
 """Run a scenario on the real kernel and hold the emulator against it.
 
 ``run_kernel`` brings the exported cluster up, opens a capture on every
-interface of every node and pod namespace, plays the scenario's ping
-commands with the real iputils ping in their namespaces (``at:`` times and
-sequencing as in the scenario), lets the last frames arrive, and tears
+interface of every node and pod namespace, plays the scenario's commands
+with the real iputils ping and netcat-openbsd in their namespaces (``at:``
+times, sequencing and background processes as in the scenario, see
+``emu.kernel.processes``), lets the last frames arrive, and tears
 everything down again, also on failure or interrupt. ``verify_kernel`` then
 runs the same scenario in the emulator and compares the two folders with
 ``compare_dirs``, the comparison of ``emu verify``.
@@ -52,6 +53,7 @@ from pathlib import Path
 
 from emu.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
 from emu.kernel.export import ExportedEvent, NetnsExport, export_netns
+from emu.kernel.processes import Background, CommandRun, run_foreground
 from emu.scenario.model import Scenario, TrafficSpec
 from emu.verify import Report, compare_dirs
 
@@ -65,9 +67,8 @@ CLONE_NEWNET = 0x40000000
 SNAPLEN = 262144
 RECEIVE_BUFFER = 4 << 20
 SETTLE_S = 0.3  # quiet time after the last command, for frames still on their way
-COMMAND_MARGIN_S = 30.0
 CAPTURE_REQUEST_TIMEOUT_S = 5.0
-REQUIRED_TOOLS = ("ip", "bridge", "ping", "setsid", "sysctl", "tc")
+REQUIRED_TOOLS = ("ip", "bridge", "ping", "nc", "setsid", "sysctl", "tc")
 
 
 class KernelError(Exception):
@@ -240,17 +241,6 @@ class PacketCaptures:
 
 
 @dataclass
-class CommandRun:
-    """One traffic command as the kernel ran it."""
-
-    source: str
-    command: str
-    returncode: int
-    output: str
-    started_s: float = 0.0  # wall-clock seconds after time 0
-
-
-@dataclass
 class EventRun:
     """One cluster event as the kernel ran it: its function ran from
     `started_s` to `ended_s` (wall-clock seconds after time 0)."""
@@ -291,52 +281,38 @@ def _chains(traffic: tuple[TrafficSpec, ...]) -> list[tuple[float, list[TrafficS
     return chains
 
 
-def _command_words(spec: TrafficSpec, hosts: dict[str, str]) -> list[str]:
-    """The command as argv; a node/pod name as destination becomes its
-    address (the real ping cannot resolve cluster names)."""
-    words = shlex.split(spec.ping.command)
-    name = spec.ping.destination
-    if isinstance(name, str) and name in hosts:
-        words = [hosts[name] if word == name and (i == 0 or words[i - 1] != "-I") else word
-                 for i, word in enumerate(words)]
-    return words
-
-
-def _run_command(prefix: str, spec: TrafficSpec, hosts: dict[str, str], start: float) -> CommandRun:
-    ping = spec.ping
-    started = time.monotonic() - start
-    budget = ping.count * ping.interval + (ping.timeout or 10.0) + COMMAND_MARGIN_S
-    if ping.deadline is not None:  # -w: ping runs until its deadline at most
-        budget = max(budget, ping.deadline + COMMAND_MARGIN_S)
-    argv = ["ip", "netns", "exec", f"{prefix}{spec.source}", *_command_words(spec, hosts)]
-    try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=budget)
-    except subprocess.TimeoutExpired:
-        return CommandRun(spec.source, ping.command, -1, f"timed out after {budget:.0f} s", started)
-    return CommandRun(spec.source, ping.command, done.returncode, done.stdout + done.stderr,
-                      started)
-
-
 def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...],
                  hosts: dict[str, str] | None = None, start: float | None = None) -> list[CommandRun]:
     """Run every command in its namespace on the wall clock; results in file order.
     `hosts` maps node and pod names to addresses for name destinations (read
     when a command starts: events may change it); `start` is the
-    `time.monotonic()` of time 0 (default: now)."""
+    `time.monotonic()` of time 0 (default: now). Background commands still
+    running when every chain is over are stopped (SIGTERM)."""
     hosts = hosts if hosts is not None else {}
     results: dict[int, CommandRun] = {}
+    background: list[Background] = []
     start = time.monotonic() if start is None else start
 
     def run_chain(at: float, specs: list[TrafficSpec]) -> None:
         time.sleep(max(0.0, start + at - time.monotonic()))
         for spec in specs:
-            results[id(spec)] = _run_command(prefix, spec, hosts, start)
+            started = time.monotonic() - start
+            if spec.background:
+                process = Background(prefix, spec, hosts, started)
+                background.append(process)
+                process.wait_blocked()
+            else:
+                results[id(spec)] = run_foreground(prefix, spec, hosts, started)
 
     threads = [threading.Thread(target=run_chain, args=chain) for chain in _chains(traffic)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for process in background:
+            results[id(process.spec)] = process.stop()
     return [results[id(spec)] for spec in traffic]
 
 

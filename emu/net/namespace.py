@@ -54,6 +54,8 @@ class Namespace:
         self.name = name
         self.ip_forward = ip_forward
         self.default_ttl = default_ttl
+        # net.ipv4.ip_local_port_range: where ephemeral ports come from
+        self.ip_local_port_range = (32768, 60999)
         self.rng = random.Random(f"{seed}/{name}")
         self.devices: dict[str, NetDevice] = {}
         self.addresses: list[Address] = []

@@ -61,6 +61,20 @@ class PingResult:
     fatal: str | None = None
     started_ns: int = 0
     finished_ns: int = 0
+    stopped: bool = False  # the run ended it (SIGTERM: no statistics printed)
+    deadline: bool = False
+    count: int = 0
+
+    @property
+    def exit_status(self) -> int | None:
+        """iputils: 2 on a fatal error, 1 without replies (or, with -w and
+        -c, fewer than COUNT), else 0; None when stopped."""
+        if self.stopped:
+            return None
+        if self.fatal:
+            return 2
+        short = self.deadline and self.count and self.received < self.count
+        return 1 if not self.received or short else 0
 
     @property
     def loss_percent(self) -> float:
@@ -148,7 +162,8 @@ class Ping:
         self.verbose = verbose
         self.src: bytes | None = None
         self.oif = None
-        self.result = PingResult(command or f"ping {destination}", destination)
+        self.result = PingResult(command or f"ping {destination}", destination,
+                                 deadline=deadline_s is not None and deadline_s > 0, count=count)
         self._interface = interface
         self._pattern = pattern
         self._data = echo_data(size, pattern)
@@ -299,6 +314,14 @@ class Ping:
             # main_loop's exit test, after it has read what is queued now.
             self.ns.sim.call_process(self._finish)
 
+    def stop(self) -> None:
+        """SIGTERM at the end of the run: iputils has no handler for it, so
+        ping dies without its statistics."""
+        if self._done is None:
+            return
+        self.result.stopped = True
+        self._finish()
+
     def _finish(self) -> None:
         if self._done is None:
             return
@@ -307,7 +330,7 @@ class Ping:
                 event.cancel()
         self.ns.stack.echo_handlers.pop(self.ident, None)
         self.result.finished_ns = self.ns.sim.now_ns
-        if not self.result.fatal:
+        if not self.result.fatal and not self.result.stopped:
             self.result.lines.append(f"--- {self.host_name or ip_to_str(self.dst)} ping statistics ---")
             self.result.lines.append(self.result.summary())
         done, self._done = self._done, None

@@ -373,6 +373,16 @@ class Ipv4Stack:
         if (message.type == icmp.DEST_UNREACHABLE and message.code == icmp.FRAGMENTATION_NEEDED
                 and self.ns.is_local_address(quoted.src)):
             self.learn_pmtu(quoted.dst, message.next_hop_mtu)
+        if (quoted.protocol == PROTO_UDP and not quoted.frag_offset and len(quoted.payload) >= 4
+                and self.ns.is_local_address(quoted.src)):
+            inner = quoted.payload
+            sock = self.udp_socket_for((bytes(quoted.src), (inner[0] << 8) | inner[1]),
+                                       (bytes(quoted.dst), (inner[2] << 8) | inner[3]))
+            if sock is not None:
+                if self.ns.sim.context is not None:
+                    self.ns.sim.context.unsupported("udp-socket-error")
+                sock.icmp_error(message.type, message.code)
+                return
         if quoted.protocol == PROTO_ICMP and len(quoted.payload) >= 8:
             inner = quoted.payload
             if inner[0] == icmp.ECHO_REQUEST:
@@ -382,6 +392,15 @@ class Ipv4Stack:
                     handler("error", packet, message)
                     return
         self.ns.drop("icmp-error-no-socket")
+
+    def udp_socket_for(self, local: tuple[bytes, int], remote: tuple[bytes, int]):
+        """__udp4_lib_lookup: the socket bound to the local address (else to
+        any address) on the port, if it takes datagrams from `remote`."""
+        for key in (local, (None, local[1])):
+            sock = self.udp_sockets.get(key)
+            if sock is not None and sock.accepts(remote):
+                return sock
+        return None
 
     def learn_pmtu(self, dst: bytes, mtu: int) -> None:
         """Record a path MTU from ICMP fragmentation needed (min 552, 10 min)."""
@@ -403,7 +422,7 @@ class Ipv4Stack:
             self.ns.drop("udp-bad-checksum")
             return
         port = datagram.dst_port
-        sock = self.udp_sockets.get((dst, port)) or self.udp_sockets.get((None, port))
+        sock = self.udp_socket_for((dst, port), (src, datagram.src_port))
         if sock is None:
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE,
                             l2_broadcast=broadcast)

@@ -45,7 +45,7 @@ from emu.scenario.model import (
     is_interface_name,
     is_object_name,
 )
-from emu.scenario.ping import parse_ping
+from emu.scenario.traffic import check_listeners, parse_command, read_stdin
 from emu.scenario.yamlsafe import load_yaml
 
 _TOP_KEYS = ("name", "seed", "start", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger",
@@ -63,7 +63,7 @@ _ETCD_KEYS = ("endpoints", "prefix")
 _CNI_KEYS = ("bridge", "mtu", "hairpinMode")
 _NODE_KEYS = ("name", "ip", "mac", "subnet", "cni-mac", "vtep-mac", "pods")
 _POD_KEYS = ("name", "ip", "mac", "host-veth", "host-veth-mac", "containers")
-_TRAFFIC_KEYS = ("from", "run", "at")
+_TRAFFIC_KEYS = ("from", "run", "at", "stdin")
 _EVENT_KEYS = ("at", "add-node", "remove-node")
 
 _DEFAULT_UNDERLAY = IPv4Network("172.18.0.0/24")
@@ -572,6 +572,8 @@ class _Builder:
         initial = tuple(nodes[: len(drafts)])
         events = self._events(event_fields, {node.path: node for node in nodes}, [node.name for node in initial])
         traffic = tuple(self._traffic(value, path, nodes) for value, path in top.items("traffic"))
+        backend = self.net_conf.backend
+        check_listeners(traffic, nodes, backend.type, backend.port)
         linger = top.read("linger", _seconds, default=0.0)
         etcd = top.read("etcd", _etcd, default=None)
         start = top.read("start", _start_ns, default=Scenario.start_ns)
@@ -738,17 +740,15 @@ class _Builder:
     def _traffic(self, value: object, path: str, nodes: list[NodeSpec]) -> TrafficSpec:
         fields = _Mapping(value, path, _TRAFFIC_KEYS)
         source, container = self._traffic_source(fields.read("from", _string), fields.path_of("from"), nodes)
-        command = fields.read("run", _string)
-        try:
-            ping = parse_ping(command)
-        except ValueError as error:
-            raise ScenarioError(fields.path_of("run"), str(error)) from None
-        if isinstance(ping.destination, str):
+        program, background = parse_command(fields.read("run", _string), fields.path_of("run"))
+        if isinstance(program.destination, str):
             known = {node.name for node in nodes} | {pod.name for node in nodes for pod in node.pods}
-            if ping.destination not in known:
-                raise ScenarioError(fields.path_of("run"), f"destination {_shorten(ping.destination)!r} "
+            if program.destination not in known:
+                raise ScenarioError(fields.path_of("run"), f"destination {_shorten(program.destination)!r} "
                                     "is not an IPv4 address, node or pod")
-        return TrafficSpec(source, container, ping, fields.read("at", _seconds, default=None), path)
+        stdin = fields.read("stdin", read_stdin, self.source, default=b"")
+        return TrafficSpec(source, container, program, fields.read("at", _seconds, default=None), path,
+                           background, stdin)
 
     @staticmethod
     def _traffic_source(text: str, path: str, nodes: list[NodeSpec]) -> tuple[str, str | None]:

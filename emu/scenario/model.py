@@ -15,6 +15,8 @@ import re
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
+from emu.net.nc import NcOptions
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -145,19 +147,45 @@ class PingSpec:
 
 
 @dataclass(frozen=True)
+class NcSpec:
+    """A netcat-openbsd command line; ``command`` is the line as written
+    (without a trailing ``&``). ``destination``: the client's HOST (an
+    address, or a node/pod name resolved when the command starts), None for
+    a listener."""
+
+    command: str
+    options: NcOptions
+    destination: IPv4Address | str | None
+
+
+@dataclass(frozen=True)
 class TrafficSpec:
     """A command run in a node's or pod's namespace.
 
     ``source`` is a node or pod name, ``container`` a declared container of
     that pod (None: the pod's default container). ``at`` None: starts when
-    the previous traffic entry ends.
+    the previous traffic entry ends (at once when that one runs in the
+    ``background``: its line ended in ``&``). ``stdin``: the bytes of the
+    process's standard input (a regular file; empty: /dev/null).
     """
 
     source: str
     container: str | None
-    ping: PingSpec
+    program: PingSpec | NcSpec
     at: float | None
     path: str
+    background: bool = False
+    stdin: bytes = b""
+
+    @property
+    def ping(self) -> PingSpec | None:
+        """The ping command, when this entry is one."""
+        return self.program if isinstance(self.program, PingSpec) else None
+
+    @property
+    def command(self) -> str:
+        """The command line as written in ``run:``."""
+        return self.program.command + (" &" if self.background else "")
 
 
 @dataclass(frozen=True)

@@ -41,50 +41,33 @@ _PATTERN_BYTES = 16
 
 def parse_ping(command: str) -> PingSpec:
     """Parse ``command`` (e.g. "ping -c 2 -i 0.2 -W 1 10.244.2.2")."""
-    try:
-        words = shlex.split(command)
-    except ValueError as error:
-        raise ValueError(f"cannot split the command line: {error}") from None
-    if not words or words[0] != "ping":
-        first = words[0] if words else ""
-        raise ValueError(f"only ping commands are supported, got {first!r}")
-    try:
-        options, operands = getopt.gnu_getopt(words[1:], _OPTIONS)
-    except getopt.GetoptError as error:
-        if "requires argument" in error.msg:
-            raise ValueError(f"option -{error.opt} needs a value") from None
-        raise ValueError(f"unsupported option -{error.opt} (supported: {_SUPPORTED})") from None
-    for option, _ in options:
-        if option in _NOT_EMULATED:
-            raise ValueError(f"{option}: {_NOT_EMULATED[option]}; not emulated")
-        if option not in _SUPPORTED.split():
-            raise ValueError(f"unsupported option {option} (supported: {_SUPPORTED})")
+    options, operands = split_command(command, "ping", _OPTIONS, _SUPPORTED, _NOT_EMULATED)
     values = dict(options)  # the last of a repeated option wins, as in ping
-    deadline = _integer("-w", values["-w"], 0, _INT_MAX) if "-w" in values else 0
+    deadline = integer_option("-w", values["-w"], 0, _INT_MAX) if "-w" in values else 0
     if "-c" not in values and not deadline:
         raise ValueError("ping needs -c COUNT or -w DEADLINE")
     pmtudisc = values.get("-M", "want")
     if pmtudisc not in _PMTUDISC:
         raise ValueError(f"-M: expected do, dont or want, got {pmtudisc!r}")
     interval = _seconds("-i", values.get("-i", "1"))
-    preload = _integer("-l", values["-l"], 1, _MAX_DUP_CHK) if "-l" in values else 1
+    preload = integer_option("-l", values["-l"], 1, _MAX_DUP_CHK) if "-l" in values else 1
     if int(interval * 1000) >= _INT_MAX // preload:  # ping_common.c setup()
         raise ValueError(f"-l: illegal preload and/or interval: {preload} and {values.get('-i', '1')}")
     if "-m" in values:
-        _integer("-m", values["-m"], 0, _UINT_MAX)
+        integer_option("-m", values["-m"], 0, _UINT_MAX)
     if "-S" in values:
-        _integer("-S", values["-S"], 1, _INT_MAX)
-    size = _integer("-s", values.get("-s", "56"), 0, _MAX_PAYLOAD)
+        integer_option("-S", values["-S"], 1, _INT_MAX)
+    size = integer_option("-s", values.get("-s", "56"), 0, _MAX_PAYLOAD)
     pattern = _pattern(values["-p"]) if "-p" in values else None
     if pattern is not None and _unwritten(pattern, size):
         raise ValueError(f"-p: with -s {size}, iputils leaves data bytes {_unwritten(pattern, size)} of "
                          "the pattern uninitialized (heap garbage on the wire); not emulated")
     return PingSpec(
         destination=_destination(operands),
-        count=_integer("-c", values["-c"], 1, None) if "-c" in values else 0,
+        count=integer_option("-c", values["-c"], 1, None) if "-c" in values else 0,
         interval=interval,
         size=size,
-        ttl=_integer("-t", values["-t"], 1, 255) if "-t" in values else None,
+        ttl=integer_option("-t", values["-t"], 1, 255) if "-t" in values else None,
         timeout=_seconds("-W", values["-W"]) if "-W" in values else None,
         pmtudisc=pmtudisc,
         interface=_interface(values["-I"]) if "-I" in values else None,
@@ -100,20 +83,53 @@ def parse_ping(command: str) -> PingSpec:
     )
 
 
+def split_command(command: str, program: str, optstring: str, supported: str,
+                  not_emulated: dict[str, str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Options and operands of `program`'s command line, read as GNU getopt
+    reads them (with the program's own option string, so that a refused
+    option takes its argument along); options outside `supported` are
+    refused naming them (with the reason, for those in `not_emulated`)."""
+    try:
+        words = shlex.split(command)
+    except ValueError as error:
+        raise ValueError(f"cannot split the command line: {error}") from None
+    if not words or words[0] != program:
+        first = words[0] if words else ""
+        raise ValueError(f"only {program} commands are supported, got {first!r}")
+    try:
+        options, operands = getopt.gnu_getopt(words[1:], optstring)
+    except getopt.GetoptError as error:
+        if "requires argument" in error.msg:
+            raise ValueError(f"option -{error.opt} needs a value") from None
+        raise ValueError(f"unsupported option -{error.opt} (supported: {supported})") from None
+    for option, _ in options:
+        if option in not_emulated:
+            raise ValueError(f"{option}: {not_emulated[option]}; not emulated")
+        if option not in supported.split():
+            raise ValueError(f"unsupported option {option} (supported: {supported})")
+    return options, operands
+
+
 def _destination(operands: list[str]) -> IPv4Address | str:
     """An IPv4 address, or a node/pod name (checked against the scenario by
     the loader, resolved to an address at run time)."""
     if len(operands) != 1:
         raise ValueError(f"ping needs exactly one destination, got {len(operands)}")
+    return address_or_name(operands[0], "destination")
+
+
+def address_or_name(text: str, what: str) -> IPv4Address | str:
+    """A command line's host operand: an IPv4 address or a node/pod name."""
     try:
-        return IPv4Address(operands[0])
+        return IPv4Address(text)
     except ValueError:
-        if is_object_name(operands[0]):
-            return operands[0]
-        raise ValueError(f"destination {operands[0]!r} is not an IPv4 address or a node/pod name") from None
+        if is_object_name(text):
+            return text
+        raise ValueError(f"{what} {text!r} is not an IPv4 address or a node/pod name") from None
 
 
-def _integer(option: str, text: str, low: int, high: int | None) -> int:
+def integer_option(option: str, text: str, low: int, high: int | None) -> int:
+    """A decimal option value within [low, high] (ValueError naming the option)."""
     value = int(text) if text.isascii() and text.isdigit() else None
     if value is None or value < low or (high is not None and value > high):
         allowed = f"{low}..{high}" if high is not None else f">= {low}"

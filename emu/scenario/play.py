@@ -3,8 +3,9 @@
 Why a module of its own: `emu run` (run.py) and the Python API
 (`emu.Cluster`) play the very same commands the very same way, so the
 rules live once: a command without `at` starts when the one before it
-ends (in process context at that instant), one with `at` starts at its
-time; a source or destination name is resolved when the command starts;
+ends (in process context at that instant), or once it waits when it runs
+in the background (`&`: it lives until it exits or `stop_all()` at the end
+of the run), one with `at` starts at its time; a source or destination name is resolved when the command starts;
 events (add-node / remove-node) run at their time. `finished()` says when
 everything given so far has ended and its instant is fully processed,
 which is where `emu run` stops.
@@ -16,15 +17,23 @@ from dataclasses import dataclass
 from typing import Callable
 
 from emu.net import Ping, PingResult
+from emu.net.nc import Netcat
+from emu.net.process import ProcessResult
 from emu.scenario.build import EmulatedCluster, add_node_later, remove_node_later
-from emu.scenario.model import EventSpec, Scenario, TrafficSpec
+from emu.scenario.model import EventSpec, NcSpec, Scenario, TrafficSpec
 from emu.sim import seconds
 
 
 @dataclass
 class TrafficResult:
+    """A traffic entry and what its process did (a PingResult for ping)."""
+
     spec: TrafficSpec
-    ping: PingResult
+    result: PingResult | ProcessResult
+
+    @property
+    def ping(self) -> PingResult | ProcessResult:
+        return self.result
 
 
 def describe_node(emulated: EmulatedCluster, name: str) -> str:
@@ -69,6 +78,7 @@ class Player:
         self.on_command_done: list[Callable[[TrafficResult], None]] = []
         self._pending_commands = 0
         self._pending_events = 0
+        self._running: dict[int, Ping | Netcat] = {}  # index -> a program still running
         emulated.node_listeners.append(self._node_changed)
 
     # -- what to play ---------------------------------------------------------
@@ -134,30 +144,79 @@ class Player:
 
     def _start(self, index: int) -> None:
         spec = self.commands[index]
-        emulated = self.emulated
-        ns = emulated.cluster.namespace(spec.source)
-        ping = spec.ping
+        released: list[bool] = []
 
-        def done(ping_result: PingResult) -> None:
-            result = TrafficResult(spec, ping_result)
+        def release() -> None:
+            """The next command may start: this one ended, or it runs in the
+            background and now waits (a shell's `&` is followed once the
+            process is up; the kernel runner waits for it to block too)."""
+            if not released:
+                released.append(True)
+                following = index + 1
+                if following < len(self.commands) and self.commands[following].at is None:
+                    self.sim.call_process(self._start, following)
+
+        def done(process_result: PingResult | ProcessResult) -> None:
+            self._running.pop(index, None)
+            result = TrafficResult(spec, process_result)
             self.results.append(result)
-            self._pending_commands -= 1
-            following = index + 1
-            if following < len(self.commands) and self.commands[following].at is None:
-                self.sim.call_process(self._start, following)
+            if not spec.background:
+                self._pending_commands -= 1
+            release()
             for callback in self.on_command_done:
                 callback(result)
 
-        destination = resolve_destination(emulated, ping.destination)
-        if ns is None or destination is None:
-            failed = PingResult(ping.command, str(ping.destination))
-            failed.fatal = (f"emu: {spec.source} does not exist at t={self.sim.now_ns / 1e9:g}s"
-                            if ns is None else f"ping: {ping.destination}: Name or service not known")
-            done(failed)
-            return
-        Ping(ns, destination, ping.count, ping.interval, ping.size, ping.ttl,
-             ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command,
-             host_name=ping.destination if isinstance(ping.destination, str) else None,
-             tos=ping.tos, pattern=ping.pattern, preload=ping.preload, deadline_s=ping.deadline,
-             timestamps=ping.timestamps, outstanding=ping.outstanding,
-             verbose=ping.verbose).start(done)
+        if spec.background:
+            self._pending_commands -= 1  # a background command does not hold the run
+        program = make_program(self.emulated, spec, self.sim.now_ns)
+        if isinstance(program, Netcat):
+            self._running[index] = program
+            program.start(done, on_blocked=release if spec.background else None)
+        elif isinstance(program, Ping):
+            self._running[index] = program
+            program.start(done)
+            if spec.background:
+                self.sim.call_process(release)  # after its first request's packets
+        else:
+            done(program)  # it could not start: its result already
+
+    def stop_all(self) -> None:
+        """The end of the run: what still runs is stopped (SIGTERM), as the
+        kernel runner kills it, and the instant is played out."""
+        if self._pending_commands:
+            self.notes.append(f"t={self.sim.now_ns / 1e9:g}s: nothing left to happen while commands "
+                              "still waited; stopped them")
+        for index in sorted(self._running):
+            self._running[index].stop()
+        self.sim.run(until_ns=self.sim.now_ns)
+
+
+def make_program(emulated: EmulatedCluster, spec: TrafficSpec, now_ns: int) -> Ping | Netcat | PingResult | ProcessResult:
+    """The Ping or Netcat of a traffic entry, or the result of one that
+    cannot start (its namespace is gone, its host name unknown)."""
+    ns = emulated.cluster.namespace(spec.source)
+    program = spec.program
+    destination = (resolve_destination(emulated, program.destination)
+                   if program.destination is not None else None)
+    if isinstance(program, NcSpec):
+        failure = None
+        if ns is None:
+            failure = f"emu: {spec.source} does not exist at t={now_ns / 1e9:g}s"
+        elif program.destination is not None and destination is None:
+            failure = (f"nc: getaddrinfo for host \"{program.destination}\" port "
+                       f"{program.options.port}: Name or service not known")
+        if failure is not None:
+            return ProcessResult(program.command, stderr=[failure], exit_status=1,
+                                 started_ns=now_ns, finished_ns=now_ns)
+        return Netcat(ns, program.options, destination, spec.stdin, program.command)
+    if ns is None or destination is None:
+        failed = PingResult(program.command, str(program.destination))
+        failed.fatal = (f"emu: {spec.source} does not exist at t={now_ns / 1e9:g}s"
+                        if ns is None else f"ping: {program.destination}: Name or service not known")
+        return failed
+    ping = program
+    return Ping(ns, destination, ping.count, ping.interval, ping.size, ping.ttl,
+                ping.timeout, ping.pmtudisc, ping.interface, ping.quiet, ping.command,
+                host_name=ping.destination if isinstance(ping.destination, str) else None,
+                tos=ping.tos, pattern=ping.pattern, preload=ping.preload, deadline_s=ping.deadline,
+                timestamps=ping.timestamps, outstanding=ping.outstanding, verbose=ping.verbose)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from emu.capture import CaptureSet
 from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
-from emu.net import Bridge, Namespace
+from emu.net import Bridge, Namespace, PingResult
 from emu.scenario.build import EmulatedCluster, build_cluster
 from emu.scenario.describe import describe_interface
 from emu.scenario.model import Scenario
@@ -101,6 +101,7 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
 
     try:
         sim.run(stop=player.finished)
+        player.stop_all()
         if scenario.linger:
             sim.run(until_ns=sim.now_ns + seconds(scenario.linger))
     except BaseException:
@@ -132,6 +133,21 @@ def finish_result(emulated: EmulatedCluster, player: Player, result: RunResult) 
     result.stats = collect_stats(emulated, result)
 
 
+def traffic_entry(item: TrafficResult) -> dict:
+    """One process in stats.json: what it printed and how it ended."""
+    process = item.result
+    who = item.spec.source + (f"/{item.spec.container}" if item.spec.container else "")
+    entry = {"from": who, "command": item.spec.command,
+             "exit_status": process.exit_status, "stopped": process.stopped}
+    if isinstance(process, PingResult):
+        entry.update(transmitted=process.transmitted, received=process.received,
+                     errors=process.errors, output=process.lines)
+    else:
+        entry.update(stdout=bytes(process.stdout).decode("utf-8", errors="backslashreplace"),
+                     stdout_bytes=len(process.stdout), stderr=process.stderr)
+    return entry
+
+
 def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
     """The stats.json document: counters, drops and final tables per namespace."""
     namespaces = {}
@@ -154,9 +170,7 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
         "scenario": emulated.scenario.name,
         "virtual_time_s": now / 1e9,
         "notes": result.notes,
-        "traffic": [{"from": t.spec.source, "command": t.ping.command,
-                     "transmitted": t.ping.transmitted, "received": t.ping.received,
-                     "errors": t.ping.errors, "output": t.ping.lines} for t in result.traffic],
+        "traffic": [traffic_entry(t) for t in result.traffic],
         "flannel": {
             "leases": lease_table(emulated, now),
             "subnet_env": {name: f.subnet_env for name, f in emulated.flanneld.items()},

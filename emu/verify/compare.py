@@ -28,6 +28,7 @@ from emu.verify.fields import (
     checksum_problems,
     frame_fields,
 )
+from emu.verify.ports import EphemeralPorts
 
 MAX_PROBLEMS_PER_POINT = 10
 _MAX_VALUE_CHARS = 40
@@ -194,10 +195,13 @@ def _compare_captures(
     problems = []
     if len(kernel_frames) != len(emu_frames):
         problems.append(f"emulator has {len(emu_frames)} frames, kernel {len(kernel_frames)}")
+    ports = {"vxlan_ports": vxlan_ports, "udp_ports": udp_ports}
+    kernel_ephemeral, emu_ephemeral = EphemeralPorts(), EphemeralPorts()
     for number, (kernel_frame, emu_frame) in enumerate(zip(kernel_frames, emu_frames), start=1):
-        differences = compare_frames(
-            kernel_frame, emu_frame, kernel_linktype, vxlan_ports=vxlan_ports, udp_ports=udp_ports
-        )
+        differences = _field_differences(
+            kernel_ephemeral.rename(frame_fields(kernel_frame, kernel_linktype, **ports)),
+            emu_ephemeral.rename(frame_fields(emu_frame, kernel_linktype, **ports)),
+        ) + checksum_problems(emu_frame, kernel_linktype, **ports)
         problems += [f"frame {number}: {difference}" for difference in differences]
         if len(problems) > MAX_PROBLEMS_PER_POINT:
             break
