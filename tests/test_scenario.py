@@ -111,7 +111,9 @@ N0, N1, P0, P1 = ("nodes", 0), ("nodes", 1), ("nodes", 0, "pods", 0), ("nodes", 
 
 
 def test_there_is_one_example_per_kernel_capture_folder():
-    assert [path.stem for path in EXAMPLES] == sorted(FOLDERS)
+    # the other examples (application traffic) are held against the live
+    # kernel by tests/test_kernel_live.py instead of a stored capture
+    assert set(FOLDERS) <= {path.stem for path in EXAMPLES}
     assert sorted(path.name for path in CAPTURES.iterdir() if path.is_dir()) == sorted(FOLDERS)
 
 

@@ -143,7 +143,8 @@ def traffic_entry(item: TrafficResult) -> dict:
         entry.update(transmitted=process.transmitted, received=process.received,
                      errors=process.errors, output=process.lines)
     else:
-        entry.update(stdout=bytes(process.stdout).decode("utf-8", errors="backslashreplace"),
+        entry.update(output=process.lines,
+                     stdout=bytes(process.stdout).decode("utf-8", errors="backslashreplace"),
                      stdout_bytes=len(process.stdout), stderr=process.stderr)
     return entry
 
