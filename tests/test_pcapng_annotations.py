@@ -25,7 +25,7 @@ needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark
 
 
 def tshark(path: Path, *fields: str) -> list[list[str]]:
-    command = ["tshark", "-r", str(path), "-T", "fields", "-E", "separator=|"]
+    command = ["tshark", "-r", str(path), "-d", "udp.port==8472,vxlan", "-T", "fields", "-E", "separator=|"]
     for name in fields:
         command += ["-e", name]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -77,3 +77,36 @@ def test_epb_options_read_back_with_tshark(tmp_path):
         writer.write(interface, 2_000, bytes(60), packet_options(False, 2**40))
     assert tshark(path, "frame.packet_flags_direction", "frame.packet_id", "frame.comment") == [
         ["0x00000002", "7", "fdb 6e:2d:54:00:02:02 dst 172.18.0.12"], ["0x00000001", "1099511627776", ""]]
+
+
+@needs_tshark
+def test_every_packet_has_its_direction(vxlan_run):
+    rows = tshark(vxlan_run / "all.pcapng", "frame.interface_name", "frame.packet_flags_direction", "icmp.type",
+                  "arp.opcode")
+    assert rows and all(direction in ("0x00000001", "0x00000002") for _, direction, _, _ in rows)
+    shown = {(name, icmp, arp): direction for name, direction, icmp, arp in rows}
+    outbound, inbound = "0x00000002", "0x00000001"
+    # the pod sends its echo request and its ARP request, and receives the reply
+    assert shown[("p1a/eth0", "8", "")] == outbound
+    assert shown[("p1a/eth0", "0", "")] == inbound
+    # the host end receives what the pod sent; the bridge hands the request up (cni0 receives it)
+    assert shown[("n1/veth1a", "8", "")] == inbound
+    assert shown[("n1/cni0", "8", "")] == inbound
+    # n1's flannel.1 and eth0 send it; n2's receive it; p2a receives it and answers
+    assert shown[("n1/flannel.1", "8", "")] == outbound and shown[("n1/eth0", "8", "")] == outbound
+    assert shown[("n2/eth0", "8", "")] == inbound and shown[("n2/flannel.1", "8", "")] == inbound
+    assert shown[("p2a/eth0", "8", "")] == inbound and shown[("p2a/eth0", "0", "")] == outbound
+    # its ARP request for the gateway goes out, and comes back: cni0 floods it out of the
+    # hairpin port it came in by (hairpinMode: true), as the kernel capture shows
+    assert [d for name, d, icmp, arp in rows if (name, icmp, arp) == ("p1a/eth0", "", "1")] == [outbound, inbound]
+
+
+def test_direction_leaves_the_classic_pcaps_alone(vxlan_run):
+    # the per-interface pcaps carry no flags; their frames are the merged file's, point by point
+    with open(vxlan_run / "all.pcapng", "rb") as handle:
+        merged = [bytes(buf) for _, buf in dpkt.pcapng.Reader(handle)]
+    singles = []
+    for pcap in vxlan_run.glob("*.pcap"):
+        with open(pcap, "rb") as handle:
+            singles += [bytes(buf) for _, buf in dpkt.pcap.Reader(handle)]
+    assert sorted(merged) == sorted(singles)

@@ -30,40 +30,77 @@ from emu.capture.pcap import (
     checked_rows,
     checked_timestamp,
 )
-from emu.capture.pcapng import PcapngWriter
+from emu.capture.pcapng import PcapngWriter, packet_options
 
 if TYPE_CHECKING:
     import numpy as np
 
 
+_DIRECTION_OPTIONS = {None: b"", True: packet_options(outbound=True), False: packet_options(outbound=False)}
+
+
 class _MergedCapture:
-    """The merged pcapng, created when the first interface is declared."""
+    """The merged pcapng, created when the first interface is declared.
+
+    With an `annotator` (a traced run), blocks wait in order until `flush`
+    (the end of the virtual instant): a packet's comment is the decisions
+    taken about it after its frame was shown to the taps. The annotator is
+    called at record time and returns an object with ``packet`` (the id
+    shared by every sighting of one emulated packet) and ``comment()``.
+    """
 
     def __init__(self, path: Path, nanosecond: bool, buffered: bool = False) -> None:
         self.path = path
         self.nanosecond = nanosecond
         self.buffered = buffered
+        self.annotator = None
         self._writer: PcapngWriter | None = None
+        self._interfaces = 0
+        self._queued: list[tuple] = []
 
     def add_interface(self, name: str, description: str, linktype: int) -> int:
         if self._writer is None:
             self._writer = PcapngWriter(self.path, self.buffered)
+        if self.annotator is not None:
+            self._queued.append((name, description, linktype))
+            self._interfaces += 1
+            return self._interfaces - 1
+        self._interfaces += 1
         return self._writer.add_interface(name, description, linktype, self.nanosecond)
 
-    def write(self, interface_id: int, ts_ns: int, frame: Frame) -> None:
+    def write(self, interface_id: int, ts_ns: int, frame: Frame, outbound: bool | None = None) -> None:
         assert self._writer is not None, "write before add_interface"
-        self._writer.append_checked(interface_id, ts_ns, frame)
+        if self.annotator is not None:
+            self._queued.append((interface_id, ts_ns, bytes(frame), outbound, self.annotator()))
+            return
+        self._writer.append_checked(interface_id, ts_ns, frame, _DIRECTION_OPTIONS[outbound])
 
-    def write_rows(self, ts_ns: int, frames: list[tuple[int, "np.ndarray"]]) -> None:
+    def write_rows(self, ts_ns: int, frames: list[tuple]) -> None:
         assert self._writer is not None, "write before add_interface"
-        self._writer.write_rows(ts_ns, frames)
+        self.flush_queue()
+        self._writer.write_rows(ts_ns, [(interface_id, rows, _DIRECTION_OPTIONS[outbound])
+                                        for interface_id, rows, outbound in frames])
+
+    def flush_queue(self) -> None:
+        """Write the blocks an annotated run held back, with their options."""
+        queued, self._queued = self._queued, []
+        for entry in queued:
+            if len(entry) == 3:
+                self._writer.add_interface(*entry, self.nanosecond)
+                continue
+            interface_id, ts_ns, frame, outbound, annotation = entry
+            options = packet_options(outbound, annotation.packet, annotation.comment() or None) \
+                if annotation is not None else _DIRECTION_OPTIONS[outbound]
+            self._writer.append_checked(interface_id, ts_ns, memoryview(frame), options)
 
     def flush(self) -> None:
         if self._writer is not None:
+            self.flush_queue()
             self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
+            self.flush_queue()
             self._writer.close()
 
 
@@ -104,12 +141,15 @@ class CapturePoint:
         """``<namespace>_<ifname>``: the pcap file's stem and the key in counts()."""
         return f"{self.namespace}_{self.ifname}"
 
-    def record(self, ts_ns: int, frame: Frame) -> None:
-        """Write ``frame``, seen at virtual time ``ts_ns``, to this point's files
-        (stamped ``epoch_ns + ts_ns``)."""
-        self._record_stamped(self.epoch_ns + checked_timestamp(ts_ns), frame)
+    with_direction = True  # devices call ``record(ts_ns, frame, outgoing)`` (emu.net.device)
 
-    def _record_stamped(self, ts_ns: int, frame: Frame) -> None:
+    def record(self, ts_ns: int, frame: Frame, outbound: bool | None = None) -> None:
+        """Write ``frame``, seen at virtual time ``ts_ns``, to this point's files
+        (stamped ``epoch_ns + ts_ns``); ``outbound`` (True: the device sent
+        it, False: received, None: not known) becomes the pcapng's epb_flags."""
+        self._record_stamped(self.epoch_ns + checked_timestamp(ts_ns), frame, outbound)
+
+    def _record_stamped(self, ts_ns: int, frame: Frame, outbound: bool | None = None) -> None:
         """`record` with the file timestamp already computed."""
         data = checked_frame(ts_ns, frame)  # refuse bad input before any file is created
         if self._closed:
@@ -122,7 +162,7 @@ class CapturePoint:
                 self._interface_id = self._merged.add_interface(name, self.description, self.linktype)
         self._pcap.append_checked(ts_ns, data)
         if self._merged is not None and self._interface_id is not None:
-            self._merged.write(self._interface_id, ts_ns, data)
+            self._merged.write(self._interface_id, ts_ns, data, outbound)
         self.frames += 1
 
     __call__ = record
@@ -223,9 +263,10 @@ class CaptureSet(ClosingContext):
         self._keys[capture_point.key] = name
         return capture_point
 
-    def record_interleaved(self, ts_ns: int, frames: Sequence[tuple[CapturePoint, "np.ndarray"]]) -> None:
+    def record_interleaved(self, ts_ns: int, frames: Sequence[tuple]) -> None:
         """Record a batch of frames at ``ts_ns``: for each row j, for each
-        (point, matrix) in order, ``point.record(ts_ns, matrix[j])``.
+        (point, matrix[, outbound]) in order, ``point.record(ts_ns, matrix[j],
+        outbound)``.
 
         The files and counters come out exactly as with those calls, but each
         file gets one block built with numpy. Why: the flow cache replays M
@@ -237,27 +278,39 @@ class CaptureSet(ClosingContext):
         frame.
         """
         ts_ns = checked_timestamp(self.epoch_ns + checked_timestamp(ts_ns))
-        count = checked_rows(frames[0][1]).shape[0] if frames else 0
-        for capture_point, rows in frames:
+        entries = [(entry[0], entry[1], entry[2] if len(entry) > 2 else None) for entry in frames]
+        count = checked_rows(entries[0][1]).shape[0] if entries else 0
+        for capture_point, rows, _ in entries:
             if capture_point.batch_sink is not self:
                 raise ValueError(f"point {capture_point.namespace}/{capture_point.ifname}: "
                                  "not a point of this capture set")
             checked_rows(rows, count)
         first = 0
-        if count and not all(capture_point.ready for capture_point, _ in frames):
-            for capture_point, rows in frames:
-                capture_point._record_stamped(ts_ns, rows[0].tobytes())
+        if count and not all(capture_point.ready for capture_point, _, _ in entries):
+            for capture_point, rows, outbound in entries:
+                capture_point._record_stamped(ts_ns, rows[0].tobytes(), outbound)
             first = 1
         if first == count:
             return
         per_point: dict[int, tuple[CapturePoint, list]] = {}
-        for capture_point, rows in frames:
+        for capture_point, rows, _ in entries:
             per_point.setdefault(id(capture_point), (capture_point, []))[1].append(rows[first:])
         for capture_point, matrices in per_point.values():
             capture_point._write_rows(ts_ns, matrices)
         if self._merged is not None:
-            self._merged.write_rows(ts_ns, [(capture_point._interface_id, rows[first:])
-                                            for capture_point, rows in frames])
+            self._merged.write_rows(ts_ns, [(capture_point._interface_id, rows[first:], outbound)
+                                            for capture_point, rows, outbound in entries])
+
+    def annotate(self, annotator) -> None:
+        """Give every packet of the merged pcapng an epb_packetid and an
+        opt_comment: `annotator()`, called as a frame is recorded, returns an
+        object with ``packet`` (int) and ``comment()`` (str, read at the end
+        of the instant). The per-interface pcaps are unchanged."""
+        if self._merged is None:
+            return
+        if self._merged._interfaces:
+            raise ValueError("annotate: call it before the first frame is recorded")
+        self._merged.annotator = annotator
 
     def counts(self) -> dict[str, int]:
         """Frames recorded per ``<namespace>_<ifname>``, in the order points were created."""

@@ -40,8 +40,8 @@ Taps (emu.net.device.Tap) are called ``tap(ts_ns, frame)`` (with
 true, as the slow path calls it). A tap that
 also has a ``batch_sink`` attribute (not None) may take a whole replay
 instead: the fast path calls ``sink.record_interleaved(ts_ns, frames)`` once
-per sink and replay, ``frames`` being the (tap, matrix) pairs of that sink's
-taps in the order one datagram meets them, each matrix the (M, length)
+per sink and replay, ``frames`` being the (tap, matrix, outgoing) triples of
+that sink's taps in the order one datagram meets them, each matrix the (M, length)
 uint8 rows (read-only) of one template; the sink must leave exactly the
 trace of calling ``tap(ts_ns, bytes(matrix[j]))`` for each row j, for each
 pair in order. emu.capture's capture points are such taps (the sink is
@@ -626,7 +626,7 @@ class FlowCache:
                     direction = (outgoing,) if getattr(tap, "with_direction", False) else ()
                     single.append((tap, replay.frames(template), direction))
                 else:
-                    sinks.setdefault(id(sink), (sink, []))[1].append((tap, replay.rows(template)))
+                    sinks.setdefault(id(sink), (sink, []))[1].append((tap, replay.rows(template), outgoing))
         for sink, frames in sinks.values():
             sink.record_interleaved(now, frames)
         for j in range(replay.count):

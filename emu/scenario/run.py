@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from emu.capture import CaptureSet
 from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
@@ -79,8 +80,13 @@ def clear_outputs(out_dir: Path) -> None:
             path.unlink()
 
 
-def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool = True) -> RunResult:
-    """Run `scenario`; with `out_dir` None (or capture off) nothing is written."""
+def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool = True,
+                 setup: Callable[[EmulatedCluster, CaptureSet | None], None] | None = None) -> RunResult:
+    """Run `scenario`; with `out_dir` None (or capture off) nothing is written.
+
+    `setup(emulated, capture_set)` runs once the cluster is built and
+    captured, before any traffic: where an upper layer attaches an observer
+    (emu.explain's tracer) and annotates the merged pcapng."""
     emulated = build_cluster(scenario)
     sim = emulated.sim
     result = RunResult(scenario, Path(out_dir) if out_dir is not None else None)
@@ -94,6 +100,8 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         captures = Captures(capture_set, emulated)
         captures.attach_all()
 
+    if setup is not None:
+        setup(emulated, capture_set)
     player = Player(emulated)
     if captures is not None:
         player.on_nodes_changed.append(captures.attach_all)
