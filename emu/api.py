@@ -100,7 +100,7 @@ class _MemoryPoint:
         frame = bytes(frame)
         self.frames.append((time_ns, frame))
         self.outgoing.append(outgoing)
-        self.log.append((time_ns, self.index, frame))
+        self.log.append((time_ns, self.index, frame, outgoing))
 
 
 class _MemoryCaptures:
@@ -108,7 +108,7 @@ class _MemoryCaptures:
     per interface, declared in the order `emu run` declares its points."""
 
     def __init__(self) -> None:
-        self.log: list[tuple[int, int, bytes]] = []
+        self.log: list[tuple[int, int, bytes, bool]] = []
         self.declared: list[tuple[str, str, int, str]] = []
         self.points: dict[str, _MemoryPoint] = {}
 
@@ -125,8 +125,8 @@ class _MemoryCaptures:
         capture_set = CaptureSet(out_dir, buffered=True, epoch_ns=epoch_ns)
         points = [capture_set.point(*declared) for declared in self.declared]
         try:
-            for time_ns, index, frame in self.log:
-                points[index].record(time_ns, frame)
+            for time_ns, index, frame, outgoing in self.log:
+                points[index].record(time_ns, frame, outgoing)
         finally:
             capture_set.close()
         return {f"{point.namespace}/{point.ifname}": point.frames for point in points if point.frames}
