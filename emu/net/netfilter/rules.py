@@ -278,18 +278,16 @@ def _rule(table: Table, words: list[str], number: int) -> Rule:
             module = reader.take(word)
             if module not in MATCH_MODULES:
                 reader.fail(f"match module {module!r} is not modelled ({', '.join(MATCH_MODULES)})")
-            if module in ("tcp", "udp", "icmp") and protocol != module:
-                reader.fail(f"-m {module} needs -p {module} before it")
             if negate:
                 reader.fail("'!' must stand before an option, not before -m")
             modules.add(module)
         elif word in ("--dport", "--destination-port", "--sport", "--source-port"):
-            if protocol not in ("tcp", "udp"):
+            if protocol not in ("tcp", "udp") and not modules & {"tcp", "udp"}:
                 reader.fail(f"{word} needs -p tcp or -p udp")
             kind = "dport" if word in ("--dport", "--destination-port") else "sport"
             matches.append(Match(kind, _port_range(reader.take(word), reader), negate))
         elif word == "--icmp-type":
-            if protocol != "icmp":
+            if protocol != "icmp" and "icmp" not in modules:
                 reader.fail("--icmp-type needs -p icmp")
             matches.append(Match("icmp-type", _icmp_type(reader.take(word), reader), negate))
         elif word == "--comment":
@@ -330,6 +328,9 @@ def _rule(table: Table, words: list[str], number: int) -> Rule:
         negate = False
     if negate:
         reader.fail("'!' at the end of the rule")
+    for module in ("tcp", "udp", "icmp"):
+        if module in modules and protocol != module:
+            reader.fail(f"-m {module} needs -p {module}")
     text = " ".join(f'"{word}"' if (" " in word or not word) else word for word in words)
     return Rule(chain, tuple(matches), target, text, number)
 
