@@ -70,3 +70,29 @@ def test_a_service_without_endpoints_is_rejected_in_the_filter_table():
     verdict = evaluator.run("filter", "OUTPUT", tcp("10.244.1.2", "10.96.0.30", 80))
     assert (verdict.action, verdict.reject_with) == ("DROP", "icmp-port-unreachable")
     assert evaluator.run("nat", "OUTPUT", tcp("10.244.1.2", "10.96.0.30", 80)).nat is None
+
+
+def test_flannel_and_kube_proxy_rules_together_as_on_a_node():
+    """flannel's e2e test expects FORWARD to hold kube-proxy's jumps then
+    flannel's; its masquerade leaves pod-to-pod traffic alone and masquerades
+    pod traffic leaving the pod network."""
+    from emu.flannel.iptables_rules import flannel_rules
+    from emu.net.netfilter.rules import merge_restore
+
+    text = merge_restore(kube_proxy_rules([WEB], CLUSTER),
+                         flannel_rules(CLUSTER, IPv4Network("10.244.1.0/24")),
+                         "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    ruleset = parse_rules(text)
+    forward = [rule.target.name for rule in ruleset.tables["filter"].chains["FORWARD"].rules]
+    assert forward == ["KUBE-PROXY-FIREWALL", "KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES",
+                       "FLANNEL-FWD"]
+    assert ruleset.tables["filter"].chains["FORWARD"].policy == "DROP"
+    evaluator = Evaluator(ruleset, lambda address: address_type_of(address, lambda a: a == NODE), random.Random(1))
+    established = tcp("10.244.1.2", "10.244.2.7", 80)
+    assert evaluator.run("filter", "FORWARD", established).action == "ACCEPT"  # FLANNEL-FWD, despite DROP
+    assert evaluator.run("filter", "FORWARD", tcp("192.168.9.9", "172.18.0.99", 80)).action == "DROP"
+    assert evaluator.run("nat", "POSTROUTING", tcp("10.244.1.2", "10.244.2.7", 80)).nat is None
+    leaving = evaluator.run("nat", "POSTROUTING", tcp("10.244.1.2", "1.1.1.1", 443))
+    assert leaving.nat.name == "MASQUERADE" and leaving.nat.option("random-fully")
+    assert evaluator.run("nat", "POSTROUTING", tcp("172.18.0.11", "10.244.1.2", 80)).nat is None
+    assert evaluator.run("nat", "POSTROUTING", tcp("172.18.0.11", "10.244.2.7", 80)).nat.name == "MASQUERADE"

@@ -183,6 +183,36 @@ def parse_rules(text: str, ruleset: Ruleset | None = None) -> Ruleset:
     return ruleset
 
 
+def merge_restore(*texts: str) -> str:
+    """Several iptables-restore texts as one, table by table: chain
+    declarations once each (the first policy given wins), rules in the order
+    the texts give them, as if each program had appended its rules in turn."""
+    order: list[str] = []
+    declared: dict[str, dict[str, str]] = {}
+    rules: dict[str, list[str]] = {}
+    for text in texts:
+        table = None
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            if line.startswith("*"):
+                table = line[1:]
+                if table not in declared:
+                    order.append(table)
+                    declared[table], rules[table] = {}, []
+            elif line == "COMMIT":
+                table = None
+            elif table is not None and line.startswith(":"):
+                declared[table][line[1:].split()[0]] = line
+            elif table is not None:
+                rules[table].append(line)
+    lines = []
+    for table in order:
+        lines += [f"*{table}", *declared[table].values(), *rules[table], "COMMIT"]
+    return "\n".join(lines) + "\n"
+
+
 def _declare_chain(table: Table, line: str, number: int) -> None:
     parts = line[1:].split()
     if len(parts) < 2:
