@@ -55,6 +55,7 @@ from emu.flannel.vxlan_backend import VxlanBackend
 from emu.k8s.cluster import UNDERLAY_NAMESPACE, Node
 from emu.net import Namespace
 from emu.net.neighbour import NeighbourParams
+from emu.net.tcp_params import TcpSysctls
 from emu.scenario.build import EmulatedCluster, add_node_later, build_cluster, remove_node_later
 from emu.scenario.errors import ScenarioError
 from emu.scenario.model import EventSpec, Scenario
@@ -213,6 +214,8 @@ def _namespace(body: _Script, name: str) -> None:
     body.line(f"ip netns add {_netns(name)}")
     body.exec(name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
               "net.ipv6.conf.default.disable_ipv6=1", "net.ipv4.igmp_link_local_mcast_reports=0")
+    # TCP as the emulator runs it (Reno, not the host's default congestion control)
+    body.exec(name, "sysctl", "-qw", *TcpSysctls().exported())
     body.ip(name, "link", "set", "lo", "up")
 
 

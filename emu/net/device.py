@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from emu.net import gso
 from emu.net.fastpath import config_changed
 from emu.sim import Scheduler
 
@@ -217,4 +218,7 @@ class NetDevice:
         limit = self.mtu + 14
         if len(frame) >= 14 and frame[12] == 0x81 and frame[13] == 0x00:
             limit += 4
-        return len(frame) <= limit
+        if len(frame) <= limit:
+            return True
+        offset = 14 if self.has_l2 else 0
+        return gso.fits(self.sim, memoryview(frame)[offset:], self.mtu)  # skb_is_gso

@@ -18,6 +18,8 @@ from emu.net.neighbour import NeighbourTable
 from emu.net.route import (SCOPE_HOST, SCOPE_LINK, SCOPE_UNIVERSE, Route, RoutingTable,
                            broadcast_of, network_of, prefix_mask)
 from emu.net.stack import Ipv4Stack
+from emu.net.tcp import TcpLayer
+from emu.net.tcp_params import TcpSysctls
 from emu.sim import Scheduler
 from emu.wire.addr import ip_from_str, ip_to_int, ip_to_str
 
@@ -66,6 +68,8 @@ class Namespace:
         self._local: set[bytes] = set()
         self._broadcast: dict[bytes, NetDevice] = {}
         self.stack = Ipv4Stack(self)
+        self.tcp_sysctls = TcpSysctls()
+        self.stack.tcp = TcpLayer(self)
         self.lo = Loopback(sim)
         self.add_device(self.lo)
         self.add_address(self.lo, ip_from_str("127.0.0.1"), 8, scope=SCOPE_HOST)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Callable
 
+from emu.net import gso
 from emu.net.fragment import Reassembler, fragment
 from emu.net.fastpath import config_changed
 from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, GlobalLimit,
@@ -35,13 +36,15 @@ from emu.wire import icmp
 from emu.wire.errors import WireError
 from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, ethernet_header
 from emu.wire.icmp import IcmpMessage, IcmpRepr
-from emu.wire.ipv4 import FLAG_DF, PROTO_ICMP, PROTO_UDP, Ipv4Packet, Ipv4Repr, decrement_ttl
+from emu.wire.ipv4 import (FLAG_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, Ipv4Repr,
+                           decrement_ttl)
 from emu.wire.udp import UdpDatagram
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
     from emu.net.namespace import Namespace
     from emu.net.route import Route
+    from emu.net.tcp import TcpLayer
 
 PMTU_EXPIRES_NS = 600 * NS_PER_SECOND
 MIN_PMTU = 552
@@ -75,6 +78,7 @@ class Ipv4Stack:
         self.pmtu: dict[bytes, tuple[int, int]] = {}
         self.echo_handlers: dict[int, Callable] = {}
         self.udp_sockets: dict[tuple[bytes | None, int], object] = {}
+        self.tcp: "TcpLayer | None" = None  # set by the namespace (emu.net.tcp)
         self._next_ident = ns.rng.randrange(0x10000)
         self.icmp_echo_ignore_broadcasts = True
 
@@ -146,7 +150,7 @@ class Ipv4Stack:
             self.ns.drop("ttl-expired")
             return
         mtu = route.dev.mtu
-        if len(packet) > mtu and packet[6] & (FLAG_DF >> 8):
+        if len(packet) > mtu and packet[6] & (FLAG_DF >> 8) and not gso.fits(self.ns.sim, packet, mtu):
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, mtu)
             self.ns.drop("frag-needed")
             return
@@ -177,7 +181,7 @@ class Ipv4Stack:
 
         From process context (`process`), fragments after the first are sent
         one by one as process work (see `send`)."""
-        if len(packet) <= mtu:
+        if len(packet) <= mtu or gso.fits(self.ns.sim, packet, mtu):
             self.neigh_xmit(dev, nexthop, packet, on_error, confirm)
             return
         if self.ns.sim.context is not None:
@@ -231,7 +235,7 @@ class Ipv4Stack:
     def send(self, dst: bytes, protocol: int, payload: bytes, src: bytes | None = None,
              ttl: int | None = None, tos: int = 0, pmtudisc: str = "want",
              oif: "NetDevice | None" = None, confirm: bool = False,
-             process: bool = False) -> bytes:
+             process: bool = False, ident: int | None = None, seg_len: int = 0) -> bytes:
         """Send a locally generated datagram; returns the source address used.
 
         `process` marks a send from an application's system call: its
@@ -239,6 +243,9 @@ class Ipv4Stack:
         each after the previous one's same-instant processing has finished,
         as Linux runs the softirq backlog between them. Sends made while
         processing packets (ICMP, encapsulation) fragment in one go.
+        `ident` is the IP id a socket chose (TCP); `seg_len` marks a GSO
+        super-packet whose segments are that long (see emu.net.gso): it
+        leaves whole when they fit the MTU.
         Raises SendError for what the kernel refuses at send time.
         """
         if protocol != PROTO_UDP and self.ns.sim.context is not None:
@@ -256,11 +263,15 @@ class Ipv4Stack:
             raise SendError("EMSGSIZE", "Message too long", mtu)
         if pmtudisc == "do" and total > mtu:
             raise SendError("EMSGSIZE", "Message too long", mtu)
-        df = pmtudisc == "do" or (pmtudisc == "want" and total <= mtu)
+        if seg_len and pmtudisc == "want" and seg_len > mtu:
+            seg_len = 0  # the segments do not fit: an ordinary packet, fragmented
+        df = pmtudisc == "do" or (pmtudisc == "want" and (total <= mtu or bool(seg_len)))
         header = Ipv4Repr(src=src, dst=dst, protocol=protocol, payload_len=len(payload),
                           ttl=self.ns.default_ttl if ttl is None else ttl, tos=tos,
-                          ident=self.next_ident(), df=df).header()
+                          ident=self.next_ident() if ident is None else ident, df=df).header()
         packet = header + bytes(payload)
+        if seg_len and total > mtu:
+            gso.mark(self.ns.sim, packet, seg_len)
         self.ns.sent += 1
         nexthop = dst if local else (route.gateway or dst)
         self.output_on(route.dev, nexthop, packet, mtu, on_error=self._unreachable_report,
@@ -321,6 +332,8 @@ class Ipv4Stack:
             self.icmp_input(dev, packet, broadcast)
         elif protocol == PROTO_UDP:
             self.udp_input(dev, packet, broadcast)
+        elif protocol == PROTO_TCP and self.tcp is not None and not broadcast:
+            self.tcp.input(dev, packet)
         else:
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.PROTOCOL_UNREACHABLE,
                             l2_broadcast=broadcast)
@@ -383,6 +396,9 @@ class Ipv4Stack:
                     self.ns.sim.context.unsupported("udp-socket-error")
                 sock.icmp_error(message.type, message.code)
                 return
+        if (quoted.protocol == PROTO_TCP and self.tcp is not None
+                and self.tcp.icmp_error(bytes(message.payload), message.type, message.code)):
+            return
         if quoted.protocol == PROTO_ICMP and len(quoted.payload) >= 8:
             inner = quoted.payload
             if inner[0] == icmp.ECHO_REQUEST:

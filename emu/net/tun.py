@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from emu.net import gso
 from emu.net.device import LINKTYPE_RAW, NetDevice
 from emu.sim import Scheduler
 from emu.wire.addr import ZERO_MAC
@@ -22,6 +23,16 @@ class Tun(NetDevice):
     def __init__(self, sim: Scheduler, name: str, mtu: int = 1500) -> None:
         super().__init__(sim, name, ZERO_MAC, mtu)
         self.reader: Callable[[bytes], None] | None = None
+
+    def transmit(self, packet: bytes) -> None:
+        """A TUN without a vnet header has no offloads: a GSO super-packet is
+        cut into its segments before the device sees it (validate_xmit_skb)."""
+        size = gso.gso_size(self.sim, packet)
+        if not size:
+            super().transmit(packet)
+            return
+        for segment in gso.segments(packet, size):
+            super().transmit(segment)
 
     def _xmit(self, packet: bytes) -> None:
         if self.reader is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
+from emu.net import gso
 from emu.net.device import NetDevice
 from emu.net.fastpath import config_changed
 from emu.net.stack import SendError
@@ -156,9 +157,12 @@ class Vxlan(NetDevice):
         payload = VxlanRepr(self.vni).build() + bytes(frame)
         segment = UdpRepr(flow_source_port(frame), self.port, len(payload)).build(
             payload, self.local_ip, remote, with_checksum=self.udp_checksum)
+        inner_seg_len = gso.segment_len(self.sim, memoryview(frame)[14:])
         try:
+            # A GSO inner frame stays one super-packet outside (UDP tunnel GSO).
             self.namespace.stack.send(remote, PROTO_UDP, segment, src=self.local_ip,
-                                      tos=_ecn_encapsulate(inner_tos), pmtudisc="dont")
+                                      tos=_ecn_encapsulate(inner_tos), pmtudisc="dont",
+                                      seg_len=inner_seg_len + 50 if inner_seg_len else 0)
         except SendError as error:
             self.drop(f"vxlan-underlay-{error.errno_name.lower()}")
 

@@ -43,7 +43,8 @@ from typing import Any, Callable
 
 NS_PER_SECOND = 1_000_000_000
 PRIORITY_SOFTIRQ = 0
-PRIORITY_PROCESS = 1
+PRIORITY_WAKEUP = 1
+PRIORITY_PROCESS = 2
 
 
 def seconds(value: float) -> int:
@@ -120,6 +121,12 @@ class Scheduler:
         """Run `callback(*args)` at `time_ns` in process context: after every
         ordinary event of that instant (see the module docstring)."""
         return self._schedule(time_ns, PRIORITY_PROCESS, callback, args)
+
+    def call_wakeup(self, callback: Callable[..., Any], *args: Any) -> Event:
+        """Process context at this instant, ahead of the process work already
+        queued: a process woken on another CPU (a TCP reader) runs as soon as
+        the softirq work is done, before the sending process's next step."""
+        return self._schedule(self.now_ns, PRIORITY_WAKEUP, callback, args)
 
     def call_process(self, callback: Callable[..., Any], *args: Any) -> Event:
         """`call_process_at` the current instant."""
