@@ -74,6 +74,10 @@ TIME_WAIT_NS = 60_000 * MS
 
 Address = tuple[bytes, int]
 
+_ERRNO_TEXT = {"ECONNRESET": "Connection reset by peer", "ECONNREFUSED": "Connection refused",
+               "ETIMEDOUT": "Connection timed out", "EHOSTUNREACH": "No route to host",
+               "ENETUNREACH": "Network is unreachable", "EPIPE": "Broken pipe"}
+
 
 def _after(a: int, b: int) -> bool:
     """Sequence number a is after b (mod 2**32)."""
@@ -156,7 +160,7 @@ class TcpLayer:
                    src: bytes | None = None) -> int:
         """inet_hash_connect / inet_csk_find_open_port: a random start in
         ip_local_port_range, even ports for connect, odd for bind (seeded)."""
-        low, high = self.sysctls.ip_local_port_range
+        low, high = self.ns.ip_local_port_range
         span = high - low + 1
         start = self.ns.rng.randrange(span)
         for step in range(span):
@@ -441,9 +445,9 @@ class TcpSocket:
     def recv(self, size: int) -> bytes | None:
         """read(2), non-blocking: data, b"" at EOF, None when nothing is there."""
         if not self.receive_queue:
-            if self.error in ("ECONNRESET",):
-                self.error = None
-                raise OSError("ECONNRESET: Connection reset by peer")
+            if self.error is not None:  # SO_ERROR: reported once, then cleared
+                error, self.error = self.error, None
+                raise OSError(f"{error}: {_ERRNO_TEXT.get(error, error)}")
             if self._peer_fin or self.state == "CLOSE":
                 return b""
             return None
@@ -519,6 +523,12 @@ class TcpSocket:
         if not self.connected or self._shut_wr:
             return self.error is not None
         return self.sndbuf - self._wmem_queued() >= self._wmem_queued() // 2
+
+    @property
+    def hup(self) -> bool:
+        """POLLHUP: both directions shut (our FIN sent and theirs received), or closed."""
+        return self.state == "CLOSE" and self.remote is not None or (
+            self._peer_fin and self._shut_wr)
 
     @property
     def eof(self) -> bool:

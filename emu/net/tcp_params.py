@@ -37,7 +37,8 @@ SKB_HEAD_TRUESIZE = 1280
 
 @dataclass
 class TcpSysctls:
-    """net.ipv4.tcp_* (and net.core.rmem_max) of one namespace."""
+    """net.ipv4.tcp_* (and net.core.rmem_max) of one namespace (the port range
+    is the namespace's `ip_local_port_range`, shared with UDP)."""
 
     tcp_rmem: tuple[int, int, int] = (4096, 131072, 33554432)
     tcp_wmem: tuple[int, int, int] = (4096, 16384, 4194304)
@@ -55,7 +56,6 @@ class TcpSysctls:
     tcp_tso_win_divisor: int = 3
     tcp_workaround_signed_windows: int = 0
     tcp_congestion_control: str = "reno"
-    ip_local_port_range: tuple[int, int] = (32768, 60999)
 
     def exported(self) -> list[str]:
         """`sysctl -w` arguments that set these values in a real namespace
