@@ -57,20 +57,20 @@ class FrameSink:
         if self.kept is not None:
             self.kept.append((point.name, data))
 
-    def record_interleaved(self, ts_ns: int, frames: Sequence[tuple[SinkPoint, "np.ndarray"]]) -> None:
-        """A replay: for each row j, for each (point, matrix), the frame matrix[j].
+    def record_interleaved(self, ts_ns: int, frames: Sequence[tuple[SinkPoint, "np.ndarray", bool]]) -> None:
+        """A replay: for each row j, for each (point, matrix, outgoing), the frame matrix[j].
         Each matrix becomes one bytes object (every row's bytes copied once)."""
         if not frames:
             return
         count = frames[0][1].shape[0]
-        for point, rows in frames:
+        for point, rows, *_direction in frames:
             data = rows.tobytes()
             point.frames += count
             self.frames += count
             self.bytes += len(data)
         if self.kept is not None:
             for j in range(count):
-                for point, rows in frames:
+                for point, rows, *_direction in frames:
                     self.kept.append((point.name, rows[j].tobytes()))
 
     def clear(self) -> None:
