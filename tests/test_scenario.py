@@ -386,7 +386,7 @@ def test_validation_error(edits, message):
 
 
 UNKNOWN_KEYS = [
-    ((), "", "name, seed, start, net-conf, underlay, cni, nodes, traffic, events, linger, etcd"),
+    ((), "", "name, seed, start, net-conf, underlay, cni, nodes, traffic, events, linger, etcd, faults"),
     (("net-conf",), "net-conf.", "Network, SubnetLen, SubnetMin, SubnetMax, Backend"),
     (("net-conf", "Backend"), "net-conf.Backend.", "Type, VNI, Port, DirectRouting"),
     (("underlay",), "underlay.", "subnet, mtu, latency"),

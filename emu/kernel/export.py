@@ -179,6 +179,7 @@ def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
         _remotes(body, emulated, node)
     _wait_ready(body, emulated, nodes)
     _all_neighbour_params(body, emulated, nodes)
+    _faults(body, scenario)
     hosts = _hosts(emulated)
 
     events: list[ExportedEvent] = []
@@ -449,6 +450,28 @@ def _neighbour_params(body: _Script, ns: str, devices: list[str]) -> None:
     }
     settings = [f"net/ipv4/neigh/{dev}/{key}={value}" for dev in devices for key, value in values.items()]
     body.exec(ns, "sysctl", "-qw", *settings)
+
+
+NUMGEN_MODULUS = 2**31 - 1  # numgen's period: far beyond any run
+
+
+def _faults(body: _Script, scenario: Scenario) -> None:
+    """The `faults:` as nftables netdev rules (emu.net.fault): an ingress
+    chain sees every frame arriving on the device after AF_PACKET captures
+    (so the dropped frame is captured, as in the emulator), an egress chain
+    every frame leaving it before them; `numgen inc` counts them from 0."""
+    tables: set[str] = set()
+    for number, fault in enumerate(scenario.faults):
+        if fault.namespace not in tables:
+            body.comment(f"faults in {fault.namespace}: nftables netdev rules")
+            body.exec(fault.namespace, "nft", "add", "table", "netdev", "emu_faults")
+            tables.add(fault.namespace)
+        hook = "ingress" if fault.direction == "in" else "egress"
+        chain = f"fault{number}"
+        body.exec(fault.namespace, "nft", "add", "chain", "netdev", "emu_faults", chain,
+                  f'{{ type filter hook {hook} device "{fault.device}" priority 0; }}')
+        body.exec(fault.namespace, "nft", "add", "rule", "netdev", "emu_faults", chain, "numgen", "inc",
+                  "mod", NUMGEN_MODULUS, "==", fault.nth - 1, "counter", "drop")
 
 
 def _wait_ready(body: _Script, emulated: EmulatedCluster, nodes: list[Node]) -> None:

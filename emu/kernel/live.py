@@ -383,6 +383,8 @@ def check_event_timing(run: KernelRun) -> None:
 def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = None) -> KernelRun:
     """Build `scenario` in namespaces, capture everything while its traffic runs,
     tear it down; the captures land in `out_dir` (`<ns>_<ifname>.pcap`)."""
+    if scenario.faults and shutil.which("nft") is None:
+        raise KernelError("faults: need nft in the kernel run (Debian: apt-get install nftables)")
     export = export_netns(scenario, prefix)
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ import numpy as np
 
 from emu.net import gso
 from emu.net.fastpath import config_changed
+from emu.net.fault import DROP_REASON
 from emu.sim import Scheduler
 
 if TYPE_CHECKING:
@@ -72,6 +73,7 @@ class NetDevice:
         self.hairpin = False
         self.stats = DeviceStats()
         self.taps: list[Tap] = []
+        self.faults: list = []  # emu.net.fault.DropNth: injected loss
 
     def __repr__(self) -> str:
         owner = self.namespace.name if self.namespace else "-"
@@ -114,6 +116,8 @@ class NetDevice:
         if not self._up:
             self.drop("device-down")
             return
+        if self.faults and self._fault_drops("out"):
+            return
         if self.taps_see_transmit:
             self._tap(frame, outgoing=True)
         self.stats.tx_packets += 1
@@ -126,6 +130,8 @@ class NetDevice:
             self.drop("device-down")
             return
         self._tap(frame)
+        if self.faults and self._fault_drops("in"):
+            return
         self.stats.rx_packets += 1
         self.stats.rx_bytes += len(frame)
         if self.master is not None:
@@ -139,7 +145,7 @@ class NetDevice:
         """`transmit` for each frame in order. With no tap and no flow
         recorder watching, the counters are added once for the batch (nothing
         reads them in between, so this is invisible)."""
-        if not self._up or self.taps or self.sim.context is not None:
+        if not self._up or self.taps or self.faults or self.sim.context is not None:
             for frame in frames:
                 self.transmit(frame)
             return
@@ -153,7 +159,7 @@ class NetDevice:
         """`receive` for each frame in order; a bridge port hands the whole
         batch to `Bridge.handle_port_batch` when nothing watches frame by frame."""
         master = self.master
-        if master is None or not self._up or self.taps or self.sim.context is not None:
+        if master is None or not self._up or self.taps or self.faults or self.sim.context is not None:
             for frame in frames:
                 self.receive(frame)
             return
@@ -208,6 +214,16 @@ class NetDevice:
                     tap(now, frame, outgoing)
                 else:
                     tap(now, frame)
+
+    def _fault_drops(self, direction: str) -> bool:
+        """Whether an injected fault (emu.net.fault) takes this frame; never
+        replayed by the flow cache."""
+        if self.sim.context is not None:
+            self.sim.context.unsupported("fault-injection")
+        if any([fault.hit(direction) for fault in self.faults]):
+            self.drop(DROP_REASON)
+            return True
+        return False
 
     def drop(self, reason: str, count: int = 1) -> None:
         """Count `count` refused frames under a named reason."""

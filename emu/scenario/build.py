@@ -24,8 +24,10 @@ from emu.flannel.subnet_env import parse_subnet_env
 from emu.flannel.udp_backend import UdpBackend
 from emu.flannel.vxlan_backend import VxlanBackend
 from emu.k8s import BridgePlugin, Cluster, IpamError, Node
+from emu.net.fault import DropNth
+from emu.net.veth import Veth
 from emu.scenario.errors import ScenarioError
-from emu.scenario.model import NodeSpec, Scenario
+from emu.scenario.model import FaultSpec, NodeSpec, Scenario
 from emu.sim import Scheduler
 from emu.wire.addr import mac_to_str
 
@@ -89,12 +91,27 @@ def build_cluster(scenario: Scenario) -> EmulatedCluster:
         start_node(emulated, spec)
     for spec in scenario.nodes:
         add_pods(emulated, spec)
+    for fault in scenario.faults:
+        attach_fault(emulated, fault)
     if isinstance(store, EtcdStore):
         for lease in foreign:
             _add_lease_node(emulated, lease)
         manager.watch_leases(lambda event: _follow_foreign_lease(emulated, event))
         sim.on_advance.append(lambda: store.poll(sim.now_ns))
     return emulated
+
+
+def attach_fault(emulated: EmulatedCluster, fault: FaultSpec) -> None:
+    """Put a `faults:` entry on its device (a veth: see emu.scenario.faults)."""
+    ns = emulated.cluster.namespace(fault.namespace)
+    if ns is None:
+        raise ScenarioError(f"{fault.path}.at", f"{fault.namespace} is not in the cluster at time 0")
+    dev = ns.devices.get(fault.device)
+    if not isinstance(dev, Veth):
+        known = ", ".join(name for name, d in ns.devices.items() if isinstance(d, Veth))
+        raise ScenarioError(f"{fault.path}.at", f"{fault.namespace} has no veth {fault.device!r} "
+                            f"(faults go on veth devices: {known})")
+    dev.faults.append(DropNth(fault.direction, fault.nth))
 
 
 def _write_config(store: KeyValueStore, manager: SubnetManager, raw: dict) -> None:

@@ -45,11 +45,12 @@ from emu.scenario.model import (
     is_interface_name,
     is_object_name,
 )
+from emu.scenario.faults import check_faults, read_fault
 from emu.scenario.traffic import check_listeners, parse_command, read_stdin
 from emu.scenario.yamlsafe import load_yaml
 
 _TOP_KEYS = ("name", "seed", "start", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger",
-             "etcd")
+             "etcd", "faults")
 _NET_CONF_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
 _NET_CONF_FLANNEL_ONLY = (
     "EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
@@ -577,8 +578,10 @@ class _Builder:
         linger = top.read("linger", _seconds, default=0.0)
         etcd = top.read("etcd", _etcd, default=None)
         start = top.read("start", _start_ns, default=Scenario.start_ns)
+        faults = tuple(read_fault(value, path, nodes) for value, path in top.items("faults"))
+        check_faults(faults)
         return Scenario(name, seed, self.net_conf, self.underlay, self.cni, initial, traffic, events, self.source,
-                        linger, etcd, start)
+                        linger, etcd, start, faults)
 
     # Nodes and pods.
 

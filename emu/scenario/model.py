@@ -209,6 +209,18 @@ class EtcdSpec:
 
 
 @dataclass(frozen=True)
+class FaultSpec:
+    """`faults: [{at: NS/IFNAME, drop: {direction: in|out, nth: N}}]`: drop
+    the Nth frame entering (in) or leaving (out) that device."""
+
+    namespace: str
+    device: str
+    direction: str
+    nth: int
+    path: str
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole scenario file. ``traffic`` is in file order; ``events`` are
     sorted by ``at`` (file order among equal times); ``source`` names the
@@ -232,6 +244,7 @@ class Scenario:
     # (capture timestamps, ping's timevals and -D). A fixed default keeps
     # runs byte-identical.
     start_ns: int = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
+    faults: tuple[FaultSpec, ...] = ()
 
 
 # Name rules, shared by the loader and the ping parser.

@@ -13,7 +13,10 @@ pod MTU automatic or overridden (within the same MTU range), hairpin on or
 off, a bridge name, and 1 to 3 ping commands between random
 nodes and pods (random -s, -t, -M do/dont, -c 1 to 3, now and then a -Q TOS
 or a -p pattern, with short -i and -W so that a live run stays quick and
-ends before the kernel's own timers fire). The defaults draw the very same
+ends before the kernel's own timers fire); with ``traffic=("ping", "udp")``
+(what the kernel oracle draws) also nc UDP exchanges: a background
+listener where the destination lives or a closed port, 127.0.0.1 inside a
+pod now and then, 1 byte to 200 KB of stdin. The defaults draw the very same
 documents for a given hypothesis seed as the strategy always has, so a
 verified seed stays verified. Addresses the emulator chooses (leased
 subnets, pod IPs) are not drawn: the strategy builds the cluster once to
@@ -54,6 +57,7 @@ MAX_PODS = 4
 MAX_COMMANDS = 3
 MTU_RANGE = (576, 9000)
 TRAFFIC_KINDS = ("ping",)
+ORACLE_TRAFFIC = ("ping", "udp")  # what the kernel oracle draws
 # Intervals at least 10 ms away from the kernel's redirect backoff steps (40, 80 ms, ...),
 # and runs short enough (3 commands of at most 0.2 s + 1 s wait each) to end before the
 # first neighbour entry used leaves DELAY (5 s) and the kernel sends a unicast ARP probe
@@ -141,7 +145,32 @@ def _check_arguments(backends: tuple[str, ...], min_nodes: int, max_nodes: int, 
         raise ValueError(f"traffic: unknown kinds {unknown} (choose from {', '.join(_COMMANDS)})")
 
 
-_COMMANDS = {"ping": _ping}
+UDP_PORT_BASE = 5000  # listeners on 5000, 5001, ...: one per exchange, never in the ephemeral range
+UDP_SIZES = ((1, 1500), (1500, 20000), (20000, 200_000))
+LOCALHOST = "127.0.0.1"
+
+
+@st.composite
+def _udp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int,
+         backend_port: int) -> list[dict]:
+    """A UDP exchange with netcat: a listener (`nc -u -l PORT &` where the
+    destination address lives) or none (a closed port: ICMP port
+    unreachable), and a client sending 1 byte to 200 KB of stdin with
+    `nc -u -q 0`; now and then both in one pod over 127.0.0.1."""
+    port = UDP_PORT_BASE + number
+    if port == backend_port:  # a node's flannel socket holds it
+        port += 100
+    if draw(st.integers(0, 3)) == 0:
+        owner, destination = source, LOCALHOST
+    listen = owner != UNLEASED and draw(st.booleans())
+    low, high = draw(st.sampled_from(UDP_SIZES))
+    size = draw(st.integers(low, high))
+    entries = [{"from": owner, "run": f"nc -u -l {port} &"}] if listen else []
+    entries.append({"from": source, "run": f"nc -u -q 0 {destination} {port}", "stdin": {"bytes": size}})
+    return entries
+
+
+_COMMANDS = {"ping": _ping, "udp": _udp}
 
 
 @st.composite
@@ -175,8 +204,12 @@ def _scenarios(draw: st.DrawFn, backends: tuple[str, ...], min_nodes: int, max_n
         # ("ping",) draws what the strategy always drew.
         kind = traffic[0] if len(traffic) == 1 else draw(st.sampled_from(traffic))
         source = draw(st.sampled_from(sources))
-        _, destination = draw(st.sampled_from(addresses))
-        commands.append({"from": source, "run": draw(_COMMANDS[kind](destination))})
+        owner, destination = draw(st.sampled_from(addresses))
+        if kind == "ping":
+            commands.append({"from": source, "run": draw(_ping(destination))})
+        else:
+            commands.extend(draw(_udp(source, owner, destination, len(commands),
+                                      document["net-conf"]["Backend"].get("Port", 0))))
     document["traffic"] = commands
     return document
 
@@ -191,7 +224,8 @@ def scenarios(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes:
     `min_nodes`..`max_nodes` nodes, each with `min_pods`..`max_pods` pods
     (named n1, n2, ... and p1a, p1b, ..., p2a, ...); `mtu`: the (low, high)
     range of the underlay MTU and of an overridden pod MTU; `traffic`: the
-    kinds of traffic command to draw ("ping"), or () for no traffic at all
+    kinds of traffic command to draw ("ping"; "udp": an nc exchange, see
+    `_udp`), or () for no traffic at all
     (a cluster to drive from Python); up to `max_commands` commands.
     Raises ValueError naming the argument when no valid scenario fits.
     """
@@ -203,8 +237,8 @@ def scenarios(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes:
 
 
 def scenario_documents() -> SearchStrategy[dict]:
-    """`scenarios()` with its defaults: what the kernel oracle draws."""
-    return scenarios()
+    """What the kernel oracle draws: `scenarios()` with pings and UDP exchanges."""
+    return scenarios(traffic=ORACLE_TRAFFIC)
 
 
 def clusters(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes: int = MAX_NODES,
