@@ -153,7 +153,6 @@ def test_ephemeral_ports_follow_udp_lib_get_port():
     ("nc -u -l -s 10.244.1.2 5000 &", "run", "usage text"),
     ("nc -u -k p2a 5000 &", "run", "must use -l with -k"),
     ("nc -u p2a 5000", "run", "never exits by itself"),
-    ("nc -l 5000 &", "run", "TCP (nc without -u) is not emulated yet"),
     ("nc -u -q x p2a 5000", "run", "-q: expected an integer"),
     ("nc -u -q 0 nowhere 5000", "run", "'nowhere' is not an IPv4 address, node or pod"),
     ("telnet p2a 23", "run", "unknown program 'telnet'"),
@@ -209,3 +208,36 @@ def test_netcat_client_on_a_bare_socket_pair():
     sim.run()
     sizes = [len(server.recvfrom()[0]) for _ in range(len(server.queue))]
     assert sizes == [16384, 1] and ended[0].exit_status == 0
+
+
+def test_tcp_exchange_with_shutdown_and_a_closed_port(tmp_path):
+    """nc -N sends its stdin, FIN; the listener prints it, sees EOF, closes and
+    exits 0; a SYN to a closed port gets RST and nc exits 1 without a word
+    (both as the live kernel runs them; the TCP frames are the tcp socket's)."""
+    result = run_scenario(scenario(
+        "  - {from: p2a, run: nc -l 5000 &}\n"
+        "  - {from: p1a, run: nc -N p2a 5000, stdin: {bytes: 3000}}\n"
+        "  - {from: p1a, run: nc -N p2a 5001, stdin: \"x\\n\"}\n"), tmp_path)
+    listener, client, refused = (t.result for t in result.traffic)
+    assert bytes(listener.stdout) == stdin_pattern(3000)
+    assert (listener.exit_status, listener.stopped) == (0, False)  # EOF ended it, not the run
+    assert (client.exit_status, client.stdout) == (0, b"")
+    assert (refused.exit_status, refused.stderr) == (1, [])
+
+
+def test_tcp_listener_with_keep_serves_one_connection_after_another(tmp_path):
+    result = run_scenario(scenario(
+        "  - {from: p2a, run: nc -l -k 5000 &}\n"
+        "  - {from: p1a, run: nc -N p2a 5000, stdin: \"one\\n\"}\n"
+        "  - {from: n1, run: nc -N p2a 5000, stdin: \"two\\n\"}\n"), tmp_path)
+    listener = result.traffic[0].result
+    assert bytes(listener.stdout) == b"one\ntwo\n" and listener.stopped
+
+
+def test_a_stopped_tcp_listener_closes_its_connection(tmp_path):
+    # the client never shuts down (no -N): both wait until the end of the run stops them
+    result = run_scenario(scenario(
+        "  - {from: p2a, run: nc -l 5000 &}\n"
+        "  - {from: p1a, run: nc p2a 5000 &, stdin: \"hello\\n\"}\n"), tmp_path)
+    listener, client = (t.result for t in result.traffic)
+    assert listener.stopped and client.stopped and bytes(listener.stdout) == b"hello\n"

@@ -19,11 +19,18 @@ netcat.c with Debian's patches (quit-timer, misc-failures-and-features):
   which nc waits SECS and exits 0 (SIGALRM); -w SECS ends readwrite when a
   poll() sees nothing for SECS.
 
+TCP (no -u) runs the same loop over ``emu.net.tcp.TcpSocket``: the client
+connects without blocking and waits for the handshake (connect_with_timeout,
+-w bounds it; a refused or timed-out connect exits 1 silently); the
+listener (SO_REUSEADDR, backlog 1) accepts one connection, runs readwrite
+on it, closes it, and exits 0, or with -k accepts the next. Writes take
+what the send buffer has room for (the rest on the next POLLOUT); POLLHUP
+(both directions shut, or reset) stops writing.
+
 Each loop turn is one event in process context on the virtual clock, so the
 packets a write causes are processed before the next turn, as the kernel
 runs the backlog inside the write. stdin is a regular file (the scenario's
-bytes): always readable, EOF when consumed. TCP runs over the socket API of
-``emu.net.tcp`` once it exists; the scenario loader refuses TCP until then.
+bytes): always readable, EOF when consumed.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from emu.net.process import ProcessResult
+from emu.net.tcp import TcpSocket
 from emu.net.udp import UdpSocket
 from emu.sim import NS_PER_SECOND, Event
 from emu.wire.addr import ip_from_str
@@ -84,12 +92,14 @@ class Netcat:
         self.stdin = stdin
         self._stdin_offset = 0
         self.result = ProcessResult(command)
-        self.sock: UdpSocket | None = None
+        self.sock: UdpSocket | TcpSocket | None = None
         self._on_exit: Callable[[ProcessResult], None] | None = None
         self._keep = options.keep
         self._loop: _ReadWrite | None = None
         self._alarm: Event | None = None
         self._on_blocked: Callable[[], None] | None = None
+        self._listener = None  # a TCP/UDP listener's own socket
+        self._connect_timer: Event | None = None
 
     # -- life cycle ---------------------------------------------------------------
     def start(self, on_exit: Callable[[ProcessResult], None],
@@ -128,8 +138,9 @@ class Netcat:
                 event.cancel()
         if self._loop is not None:
             self._loop.cancel()
-        if self.sock is not None:
-            self.sock.close()
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
+        self._close_sockets()
         self.result.exit_status = status
         self.result.finished_ns = self.ns.sim.now_ns
         done, self._on_exit = self._on_exit, None
@@ -144,7 +155,7 @@ class Netcat:
     # -- client -------------------------------------------------------------------
     def _connect(self) -> None:
         options = self.options
-        self.sock = UdpSocket(self.ns)
+        self.sock = UdpSocket(self.ns) if options.udp else TcpSocket(self.ns)
         if options.source is not None or options.source_port is not None:
             source = ip_from_str(options.source) if options.source is not None else None
             try:
@@ -157,27 +168,80 @@ class Netcat:
         except OSError:
             self._fail(None)  # remote_connect failed: ret stays 1, nothing printed without -v
             return
+        if options.udp:
+            self._readwrite(lambda: self._exit(0))
+            return
+        # connect_with_timeout: select() for writability, -w bounds it
+        self.sock.on_wake = self._connect_done
+        if options.timeout:
+            self._connect_timer = self.ns.sim.call_process_at(
+                self.ns.sim.now_ns + options.timeout * NS_PER_SECOND, self._connect_timed_out)
+        self._connect_done()
+
+    def _connect_done(self) -> None:
+        if self._on_exit is None or self._loop is not None:
+            return
+        sock = self.sock
+        if sock.error is not None:
+            self._fail(None)  # ECONNREFUSED, ETIMEDOUT...: remote_connect fails, exit 1 silently
+            return
+        if not sock.connected:
+            self.blocked()
+            return
+        if self._connect_timer is not None:
+            self._connect_timer.cancel()
         self._readwrite(lambda: self._exit(0))
+
+    def _connect_timed_out(self) -> None:
+        if self._loop is None:
+            self._fail(None)  # CONNECTION_TIMEOUT: nothing printed without -v
 
     # -- listener -----------------------------------------------------------------
     def _listen(self) -> None:
         options = self.options
-        self.sock = UdpSocket(self.ns)
+        self.sock = UdpSocket(self.ns) if options.udp else TcpSocket(self.ns)
+        self.sock.reuseaddr = True  # local_listen sets SO_REUSEADDR (and SO_REUSEPORT)
         address = ip_from_str(options.address) if options.address is not None else None
         try:
             self.sock.bind(address, options.port)
+            if not options.udp:
+                self.sock.listen(1)
         except OSError as error:
             self._fail(_strerror(error))  # local_listen returned -1: err(1, NULL)
             return
+        self._listener = self.sock
         self._serve()
 
     def _serve(self) -> None:
         """One turn of main's `for (;;)` around readwrite."""
+        if not self.options.udp:
+            self._listener.on_wake = self._accept
+            self._accept()
+            return
         if self._keep:
             self._readwrite(self._served)
             return
         self.sock.on_wake = self._peek
         self._peek()
+
+    def _accept(self) -> None:
+        """accept4(SOCK_NONBLOCK), blocking until a connection is queued."""
+        if self._on_exit is None:
+            return
+        child = self._listener.accept()
+        if child is None:
+            self.blocked()
+            return
+        self._listener.on_wake = None
+        self.sock = child
+        self._readwrite(self._accepted_done)
+
+    def _accepted_done(self) -> None:
+        """readwrite returned: close(connfd), then the next connection (-k) or the end."""
+        self.sock.close()
+        self.sock = self._listener
+        self._loop = None
+        self._served()
 
     def _peek(self) -> None:
         """recvfrom(MSG_PEEK): block until a datagram is queued, then connect to its sender."""
@@ -195,6 +259,12 @@ class Netcat:
             self._exit(0)
         else:
             self._serve()
+
+    def _close_sockets(self) -> None:
+        """What exit(2) closes: the connection and the listener."""
+        for sock in (self.sock, self._listener):
+            if sock is not None:
+                sock.close()
 
     # -- readwrite ------------------------------------------------------------------
     def _readwrite(self, returned: Callable[[], None]) -> None:
@@ -293,11 +363,13 @@ class _ReadWrite:
         if self.net_closed:
             return POLLNVAL
         sock = self.sock
-        ready = POLLOUT
+        ready = POLLOUT if sock.writable else 0
         if sock.readable:
             ready |= POLLIN
         if sock.error is not None:
             ready |= POLLERR
+        if sock.hup:
+            ready |= POLLHUP
         return ready
 
     def _poll(self) -> list[int]:
@@ -312,6 +384,8 @@ class _ReadWrite:
         for n in range(4):
             if revents[n] & (POLLERR | POLLNVAL):
                 open_[n] = False
+        if events[NETIN] & POLLIN and revents[NETIN] & POLLHUP and not revents[NETIN] & POLLIN:
+            open_[NETIN] = False
         if revents[NETOUT] & POLLHUP:
             if options.shutdown:
                 self._shutdown_write()
@@ -401,7 +475,9 @@ class _ReadWrite:
         return len(data)
 
     def _shutdown_write(self) -> None:
-        """shutdown(SHUT_WR): nothing on the wire for UDP."""
+        """shutdown(SHUT_WR): a FIN for TCP, nothing on the wire for UDP."""
+        if not self.net_closed:
+            self.sock.shutdown_write()
 
     def _shutdown_read(self) -> None:
         if not self.net_closed:

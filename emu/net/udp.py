@@ -95,6 +95,7 @@ class UdpSocket:
         self.remote: tuple[bytes, int] | None = None
         self.error: str | None = None  # SO_ERROR: a pending errno name
         self.read_shut = False
+        self.reuseaddr = False  # SO_REUSEADDR: no effect on UDP binds here
         self.on_wake: Callable[[], None] | None = None
         self._wake_pending = False
         self.queue: deque = deque()
@@ -192,6 +193,12 @@ class UdpSocket:
     @property
     def readable(self) -> bool:
         return bool(self.queue) or self.read_shut
+
+    writable = True  # sock_writeable: the send buffer frees as soon as a datagram leaves
+    hup = False  # nc never shuts both directions of a datagram socket while polling it
+
+    def shutdown_write(self) -> None:
+        """shutdown(SHUT_WR): nothing on the wire."""
 
     def sendto_batch(self, payloads: list[bytes], address: tuple[bytes, int]) -> None:
         """Send `payloads` as one burst, as a process calling `sendto` for each

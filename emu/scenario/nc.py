@@ -7,9 +7,9 @@ ADDR PORT`` with its usage text, and so does this parser) and ``nc [-u]
 [-N] [-q SECS] [-w SECS] [-p SPORT] [-s ADDR] HOST PORT``, options anywhere
 (glibc getopt permutes). -n and -4 change nothing here (no name service,
 IPv4 only) and are accepted; every other option is refused naming it.
-Ports are numbers 1..65535 (no service names, no ranges). TCP (no -u) is
-refused until the TCP socket exists; a UDP nc in the foreground must be
-able to end by itself (-q SECS >= 0 or -w SECS), or the run would never end.
+Ports are numbers 1..65535 (no service names, no ranges). Without -u nc
+speaks TCP (emu.net.tcp); a UDP nc in the foreground must be able to end
+by itself (-q SECS >= 0 or -w SECS), or the run would never end.
 """
 
 from ipaddress import IPv4Address
@@ -57,13 +57,12 @@ def parse_nc(command: str, background: bool) -> NcSpec:
             raise ValueError(f"nc needs HOST and PORT, got {len(operands)} operand(s)")
         port_text = operands[1]
     port = _port("PORT", port_text)
-    if "-u" not in values:
-        raise ValueError("TCP (nc without -u) is not emulated yet; use -u for UDP")
-    if not background and quit_after < 0 and timeout is None:
+    udp = "-u" in values
+    if udp and not background and quit_after < 0 and timeout is None:
         raise ValueError("nc -u never exits by itself: give -q SECS (>= 0) or -w SECS, "
                          "or run it in the background (end the line with &)")
     nc_options = NcOptions(
-        port=port, listen=listen, udp=True, keep=keep,
+        port=port, listen=listen, udp=udp, keep=keep,
         address=host if listen else None,
         source=str(source) if source is not None and not listen else None,
         source_port=_port("-p", pflag) if pflag is not None and not listen else None,

@@ -80,24 +80,24 @@ def check_listeners(traffic: tuple[TrafficSpec, ...], nodes: list[NodeSpec], bac
                     backend_port: int) -> None:
     """Refuse a listener on a port already taken (see the module docstring)."""
     node_names = {node.name for node in nodes}
-    taken: dict[tuple[str, int], str] = {}
+    taken: dict[tuple[str, str, int], str] = {}
     if backend_type in ("vxlan", "udp"):
         owner = "flannel.1 (VXLAN)" if backend_type == "vxlan" else "flanneld's udp backend"
-        taken.update({(name, backend_port): f"{owner}'s socket" for name in node_names})
+        taken.update({(name, "udp", backend_port): f"{owner}'s socket" for name in node_names})
     chain = 0
-    ended: dict[tuple[str, int], int] = {}  # a foreground listener: over once its chain goes on
+    ended: dict[tuple[str, str, int], int] = {}  # a foreground listener: over once its chain goes on
     for index, spec in enumerate(traffic):
         if index and spec.at is not None:
             chain += 1
         program = spec.program
         if not isinstance(program, NcSpec) or not program.options.listen:
             continue
-        key = (_namespace_of(spec), program.options.port)
+        key = (_namespace_of(spec), "udp" if program.options.udp else "tcp", program.options.port)
         if key in taken and ended.get(key) != chain:
-            raise ScenarioError(f"{spec.path}.run", f"UDP port {key[1]} in {key[0]} is already taken "
-                                f"by {taken[key]}")
+            raise ScenarioError(f"{spec.path}.run", f"{key[1].upper()} port {key[2]} in {key[0]} is already "
+                                f"taken by {taken[key]}")
         taken[key] = (f"{spec.path} ({spec.command}; nc sets SO_REUSEPORT and the kernel would "
-                      "share the datagrams between both at random)")
+                      "share the traffic between both at random)")
         ended.pop(key, None)
         if not spec.background:
             ended[key] = chain
