@@ -145,17 +145,23 @@ def test_verify_kernel_refuses_bad_input():
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 
-def test_processes_print_and_exit_as_the_real_ones(tmp_path):
+NC_SCENARIOS = [ROOT / "examples" / "udp-fragmented.yaml", ROOT / "examples" / "localhost-containers.yaml",
+                ROOT / "tests" / "regressions" / "udp-frag-needed-emsgsize.yaml"]
+
+
+@pytest.mark.parametrize("path", NC_SCENARIOS, ids=lambda p: p.stem)
+def test_processes_print_and_exit_as_the_real_ones(path, tmp_path):
     """nc's stdout and exit status (and a stopped background listener) as the
     real netcat-openbsd's, next to the capture points."""
     from emu.kernel import run_kernel
+    from emu.kernel.live import scenario_ports
     from emu.scenario.run import run_scenario
     from emu.verify import compare_dirs
 
-    scenario = load_scenario(ROOT / "examples" / "udp-fragmented.yaml")
+    scenario = load_scenario(path)
     kernel = run_kernel(scenario, tmp_path / "kernel")
     emulated = run_scenario(scenario, tmp_path / "emu")
-    assert compare_dirs(tmp_path / "kernel", tmp_path / "emu", udp_ports=(8285,)).ok
+    assert compare_dirs(tmp_path / "kernel", tmp_path / "emu", **scenario_ports(scenario)).ok
     for real, ours in zip(kernel.commands, (item.result for item in emulated.traffic)):
         assert real.stdout == bytes(ours.stdout), real.command
         assert (real.stopped, None if real.stopped else real.returncode) == (ours.stopped, ours.exit_status)
