@@ -41,7 +41,8 @@ from emu.net.stack import SendError
 from emu.scenario import ScenarioError, load_scenario, load_scenario_document, load_scenario_text
 from emu.scenario.build import EmulatedCluster, add_node_later, add_pods, build_cluster
 from emu.scenario.model import NodeSpec, Scenario, TrafficSpec
-from emu.scenario.ping import parse_ping
+from emu.net.process import ProcessResult
+from emu.scenario.traffic import parse_command
 from emu.scenario.play import Player, TrafficResult
 from emu.scenario.run import Captures, RunResult, clear_outputs, finish_result
 from emu.sim import NS_PER_SECOND, SettleError, seconds
@@ -258,7 +259,7 @@ class Command:
 
     def __init__(self, spec: TrafficSpec) -> None:
         self.spec = spec
-        self.result: PingResult | None = None
+        self.result: "PingResult | ProcessResult | None" = None
 
     @property
     def done(self) -> bool:
@@ -269,11 +270,12 @@ class Command:
         """What the command printed, one line per line (empty until done)."""
         if self.result is None:
             return ""
-        return "\n".join(self.result.lines if self.result.fatal is None else [self.result.fatal])
+        fatal = getattr(self.result, "fatal", None)  # ping's; nc's errors are in its lines
+        return "\n".join(self.result.lines if fatal is None else [fatal])
 
     def __repr__(self) -> str:
         state = "done" if self.done else "running"
-        return f"<Command {self.spec.source}: {self.spec.ping.command!r} {state}>"
+        return f"<Command {self.spec.source}: {self.spec.command!r} {state}>"
 
 
 class Cluster:
@@ -484,12 +486,15 @@ class Cluster:
                              f"namespace {name}")
         send_hdrinc(ns, data)
 
-    def command(self, source: str, run: str, *, at: float | None = None) -> Command:
+    def command(self, source: str, run: str, *, at: float | None = None,
+                stdin: bytes | str = b"") -> Command:
         """Give the cluster a traffic command, as the scenario's `traffic:`
-        entry `{from: source, run: ..., at: ...}`: it starts at `at` (seconds,
-        absolute), or when the commands given before it have ended. Returns
-        a Command to read once it is done. `source` is a node, pod or
-        "pod/container"; a destination name is resolved when it starts."""
+        entry `{from: source, run: ..., at: ..., stdin: ...}`: it starts at
+        `at` (seconds, absolute), or when the commands given before it have
+        ended (a `... &` one runs in the background). `run` is a ping or nc
+        line; `stdin` the process's standard input. Returns a Command to
+        read once it is done. `source` is a node, pod or "pod/container"; a
+        destination name is resolved when it starts."""
         if not isinstance(source, str):
             raise TypeError(f"source: expected a node or pod name, got {type(source).__name__}")
         if not isinstance(run, str):
@@ -503,11 +508,11 @@ class Cluster:
         if container and (pod_name not in emulated.cluster.pods
                           or container not in emulated.cluster.pods[pod_name].containers):
             raise ValueError(f"source: pod {pod_name} has no container {container!r}")
-        try:
-            ping = parse_ping(run)
-        except ValueError as error:
-            raise ScenarioError("run", str(error)) from None
-        spec = TrafficSpec(pod_name, container or None, ping, at, f"command[{len(self._commands)}]")
+        if not isinstance(stdin, (bytes, str)):
+            raise TypeError(f"stdin: expected bytes or text, got {type(stdin).__name__}")
+        program, background = parse_command(run, "run")
+        spec = TrafficSpec(pod_name, container or None, program, at, f"command[{len(self._commands)}]",
+                           background, stdin.encode() if isinstance(stdin, str) else bytes(stdin))
         command = Command(spec)
         self._commands[id(spec)] = command
         self._player.add_command(spec)

@@ -229,6 +229,17 @@ def test_commands_chain_and_report_their_output():
     assert "1 received" in first.output and "108 bytes from 172.18.0.11" in second.output
 
 
+def test_nc_commands_with_stdin():
+    cluster = Cluster.from_file(CROSS["vxlan-cross-node"], traffic=False)
+    listener = cluster.command("p2a", "nc -u -l 5000 &")
+    client = cluster.command("p1a", "nc -u -q 0 p2a 5000", stdin="hello\n")
+    cluster.run()
+    assert client.done and client.result.exit_status == 0 and not listener.done
+    assert "nc -u -l 5000 &" in repr(listener)
+    with pytest.raises(ScenarioError, match="^run: unsupported option -v"):
+        cluster.command("p1a", "nc -v -u -q 0 p2a 5000")
+
+
 def test_captures_off():
     cluster = Cluster.from_file(CROSS["vxlan-cross-node"], capture=False)
     cluster.run()
