@@ -241,3 +241,24 @@ def test_a_stopped_tcp_listener_closes_its_connection(tmp_path):
         "  - {from: p1a, run: nc p2a 5000 &, stdin: \"hello\\n\"}\n"), tmp_path)
     listener, client = (t.result for t in result.traffic)
     assert listener.stopped and client.stopped and bytes(listener.stdout) == b"hello\n"
+
+
+def test_background_tcp_client_writes_before_the_next_command_and_ends_on_the_stopped_peer(tmp_path):
+    """As the live kernel run does (checked there 8/8 points): the next command
+    starts once the background client has connected and written, not while
+    its handshake is under way; at the end the listener is stopped first, its
+    FIN ends the client (exit 0) before the client's own stop."""
+    result = run_scenario(scenario(
+        "  - {from: p2a, run: nc -l 5000 &}\n"
+        "  - {from: p1a, run: nc p2a 5000 &, stdin: \"hello\\n\"}\n"
+        "  - {from: p1a, run: ping -c 1 -W 1 n2}\n"), tmp_path)
+    import dpkt
+    kinds = []
+    with open(tmp_path / "p1a_eth0.pcap", "rb") as file:
+        for _, frame in dpkt.pcap.Reader(file):
+            ip = dpkt.ethernet.Ethernet(frame).data
+            if isinstance(ip, dpkt.ip.IP):
+                kinds.append("icmp" if ip.p == 1 else "data" if len(ip.data.data) else "tcp")
+    assert kinds.index("data") < kinds.index("icmp")
+    listener, client, _ = (t.result for t in result.traffic)
+    assert listener.stopped and (client.stopped, client.exit_status) == (False, 0)

@@ -186,11 +186,18 @@ class Netcat:
             self._fail(None)  # ECONNREFUSED, ETIMEDOUT...: remote_connect fails, exit 1 silently
             return
         if not sock.connected:
-            self.blocked()
+            # select() sleeps, but a handshake that can complete at this instant wakes it
+            # first: it counts as blocked only if still connecting once the instant's
+            # work is done (the kernel runner sees nc asleep for longer than a handshake)
+            self.ns.sim.call_process(self._still_connecting)
             return
         if self._connect_timer is not None:
             self._connect_timer.cancel()
         self._readwrite(lambda: self._exit(0))
+
+    def _still_connecting(self) -> None:
+        if self._on_exit is not None and self._loop is None and not self.sock.connected:
+            self.blocked()
 
     def _connect_timed_out(self) -> None:
         if self._loop is None:

@@ -181,13 +181,19 @@ class Player:
             done(program)  # it could not start: its result already
 
     def stop_all(self) -> None:
-        """The end of the run: what still runs is stopped (SIGTERM), as the
-        kernel runner kills it, and the instant is played out."""
+        """The end of the run: what still runs is stopped (SIGTERM) one after
+        the other, as the kernel runner kills them, each stop's instant
+        played out before the next."""
         if self._pending_commands:
             self.notes.append(f"t={self.sim.now_ns / 1e9:g}s: nothing left to happen while commands "
                               "still waited; stopped them")
         for index in sorted(self._running):
-            self._running[index].stop()
+            program = self._running.get(index)
+            if program is not None:
+                program.stop()
+                # as the kernel runner kills one and waits for it before the next: what its
+                # end causes (a TCP close's FIN, the peer's answer) plays out in between
+                self.sim.run(until_ns=self.sim.now_ns)
         self.sim.run(until_ns=self.sim.now_ns)
 
 
