@@ -235,12 +235,14 @@ def test_tcp_listener_with_keep_serves_one_connection_after_another(tmp_path):
 
 
 def test_a_stopped_tcp_listener_closes_its_connection(tmp_path):
-    # the client never shuts down (no -N): both wait until the end of the run stops them
+    # the client never shuts down (no -N): both wait until the end of the run stops the
+    # listener, whose close (FIN) ends the client, which has nothing left to read or send
     result = run_scenario(scenario(
         "  - {from: p2a, run: nc -l 5000 &}\n"
         "  - {from: p1a, run: nc p2a 5000 &, stdin: \"hello\\n\"}\n"), tmp_path)
     listener, client = (t.result for t in result.traffic)
-    assert listener.stopped and client.stopped and bytes(listener.stdout) == b"hello\n"
+    assert listener.stopped and bytes(listener.stdout) == b"hello\n"
+    assert (client.stopped, client.exit_status) == (False, 0)
 
 
 def test_background_tcp_client_writes_before_the_next_command_and_ends_on_the_stopped_peer(tmp_path):
