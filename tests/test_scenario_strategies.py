@@ -46,3 +46,13 @@ def test_ping_traffic_is_drawn(document):
 def test_impossible_arguments_are_refused(arguments, named):
     with pytest.raises(ValueError, match=f"^{named}"):
         scenarios(**arguments)
+
+
+@settings(max_examples=10, deadline=None, database=None)
+@given(scenarios(backends=["host-gw"], max_nodes=2, traffic=["udp", "tcp"], max_commands=2))
+def test_nc_exchanges_are_drawn(document):
+    scenario = load_scenario_text(scenario_yaml(document))
+    clients = [t for t in scenario.traffic if not t.background]
+    assert clients and all(t.program.command.startswith("nc ") and 1 <= len(t.stdin) <= 200_000
+                           for t in clients)
+    assert all(t.program.options.listen for t in scenario.traffic if t.background)

@@ -57,7 +57,8 @@ MAX_PODS = 4
 MAX_COMMANDS = 3
 MTU_RANGE = (576, 9000)
 TRAFFIC_KINDS = ("ping",)
-ORACLE_TRAFFIC = ("ping", "udp")  # what the kernel oracle draws
+# What the kernel oracle draws; "tcp" joins once emu.verify compares TCP fields.
+ORACLE_TRAFFIC = ("ping", "udp")
 # Intervals at least 10 ms away from the kernel's redirect backoff steps (40, 80 ms, ...),
 # and runs short enough (3 commands of at most 0.2 s + 1 s wait each) to end before the
 # first neighbour entry used leaves DELAY (5 s) and the kernel sends a unicast ARP probe
@@ -170,7 +171,26 @@ def _udp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int
     return entries
 
 
-_COMMANDS = {"ping": _ping, "udp": _udp}
+@st.composite
+def _tcp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int,
+         backend_port: int) -> list[dict]:
+    """A TCP exchange with netcat: a listener (`nc -l PORT &` where the
+    destination address lives) or none (a closed port: RST), and a client
+    sending 1 byte to 200 KB with `nc -N` (FIN at EOF; the listener then
+    closes too); now and then both in one pod over 127.0.0.1. Never towards
+    the unleased address (the SYN retries would outlast any live run)."""
+    port = UDP_PORT_BASE + number
+    if draw(st.integers(0, 3)) == 0 or owner == UNLEASED:
+        owner, destination = source, LOCALHOST
+    listen = draw(st.booleans())
+    low, high = draw(st.sampled_from(UDP_SIZES))
+    size = draw(st.integers(low, high))
+    entries = [{"from": owner, "run": f"nc -l {port} &"}] if listen else []
+    entries.append({"from": source, "run": f"nc -N {destination} {port}", "stdin": {"bytes": size}})
+    return entries
+
+
+_COMMANDS = {"ping": _ping, "udp": _udp, "tcp": _tcp}
 
 
 @st.composite
@@ -208,8 +228,8 @@ def _scenarios(draw: st.DrawFn, backends: tuple[str, ...], min_nodes: int, max_n
         if kind == "ping":
             commands.append({"from": source, "run": draw(_ping(destination))})
         else:
-            commands.extend(draw(_udp(source, owner, destination, len(commands),
-                                      document["net-conf"]["Backend"].get("Port", 0))))
+            commands.extend(draw(_COMMANDS[kind](source, owner, destination, len(commands),
+                                                 document["net-conf"]["Backend"].get("Port", 0))))
     document["traffic"] = commands
     return document
 
@@ -224,8 +244,8 @@ def scenarios(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes:
     `min_nodes`..`max_nodes` nodes, each with `min_pods`..`max_pods` pods
     (named n1, n2, ... and p1a, p1b, ..., p2a, ...); `mtu`: the (low, high)
     range of the underlay MTU and of an overridden pod MTU; `traffic`: the
-    kinds of traffic command to draw ("ping"; "udp": an nc exchange, see
-    `_udp`), or () for no traffic at all
+    kinds of traffic command to draw ("ping"; "udp", "tcp": an nc exchange,
+    see `_udp`, `_tcp`), or () for no traffic at all
     (a cluster to drive from Python); up to `max_commands` commands.
     Raises ValueError naming the argument when no valid scenario fits.
     """
