@@ -148,23 +148,29 @@ def _check_arguments(backends: tuple[str, ...], min_nodes: int, max_nodes: int, 
 
 UDP_PORT_BASE = 5000  # listeners on 5000, 5001, ...: one per exchange, never in the ephemeral range
 UDP_SIZES = ((1, 1500), (1500, 20000), (20000, 200_000))
+UDP_BACKEND_MAX = 20000  # see _udp
 LOCALHOST = "127.0.0.1"
 
 
 @st.composite
 def _udp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int,
-         backend_port: int) -> list[dict]:
+         backend: dict) -> list[dict]:
     """A UDP exchange with netcat: a listener (`nc -u -l PORT &` where the
     destination address lives) or none (a closed port: ICMP port
     unreachable), and a client sending 1 byte to 200 KB of stdin with
     `nc -u -q 0`; now and then both in one pod over 127.0.0.1."""
     port = UDP_PORT_BASE + number
-    if port == backend_port:  # a node's flannel socket holds it
+    if port == backend["Port"]:  # a node's flannel socket holds it
         port += 100
     if draw(st.integers(0, 3)) == 0:
         owner, destination = source, LOCALHOST
     listen = owner != UNLEASED and draw(st.booleans())
     low, high = draw(st.sampled_from(UDP_SIZES))
+    if backend["Type"] == "udp":
+        # flanneld's proxy reads one packet at a time from its socket: on the kernel a burst
+        # of more than its receive buffer's worth is partly dropped there, as fast as the
+        # proxy happens to be (200 KB: about 50 of 150 frames). Not modelled; kept below.
+        low, high = min(low, UDP_BACKEND_MAX), min(high, UDP_BACKEND_MAX)
     size = draw(st.integers(low, high))
     entries = [{"from": owner, "run": f"nc -u -l {port} &"}] if listen else []
     entries.append({"from": source, "run": f"nc -u -q 0 {destination} {port}", "stdin": {"bytes": size}})
@@ -173,7 +179,7 @@ def _udp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int
 
 @st.composite
 def _tcp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int,
-         backend_port: int) -> list[dict]:
+         backend: dict) -> list[dict]:
     """A TCP exchange with netcat: a listener (`nc -l PORT &` where the
     destination address lives) or none (a closed port: RST), and a client
     sending 1 byte to 200 KB with `nc -N` (FIN at EOF; the listener then
@@ -228,8 +234,8 @@ def _scenarios(draw: st.DrawFn, backends: tuple[str, ...], min_nodes: int, max_n
         if kind == "ping":
             commands.append({"from": source, "run": draw(_ping(destination))})
         else:
-            commands.extend(draw(_COMMANDS[kind](source, owner, destination, len(commands),
-                                                 document["net-conf"]["Backend"].get("Port", 0))))
+            backend = {"Port": 0, **document["net-conf"]["Backend"]}
+            commands.extend(draw(_COMMANDS[kind](source, owner, destination, len(commands), backend)))
     document["traffic"] = commands
     return document
 
