@@ -22,7 +22,8 @@ from emu.testing.strategies import (arp_reprs, ethernet_frames, ethernet_reprs, 
 from emu.wire import WireError
 from emu.wire.addr import ip_from_str, mac_from_str
 from emu.wire.arp import OP_REPLY, OP_REQUEST, ArpRepr
-from emu.wire.checksum import incremental_update, internet_checksum, pseudo_header_sum
+from emu.wire.checksum import (incremental_update, internet_checksum, ones_sum, pseudo_header_sum,
+                               sum_verifies)
 from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, EthernetFrame, EthernetRepr
 from emu.wire.icmp import ECHO_REPLY, ECHO_REQUEST, IcmpMessage, IcmpRepr
 from emu.wire.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, Ipv4Repr, decrement_ttl
@@ -192,6 +193,36 @@ def test_udp_checksum_matches_reference(src: bytes, dst: bytes, payload: bytes) 
     assert udp_checksum(src, dst, segment) == expected
     assert internet_checksum(segment, pseudo_header_sum(src, dst, PROTO_UDP, len(segment))) == \
         reference_checksum(pseudo + segment)
+
+
+@given(ANY_IP, ANY_IP, st.integers(0, 0xFFFF), st.integers(0, 0xFFFF), st.binary(max_size=200))
+def test_udp_build_checksum_matches_reference(src: bytes, dst: bytes, sport: int, dport: int,
+                                              payload: bytes) -> None:
+    segment = UdpRepr(sport, dport, len(payload)).build(payload, src, dst)
+    pseudo = src + dst + bytes([0, PROTO_UDP]) + len(segment).to_bytes(2, "big")
+    zeroed = segment[:6] + b"\x00\x00" + segment[8:]
+    assert segment[6:8] == (reference_checksum(pseudo + zeroed) or 0xFFFF).to_bytes(2, "big")
+    assert UdpDatagram(segment).checksum_ok(src, dst)
+
+
+@given(st.binary(max_size=120), st.integers(0, 0x3FFFF))
+def test_sum_verifies_is_ones_sum_equal_to_ffff(data: bytes, initial: int) -> None:
+    assert sum_verifies(data, initial) == (ones_sum(data, initial) == 0xFFFF)
+    assert sum_verifies(memoryview(data), initial) == (ones_sum(data, initial) == 0xFFFF)
+
+
+@given(ANY_IP, ANY_IP, st.integers(0, 255), st.integers(0, 0xFFFF))
+def test_pseudo_header_sum_is_the_packed_headers_sum(src: bytes, dst: bytes, protocol: int,
+                                                     length: int) -> None:
+    packed = src + dst + bytes([0, protocol]) + length.to_bytes(2, "big")
+    assert pseudo_header_sum(src, dst, protocol, length) == ones_sum(packed)
+
+
+@given(ipv4_reprs(payload_len=0))
+def test_header_checksum_matches_reference(ip: Ipv4Repr) -> None:
+    header = ip.header()
+    assert reference_checksum(header) == 0
+    assert Ipv4Packet(header).checksum_ok()
 
 
 @given(ipv4_reprs(payload_len=0))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from emu.wire.checksum import ones_sum, pseudo_header_sum, udp_checksum_field
+from emu.wire.checksum import ones_sum, pseudo_header_sum, sum_verifies, udp_checksum_field
 from emu.wire.errors import Malformed, Truncated
 from emu.wire.frozen import build_frozen
 from emu.wire.ipv4 import PROTO_UDP
@@ -61,10 +61,11 @@ class UdpDatagram:
 
     def checksum_ok(self, src_ip: bytes, dst_ip: bytes) -> bool:
         """True when the checksum is absent (0) or verifies."""
-        if self.checksum == 0:
+        buf = self.buf
+        if not (buf[6] or buf[7]):
             return True
         partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, self.length)
-        return ones_sum(self.buf[:self.length], partial) == 0xFFFF
+        return sum_verifies(buf[:self.length], partial)
 
     def __len__(self) -> int:
         return self.length
@@ -108,8 +109,12 @@ class UdpRepr:
     def build(self, payload: bytes | bytearray | memoryview, src_ip: bytes, dst_ip: bytes,
               with_checksum: bool = True) -> bytes:
         """Header plus payload (`payload_len` is taken from `payload`)."""
-        segment = bytearray(_HEADER.pack(self.src_port, self.dst_port, HEADER_LEN + len(payload), 0))
-        segment += payload
+        length = HEADER_LEN + len(payload)
+        checksum = 0
         if with_checksum:
-            segment[6:8] = udp_checksum(src_ip, dst_ip, segment).to_bytes(2, "big")
-        return bytes(segment)
+            # The header's words (checksum 0) summed from the fields, the
+            # payload's as one integer: no segment is built just to be summed.
+            partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length)
+            partial += self.src_port + self.dst_port + length
+            checksum = udp_checksum_field(~ones_sum(payload, partial) & 0xFFFF)
+        return _HEADER.pack(self.src_port, self.dst_port, length, checksum) + bytes(payload)
