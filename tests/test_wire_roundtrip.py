@@ -26,7 +26,7 @@ from emu.wire.checksum import (incremental_update, internet_checksum, ones_sum, 
                                sum_verifies)
 from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, EthernetFrame, EthernetRepr
 from emu.wire.icmp import ECHO_REPLY, ECHO_REQUEST, IcmpMessage, IcmpRepr
-from emu.wire.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, Ipv4Repr, decrement_ttl
+from emu.wire.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet, Ipv4Repr, decrement_ttl, ipv4_header
 from emu.wire.udp import UdpDatagram, UdpRepr, udp_checksum
 from emu.wire.vxlan import FLAG_I, FLANNEL_PORT, VxlanHeader, VxlanRepr, decapsulate, encapsulate
 
@@ -216,6 +216,13 @@ def test_pseudo_header_sum_is_the_packed_headers_sum(src: bytes, dst: bytes, pro
                                                      length: int) -> None:
     packed = src + dst + bytes([0, protocol]) + length.to_bytes(2, "big")
     assert pseudo_header_sum(src, dst, protocol, length) == ones_sum(packed)
+
+
+@given(ipv4_reprs(payload_len=0))
+def test_ipv4_header_from_values_is_the_reprs_header(ip: Ipv4Repr) -> None:
+    plain = replace(ip, options=b"", mf=False, frag_offset=0, reserved_flag=False)
+    assert ipv4_header(plain.src, plain.dst, plain.protocol, plain.payload_len, plain.ttl,
+                       plain.tos, plain.ident, plain.df) == plain.header()
 
 
 @given(ipv4_reprs(payload_len=0))

@@ -36,8 +36,8 @@ from emu.wire import icmp
 from emu.wire.errors import WireError
 from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, ethernet_header
 from emu.wire.icmp import IcmpMessage, IcmpRepr
-from emu.wire.ipv4 import (FLAG_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, Ipv4Repr,
-                           decrement_ttl)
+from emu.wire.ipv4 import (FLAG_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, decrement_ttl,
+                           ipv4_header)
 from emu.wire.udp import UdpDatagram
 
 if TYPE_CHECKING:
@@ -266,9 +266,9 @@ class Ipv4Stack:
         if seg_len and pmtudisc == "want" and seg_len > mtu:
             seg_len = 0  # the segments do not fit: an ordinary packet, fragmented
         df = pmtudisc == "do" or (pmtudisc == "want" and (total <= mtu or bool(seg_len)))
-        header = Ipv4Repr(src=src, dst=dst, protocol=protocol, payload_len=len(payload),
-                          ttl=self.ns.default_ttl if ttl is None else ttl, tos=tos,
-                          ident=self.next_ident() if ident is None else ident, df=df).header()
+        header = ipv4_header(src, dst, protocol, len(payload),
+                             self.ns.default_ttl if ttl is None else ttl, tos,
+                             self.next_ident() if ident is None else ident, df)
         packet = header + bytes(payload)
         if seg_len and total > mtu:
             gso.mark(self.ns.sim, packet, seg_len)

@@ -33,7 +33,7 @@ from emu.net.fastpath import config_changed, flow_cache
 from emu.net.stack import SendError
 from emu.wire import icmp
 from emu.wire.ipv4 import PROTO_UDP
-from emu.wire.udp import UdpRepr
+from emu.wire.udp import udp_segment
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
@@ -159,8 +159,8 @@ class UdpSocket:
         route, _ = self.ns.route_output(dst, None)
         if src_ip is None and route is not None:
             src_ip = self.ns.source_for(route)
-        segment = UdpRepr(self.local[1], port, len(data)).build(
-            data, src_ip or bytes(4), dst, with_checksum=self.checksum)
+        segment = udp_segment(self.local[1], port, data, src_ip or bytes(4), dst,
+                                with_checksum=self.checksum)
         self.ns.stack.send(dst, PROTO_UDP, segment, src=src_ip, ttl=ttl, tos=tos,
                            pmtudisc=self.pmtudisc, process=True)
 

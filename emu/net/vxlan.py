@@ -27,8 +27,8 @@ from emu.net.udp import UdpSocket
 from emu.sim import Scheduler
 from emu.wire.addr import ip_to_str, mac_to_str
 from emu.wire.ipv4 import PROTO_UDP
-from emu.wire.udp import UdpRepr
-from emu.wire.vxlan import FLAG_I, HEADER_LEN, VxlanRepr
+from emu.wire.udp import udp_segment
+from emu.wire.vxlan import FLAG_I, HEADER_LEN, vxlan_header
 
 if TYPE_CHECKING:
     from emu.net.namespace import Namespace
@@ -154,9 +154,9 @@ class Vxlan(NetDevice):
             self.drop("vxlan-no-fdb-entry")
             return
         inner_tos = frame[15] if len(frame) >= 16 and frame[12:14] == b"\x08\x00" else 0
-        payload = VxlanRepr(self.vni).build() + bytes(frame)
-        segment = UdpRepr(flow_source_port(frame), self.port, len(payload)).build(
-            payload, self.local_ip, remote, with_checksum=self.udp_checksum)
+        payload = vxlan_header(self.vni) + bytes(frame)
+        segment = udp_segment(flow_source_port(frame), self.port, payload, self.local_ip, remote,
+                              with_checksum=self.udp_checksum)
         inner_seg_len = gso.segment_len(self.sim, memoryview(frame)[14:])
         try:
             # A GSO inner frame stays one super-packet outside (UDP tunnel GSO).

@@ -175,14 +175,7 @@ class Ipv4Repr:
 
     def header(self) -> bytes:
         """The header bytes, options and a valid checksum included."""
-        fields = self._fixed_fields(0)
-        if not self.options:
-            # The fixed header's sum, from its fields (packing it twice costs more).
-            checksum = internet_checksum(_FIXED.pack(*fields))
-            return _FIXED.pack(*fields[:7], checksum, *fields[8:])
-        raw = _FIXED.pack(*fields) + self.options
-        checksum = internet_checksum(raw)
-        return raw[:10] + checksum.to_bytes(2, "big") + raw[12:]
+        return _packed_header(self._fixed_fields(0), self.options)
 
     def emit_into(self, buf: bytearray | memoryview, offset: int = 0) -> int:
         """Write the header at `offset`; return the offset of the payload."""
@@ -195,6 +188,25 @@ class Ipv4Repr:
         if len(payload) != self.payload_len:
             return replace(self, payload_len=len(payload)).build(payload)
         return self.header() + bytes(payload)
+
+
+def _packed_header(fields: tuple, options: bytes) -> bytes:
+    """The header of `_FIXED` fields (checksum 0) plus options, its checksum filled in."""
+    if not options:
+        checksum = internet_checksum(_FIXED.pack(*fields))
+        return _FIXED.pack(*fields[:7], checksum, *fields[8:])
+    raw = _FIXED.pack(*fields) + options
+    checksum = internet_checksum(raw)
+    return raw[:10] + checksum.to_bytes(2, "big") + raw[12:]
+
+
+def ipv4_header(src: bytes, dst: bytes, protocol: int, payload_len: int, ttl: int = 64,
+                 tos: int = 0, ident: int = 0, df: bool = False) -> bytes:
+    """`Ipv4Repr(...).header()` of an unfragmented header without options,
+    straight from the values: a stack sending a packet builds no Repr (a
+    frozen dataclass of 12 fields costs more than packing the header)."""
+    return _packed_header((0x45, tos, MIN_HEADER_LEN + payload_len, ident, FLAG_DF if df else 0,
+                           ttl, protocol, 0, src, dst), b"")
 
 
 def decrement_ttl(packet: bytearray, offset: int = 0) -> int:

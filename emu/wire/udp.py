@@ -109,12 +109,18 @@ class UdpRepr:
     def build(self, payload: bytes | bytearray | memoryview, src_ip: bytes, dst_ip: bytes,
               with_checksum: bool = True) -> bytes:
         """Header plus payload (`payload_len` is taken from `payload`)."""
-        length = HEADER_LEN + len(payload)
-        checksum = 0
-        if with_checksum:
-            # The header's words (checksum 0) summed from the fields, the
-            # payload's as one integer: no segment is built just to be summed.
-            partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length)
-            partial += self.src_port + self.dst_port + length
-            checksum = udp_checksum_field(~ones_sum(payload, partial) & 0xFFFF)
-        return _HEADER.pack(self.src_port, self.dst_port, length, checksum) + bytes(payload)
+        return udp_segment(self.src_port, self.dst_port, payload, src_ip, dst_ip, with_checksum)
+
+
+def udp_segment(src_port: int, dst_port: int, payload: bytes | bytearray | memoryview,
+                  src_ip: bytes, dst_ip: bytes, with_checksum: bool = True) -> bytes:
+    """`UdpRepr(src_port, dst_port, len(payload)).build(...)` straight from the
+    values (a socket sending a datagram builds no Repr)."""
+    length = HEADER_LEN + len(payload)
+    checksum = 0
+    if with_checksum:
+        # The header's words (checksum 0) summed from the fields, the payload's
+        # as one integer: no segment is built just to be summed.
+        partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length) + src_port + dst_port + length
+        checksum = udp_checksum_field(~ones_sum(payload, partial) & 0xFFFF)
+    return _HEADER.pack(src_port, dst_port, length, checksum) + bytes(payload)

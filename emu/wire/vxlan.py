@@ -80,12 +80,17 @@ class VxlanRepr:
         return HEADER_LEN
 
     def build(self) -> bytes:
-        return _HEADER.pack((self.flags << 24) | self.reserved1, (self.vni << 8) | self.reserved2)
+        return vxlan_header(self.vni, self.flags, self.reserved1, self.reserved2)
 
     def emit_into(self, buf: bytearray | memoryview, offset: int = 0) -> int:
         _HEADER.pack_into(buf, offset, (self.flags << 24) | self.reserved1,
                           (self.vni << 8) | self.reserved2)
         return offset + HEADER_LEN
+
+
+def vxlan_header(vni: int, flags: int = FLAG_I, reserved1: int = 0, reserved2: int = 0) -> bytes:
+    """`VxlanRepr(vni, ...).build()` straight from the values (per encapsulated frame)."""
+    return _HEADER.pack((flags << 24) | reserved1, (vni << 8) | reserved2)
 
 
 @dataclass(frozen=True)
