@@ -71,20 +71,27 @@ def main() -> None:
                    "more endpoints) instead of the embedded store; overrides the scenario's etcd key.")
 @click.option("--etcd-prefix", default=None, metavar="PREFIX",
               help="flanneld's --etcd-prefix (default /coreos.com/network).")
+@click.option("--report", "with_report", is_flag=True,
+              help="Trace the run and write OUT/report.html too (see `emu report`).")
 def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: tuple[str, ...],
-        etcd_prefix: str | None) -> None:
+        etcd_prefix: str | None, with_report: bool) -> None:
     """Run SCENARIO (a YAML/JSON file; default: the built-in reference cluster)
     and write a pcap per interface, all.pcapng and stats.json."""
     from emu.scenario.run import run_scenario
 
     loaded = _with_etcd(_load(scenario), etcd_endpoints, etcd_prefix)
     target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
-    try:
-        result = run_scenario(loaded, target)
-    except ScenarioError as error:
-        fail(str(error))
-    except OSError as error:
-        fail(f"{target}: {error.strerror or error}")
+    if with_report:
+        traced = _traced(loaded, target)
+        result = traced.result
+        _write_report(traced, target / "report.html")
+    else:
+        try:
+            result = run_scenario(loaded, target)
+        except ScenarioError as error:
+            fail(str(error))
+        except OSError as error:
+            fail(f"{target}: {error.strerror or error}")
     console.print(f"scenario [bold]{loaded.name}[/bold] ({loaded.net_conf.backend.type} backend), "
                   f"{len(loaded.nodes)} nodes, virtual time {result.end_ns / 1e9:.3f} s")
     for line in result.nodes:
@@ -170,6 +177,8 @@ def import_(etcd_url: str | None, etcd_prefix: str, kube_nodes: str | None, net_
         fail(f"{output}: {error.strerror or error}")
     click.echo(f"wrote {output}: {len(imported.nodes)} nodes, "
                f"{sum(len(node.pods) for node in imported.nodes)} pods", err=True)
+
+
 _SHOWN_STDOUT = 2048
 
 
@@ -185,6 +194,67 @@ def _shown_output(process) -> list[str]:
     lines = text.splitlines() if printable else [f"({len(stdout)} bytes on stdout, sha256 "
                                                  f"{hashlib.sha256(stdout).hexdigest()[:16]}...)"]
     return lines + process.stderr + [f"[{process.summary()}]"]
+
+
+def _traced(loaded: Scenario, target: Path | None):
+    from emu.explain.trace import traced_run
+
+    try:
+        return traced_run(loaded, target)
+    except ScenarioError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"{target}: {error.strerror or error}")
+
+
+def _write_report(traced, path: Path) -> None:
+    from emu.explain.report import ReportError, write_report
+
+    try:
+        write_report(traced, path)
+    except ReportError as error:
+        fail(str(error))
+    except OSError as error:
+        fail(f"{path}: {error.strerror or error}")
+    console.print(f"wrote {path}", markup=False)
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("--flow", default=None, metavar="FILTER",
+              help="Which packets: a filter on the innermost packet (`icmp and host 10.244.2.2`, "
+                   "`arp`, `udp port 53`, `src 10.244.1.2`) or a traffic index (0: the first command).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hop (JSON Lines).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Also write the pcaps, stats.json and the annotated all.pcapng here.")
+def trace(scenario: str, flow: str | None, as_json: bool, out_dir: str | None) -> None:
+    """Run SCENARIO and print every packet's walk: one line per hop (virtual
+    time, namespace, device, stage, the decision with its evidence, verdict)."""
+    from emu.explain.flowfilter import FilterError
+    from emu.explain.trace import format_json, format_text
+
+    traced = _traced(_load(scenario), Path(out_dir) if out_dir else None)
+    try:
+        packets = traced.flow(flow)
+    except (FilterError, IndexError) as error:
+        fail(f"--flow: {error}" if isinstance(error, FilterError) else str(error))
+    lines = format_json(packets) if as_json else format_text(packets)
+    click.echo("\n".join(lines) + ("\n" if lines else ""), nl=False)
+
+
+@main.command()
+@click.argument("scenario")
+@click.option("-o", "--output", "report_path", type=click.Path(dir_okay=False), default=None,
+              help="The HTML file (default: OUT/report.html).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Directory for the pcaps the report links to (default: pcaps/<scenario name>).")
+def report(scenario: str, report_path: str | None, out_dir: str | None) -> None:
+    """Run SCENARIO traced and write one self-contained HTML page: the cluster
+    drawn, a flow graph per command, the tables, links to the pcaps."""
+    loaded = _load(scenario)
+    target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
+    traced = _traced(loaded, target)
+    _write_report(traced, Path(report_path) if report_path else target / "report.html")
 
 
 @main.command()

@@ -30,11 +30,11 @@ def _dot_group(group: Group, depth: int) -> list[str]:
     lines = [f"{pad}subgraph {_dot_string('cluster_' + group.id)} {{",
              f"{pad}  id={_dot_string(group.kind + '-' + group.id)}; label={_dot_string(group.label)};",
              f"{pad}  style=\"rounded,filled\"; fillcolor=\"{_COLOURS[group.kind]}\"; color=\"#7a8ca3\";"]
-    for device in group.devices:
+    for device in reversed(group.devices):  # dot lays siblings out right to left
         fill = _DEVICE_FILL.get(device.kind, "white")
         lines.append(f"{pad}  {_dot_string(device.id)} [id={_dot_string('dev-' + device.id)}, "
                      f"label={_dot_string(device.label)}, fillcolor=\"{fill}\"];")
-    for inner in group.groups:
+    for inner in reversed(group.groups):
         lines.extend(_dot_group(inner, depth + 1))
     lines.append(f"{pad}}}")
     return lines
@@ -47,7 +47,7 @@ def to_dot(topology: Topology) -> str:
              "  rankdir=TB; compound=true; nodesep=0.3; ranksep=0.5;",
              "  node [shape=box, style=\"rounded,filled\", fontname=\"Helvetica\", fontsize=11];",
              "  edge [fontname=\"Helvetica\", fontsize=10, color=\"#55657a\"];"]
-    for group in topology.groups:
+    for group in reversed(topology.groups):
         lines.extend(_dot_group(group, 1))
     for device in topology.devices:
         lines.append(f"  {_dot_string(device.id)} [id={_dot_string('dev-' + device.id)}, shape=box, "

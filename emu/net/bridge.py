@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from emu.net.device import NetDevice
-from emu.wire.addr import ZERO_MAC
+from emu.wire.addr import ZERO_MAC, mac_to_str
 from emu.wire.ethernet_batch import HEADER_LEN, header_rows, mac_keys
 from emu.wire.packed import PackedFrames
 from emu.net.fastpath import config_changed
@@ -99,13 +99,19 @@ class Bridge(NetDevice):
         if recorder is not None:
             recorder.on_fdb_learn(self.fdb, src, port)
         local_rcv = self._promiscuous
+        observer = self.sim.observer
         if dst[0] & 1:
+            if observer is not None:
+                self._hop(observer, port, "flooded", "flood: broadcast" if dst == b"\xff" * 6
+                          else "flood: multicast")
             self._flood(frame, port)
             local_rcv = True
         else:
             found = self.fdb.lookup_port(dst, now)
             if recorder is not None:
                 recorder.on_fdb_lookup(self.fdb, dst, found is not None)
+            if observer is not None:
+                self._hop_lookup(observer, port, dst, found)
             if found is None:
                 self._flood(frame, port)
             elif found[1]:
@@ -116,13 +122,31 @@ class Bridge(NetDevice):
         if local_rcv:
             self._pass_up(frame)
 
+    def _hop(self, observer, port: NetDevice | None, verdict: str, evidence: str) -> None:
+        observer.hop(self.namespace, port or self, "bridge", verdict, evidence)
+
+    def _hop_lookup(self, observer, port: NetDevice | None, dst: bytes,
+                    found: tuple[NetDevice | None, bool] | None) -> None:
+        """The FDB's answer, in `bridge fdb show` words."""
+        if found is None:
+            self._hop(observer, port, "flooded", "flood: unknown unicast")
+            return
+        egress, local = found
+        where = f"fdb {mac_to_str(dst)} dev {(egress or self).name} master {self.name}"
+        if local:
+            self._hop(observer, port, "delivered", f"{where} permanent: local")
+        elif egress is port and not egress.hairpin:
+            self._hop(observer, port, "dropped:bridge-same-port", where)
+        else:
+            self._hop(observer, port, "forwarded", where)
+
     def handle_port_batch(self, port: NetDevice, frames: Sequence[bytes]) -> None:
         """Frames received on one port, in order (a list of bytes or a
         `PackedFrames` batch): exactly `handle_port_frame` for each, faster. Large batches are decided with numpy (`_handle_planned`),
         small ones frame by frame with known unicast gathered into runs
         (`_handle_runs`); a flow recorder or promiscuous mode (every frame also
         goes up) takes the per-frame path."""
-        if self.sim.context is not None or self._promiscuous:
+        if self.sim.context is not None or self.sim.observer is not None or self._promiscuous:
             for frame in frames:
                 self.handle_port_frame(port, frame)
         elif len(frames) >= VECTOR_MIN:
@@ -254,13 +278,19 @@ class Bridge(NetDevice):
     def _xmit(self, frame: bytes) -> None:
         """The bridge device transmits (br_dev_xmit): forward by FDB or flood."""
         dst = frame[0:6]
+        observer = self.sim.observer
         if dst[0] & 1:
+            if observer is not None:
+                self._hop(observer, None, "flooded", "flood: broadcast" if dst == b"\xff" * 6
+                          else "flood: multicast")
             self._flood(frame, None)
             return
         found = self.fdb.lookup_port(dst, self.sim.now_ns)
         recorder = self.sim.context
         if recorder is not None:
             recorder.on_fdb_lookup(self.fdb, dst, found is not None)
+        if observer is not None:
+            self._hop_lookup(observer, None, dst, None if found is None or found[1] else found)
         if found is None or found[1]:
             self._flood(frame, None)
         else:

@@ -145,7 +145,8 @@ class NetDevice:
         """`transmit` for each frame in order. With no tap and no flow
         recorder watching, the counters are added once for the batch (nothing
         reads them in between, so this is invisible)."""
-        if not self._up or self.taps or self.faults or self.sim.context is not None:
+        if (not self._up or self.taps or self.faults or self.sim.context is not None
+                or self.sim.observer is not None):
             for frame in frames:
                 self.transmit(frame)
             return
@@ -159,7 +160,8 @@ class NetDevice:
         """`receive` for each frame in order; a bridge port hands the whole
         batch to `Bridge.handle_port_batch` when nothing watches frame by frame."""
         master = self.master
-        if master is None or not self._up or self.taps or self.faults or self.sim.context is not None:
+        if (master is None or not self._up or self.taps or self.faults or self.sim.context is not None
+                or self.sim.observer is not None):
             for frame in frames:
                 self.receive(frame)
             return
@@ -207,6 +209,9 @@ class NetDevice:
         recorder = self.sim.context
         if recorder is not None:
             recorder.on_frame(self, frame, outgoing)
+        observer = self.sim.observer
+        if observer is not None:
+            observer.frame(self, frame, outgoing)
         if self.taps:
             now = self.sim.now_ns
             for tap in self.taps:
@@ -228,6 +233,10 @@ class NetDevice:
     def drop(self, reason: str, count: int = 1) -> None:
         """Count `count` refused frames under a named reason."""
         self.stats.drops[reason] += count
+        observer = self.sim.observer
+        if observer is not None:
+            for _ in range(count):
+                observer.drop(self.namespace, self, reason)
 
     def fits_mtu(self, frame: bytes) -> bool:
         """Linux's is_skb_forwardable: L3 length within MTU (+ one VLAN tag)."""

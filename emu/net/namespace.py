@@ -81,6 +81,9 @@ class Namespace:
     def drop(self, reason: str) -> None:
         """Count a packet the stack refused, under a named reason."""
         self.drops[reason] += 1
+        observer = self.sim.observer
+        if observer is not None:
+            observer.drop(self, None, reason)
 
     # -- devices --------------------------------------------------------------
     def add_device(self, dev: NetDevice) -> NetDevice:

@@ -180,12 +180,7 @@ class NeighbourTable:
 
     def show(self) -> list[str]:
         """Lines like `ip neigh show dev DEV`."""
-        lines = []
-        for ip in sorted(self.entries):
-            n = self.entries[ip]
-            mac = f" lladdr {mac_to_str(n.mac)}" if n.mac is not None and n.state is not Nud.INCOMPLETE else ""
-            lines.append(f"{ip_to_str(ip)} dev {self.dev.name}{mac} {n.state.value}")
-        return lines
+        return [self.describe(self.entries[ip]) for ip in sorted(self.entries)]
 
     def lookup(self, ip: bytes) -> Neighbour | None:
         return self.entries.get(ip)
@@ -203,20 +198,24 @@ class NeighbourTable:
         recorder = self.ns.sim.context
         if recorder is not None:
             recorder.on_neighbour(self, n, confirm)
+        observer = self.ns.sim.observer
         if n is None:
             n = self._new_entry(nexthop, Nud.INCOMPLETE)
             self.entries[nexthop] = n
             self._changed()
+            self._hop(observer, n, "queued")
             self._start_resolution(n, packet, on_error)
             return
         n.note_use(now, confirm)
         state = n.state
         if state is Nud.INCOMPLETE:
+            self._hop(observer, n, "queued")
             self._enqueue(n, packet, on_error)
         elif state is Nud.FAILED:
             n.state = Nud.INCOMPLETE
             n.updated_ns = now
             self._changed()
+            self._hop(observer, n, "queued")
             self._start_resolution(n, packet, on_error)
         else:
             if state is Nud.STALE:
@@ -224,7 +223,18 @@ class NeighbourTable:
                 n.updated_ns = now
                 self._changed()
                 self._set_timer(n, now + self.params.delay_first_probe_ns)
+            self._hop(observer, n, "sent")
             self._send_packet(n.mac, packet)
+
+    def _hop(self, observer, n: Neighbour, verdict: str) -> None:
+        """Tell the observer (emu.net.observe), if any, what became of the packet."""
+        if observer is not None:
+            observer.hop(self.ns, self.dev, "neigh", verdict, self.describe(n))
+
+    def describe(self, n: Neighbour) -> str:
+        """The entry as `ip neigh show` prints it."""
+        mac = f" lladdr {mac_to_str(n.mac)}" if n.mac is not None and n.state is not Nud.INCOMPLETE else ""
+        return f"{ip_to_str(n.ip)} dev {self.dev.name}{mac} {n.state.value}"
 
     def _start_resolution(self, n: Neighbour, packet: bytes, on_error: ErrorReport | None) -> None:
         n.probes = self.params.ucast_solicit

@@ -33,6 +33,7 @@ from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, Global
 from emu.net.neighbour import arp_input
 from emu.sim import NS_PER_SECOND
 from emu.wire import icmp
+from emu.wire.addr import ip_to_str
 from emu.wire.errors import WireError
 from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, ethernet_header
 from emu.wire.icmp import IcmpMessage, IcmpRepr
@@ -125,6 +126,8 @@ class Ipv4Stack:
             self.ns.drop("martian-source")
             return
         if self.ns.is_local_address(dst) or self.ns.is_broadcast_address(dst):
+            if self.ns.sim.observer is not None:
+                self._hop(dev, "ip_rcv", "delivered", f"local {ip_to_str(dst)} from {ip_to_str(src)}")
             self.local_deliver(dev, packet, l2_broadcast or self.ns.is_broadcast_address(dst))
         elif dst[0] >= 224:
             self.ns.drop("multicast-unsupported")
@@ -133,7 +136,16 @@ class Ipv4Stack:
         elif l2_broadcast:
             self.ns.drop("forward-l2-broadcast")
         else:
+            if self.ns.sim.observer is not None:
+                self._hop(dev, "ip_rcv", "forwarded", f"{ip_to_str(src)} > {ip_to_str(dst)} ip_forward 1")
             self.forward(dev, packet)
+
+    def _hop(self, dev: "NetDevice | None", stage: str, verdict: str, evidence: str) -> None:
+        """Tell the observer (emu.net.observe), if any, about a decision; hot
+        paths check `sim.observer` themselves before building the evidence."""
+        observer = self.ns.sim.observer
+        if observer is not None:
+            observer.hop(self.ns, dev, stage, verdict, evidence)
 
     # == forwarding =============================================================
     def forward(self, in_dev: "NetDevice", packet: bytes) -> None:
@@ -141,16 +153,19 @@ class Ipv4Stack:
         dst = packet[16:20]
         route = self.ns.routes.lookup(dst)
         if route is None:
+            self._hop(in_dev, "ip_forward", "dropped:no-route", f"no route to {ip_to_str(dst)}")
             if self.peers.route_error_allow(bytes(packet[12:16]), self.ns.sim.now_ns):
                 self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
             self.ns.drop("no-route")
             return
         if packet[8] <= 1:
+            self._hop(in_dev, "ip_forward", "dropped:ttl-expired", f"route {route} ttl {packet[8]}")
             self.send_error(packet, icmp.TIME_EXCEEDED, icmp.TTL_EXCEEDED_IN_TRANSIT)
             self.ns.drop("ttl-expired")
             return
         mtu = route.dev.mtu
         if len(packet) > mtu and packet[6] & (FLAG_DF >> 8) and not gso.fits(self.ns.sim, packet, mtu):
+            self._hop(in_dev, "ip_forward", "dropped:frag-needed", f"route {route} mtu {mtu} DF")
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, mtu)
             self.ns.drop("frag-needed")
             return
@@ -160,6 +175,8 @@ class Ipv4Stack:
             self.send_error(bytes(buf), REDIRECT, REDIRECT_HOST,
                             int.from_bytes(route.gateway or dst, "big"))
         self.ns.forwarded += 1
+        if self.ns.sim.observer is not None:
+            self._hop(route.dev, "ip_forward", "forwarded", f"route {route}")
         self.output_on(route.dev, route.gateway or dst, bytes(buf), mtu,
                        on_error=self._unreachable_report)
 
@@ -252,10 +269,12 @@ class Ipv4Stack:
             self.ns.sim.context.unsupported("not-udp")
         route, local = self.ns.route_output(dst, oif)
         if route is None:
+            self._hop(oif, "ip_output", "refused:ENETUNREACH", f"no route to {ip_to_str(dst)}")
             raise SendError("ENETUNREACH", "Network is unreachable")
         if src is None:
             src = self.ns.source_for(route)  # a local destination's route has src = dst
             if src is None:
+                self._hop(route.dev, "ip_output", "refused:EADDRNOTAVAIL", f"route {route}")
                 raise SendError("EADDRNOTAVAIL", "Cannot assign requested address")
         mtu = route.dev.mtu if local else self.path_mtu(route, dst)
         total = 20 + len(payload)
@@ -273,6 +292,9 @@ class Ipv4Stack:
         if seg_len and total > mtu:
             gso.mark(self.ns.sim, packet, seg_len)
         self.ns.sent += 1
+        if self.ns.sim.observer is not None:
+            self._hop(route.dev, "ip_output", "sent",
+                      f"route {route} ({ip_to_str(src)} > {ip_to_str(dst)} protocol {protocol})")
         nexthop = dst if local else (route.gateway or dst)
         self.output_on(route.dev, nexthop, packet, mtu, on_error=self._unreachable_report,
                        confirm=confirm, process=process)
@@ -286,6 +308,8 @@ class Ipv4Stack:
             self.ns.sim.context.unsupported("icmp-error")
         if not may_send_error(packet, l2_broadcast):
             return
+        if self.ns.sim.observer is not None:
+            self._hop(None, "icmp_send", "sent", f"type {icmp_type} code {code} to {ip_to_str(packet[12:16])}")
         orig_src, orig_dst = bytes(packet[12:16]), bytes(packet[16:20])
         route, local = self.ns.route_output(orig_src, None)
         if route is None:
@@ -354,12 +378,17 @@ class Ipv4Stack:
             if broadcast and self.icmp_echo_ignore_broadcasts:
                 self.ns.drop("icmp-echo-broadcast-ignored")
                 return
+            if self.ns.sim.observer is not None:
+                self._hop(dev, "icmp_rcv", "consumed",
+                          f"echo request id {message.echo_id} seq {message.echo_seq}: reply")
             self._echo_reply(packet, message)
         elif kind == icmp.ECHO_REPLY:
             handler = self.echo_handlers.get(message.echo_id)
             if handler is None:
                 self.ns.drop("icmp-echo-reply-unmatched")
                 return
+            if self.ns.sim.observer is not None:
+                self._hop(dev, "icmp_rcv", "delivered", f"echo reply id {message.echo_id} seq {message.echo_seq}")
             handler("reply", packet, message)
         elif message.is_error():
             self._icmp_error_input(packet, message)
@@ -405,6 +434,7 @@ class Ipv4Stack:
                 ident = (inner[4] << 8) | inner[5]
                 handler = self.echo_handlers.get(ident)
                 if handler is not None:
+                    self._hop(None, "icmp_rcv", "delivered", f"icmp type {message.type} code {message.code}")
                     handler("error", packet, message)
                     return
         self.ns.drop("icmp-error-no-socket")
@@ -444,4 +474,7 @@ class Ipv4Stack:
                             l2_broadcast=broadcast)
             self.ns.drop("udp-no-socket")
             return
+        if self.ns.sim.observer is not None:
+            self._hop(dev, "udp_rcv", "delivered",
+                      f"{ip_to_str(dst)}:{port} from {ip_to_str(src)}:{datagram.src_port}")
         sock.deliver(bytes(datagram.payload), (src, datagram.src_port), packet, dev)

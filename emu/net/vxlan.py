@@ -95,6 +95,10 @@ class VxlanSocket(UdpSocket):
         if device is None:
             self.ns.drop("vxlan-unknown-vni")
             return
+        observer = self.ns.sim.observer
+        if observer is not None:
+            observer.hop(self.ns, device, "vxlan_rcv", "delivered",
+                         f"vni {vni} from {ip_to_str(source[0])}:{source[1]} dev {device.name}")
         device.decapsulated(data[HEADER_LEN:])
 
 
@@ -143,16 +147,26 @@ class Vxlan(NetDevice):
         if self.fdb.pop(mac, None) is not None:
             config_changed()
 
+    def fdb_line(self, mac: bytes, dst: bytes) -> str:
+        """One entry as `bridge fdb show dev DEV` prints it."""
+        return f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"
+
     def fdb_show(self) -> list[str]:
-        return [f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"
-                for mac, dst in sorted(self.fdb.items())]
+        return [self.fdb_line(mac, dst) for mac, dst in sorted(self.fdb.items())]
 
     # -- data path --------------------------------------------------------------
     def _xmit(self, frame: bytes) -> None:
         remote = self.fdb.get(bytes(frame[0:6]))
+        observer = self.sim.observer
         if remote is None:
+            if observer is not None:
+                observer.hop(self.namespace, self, "vxlan_xmit", "dropped:vxlan-no-fdb-entry",
+                             f"no fdb entry for {mac_to_str(frame[0:6])}")
             self.drop("vxlan-no-fdb-entry")
             return
+        if observer is not None:
+            observer.hop(self.namespace, self, "vxlan_xmit", "sent",
+                         f"fdb {self.fdb_line(bytes(frame[0:6]), remote)}")
         inner_tos = frame[15] if len(frame) >= 16 and frame[12:14] == b"\x08\x00" else 0
         payload = vxlan_header(self.vni) + bytes(frame)
         segment = udp_segment(flow_source_port(frame), self.port, payload, self.local_ip, remote,

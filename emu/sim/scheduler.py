@@ -92,6 +92,9 @@ class Scheduler:
         self._seq = 0
         self.events_run = 0
         self.context: Any = None
+        # Whoever watches the network model (emu.net.observe: a tracer);
+        # None: nobody, and every hook site costs one attribute check.
+        self.observer: Any = None
         # Per-simulation singletons of upper layers (the fast path's flow
         # cache), so they live and die with the scheduler.
         self.services: dict[str, Any] = {}
