@@ -29,6 +29,7 @@ from emu.verify.fields import (
     frame_fields,
 )
 from emu.verify.ports import EphemeralPorts
+from emu.verify.sequences import TcpSequences
 
 MAX_PROBLEMS_PER_POINT = 10
 _MAX_VALUE_CHARS = 40
@@ -90,10 +91,35 @@ def _show(value: object) -> str:
     return text
 
 
+# How far below the emulator's a receiver's advertised TCP window (in window
+# units, after the handshake) may be: the kernel's depends on whether the
+# reading process has run yet when a segment arrives (unread data shrinks
+# free space, so rcv_ssthresh grows less). Measured on the reference
+# machine, nc 20 KB transfers over host-gw and vxlan, 12 runs: the last ACK
+# and FIN-ACK read 95-96 / 94-95 where the emulator (a reader that keeps up)
+# reads 103 / 102, and 97 against 103 in 5 of 30 runs with bbr; never above
+# the emulator's. SYN and SYN-ACK windows are exact.
+TCP_WINDOW_ALLOWANCE = 8
+
+
+def _allowed(name: str, kernel_value: object, emu_value: object, flags: object) -> bool:
+    """A difference the kernel itself shows run to run (see TCP_WINDOW_ALLOWANCE)."""
+    if not name.endswith("tcp.window") or not isinstance(kernel_value, int):
+        return False
+    syn = isinstance(flags, str) and int(flags, 16) & 0x02
+    return not syn and isinstance(emu_value, int) and \
+        0 <= emu_value - kernel_value <= TCP_WINDOW_ALLOWANCE
+
+
 def _field_differences(kernel: list[Field], emu: list[Field]) -> list[str]:
     """Differences of two field lists, aligned by position while their names agree."""
     differences = []
+    flags: object = None
     for (kernel_name, kernel_value), (emu_name, emu_value) in zip(kernel, emu):
+        if kernel_name.endswith("tcp.flags"):
+            flags = kernel_value
+        if kernel_name == emu_name and _allowed(kernel_name, kernel_value, emu_value, flags):
+            continue
         if kernel_name != emu_name:
             differences.append(
                 f"kernel has {kernel_name}={_show(kernel_value)}"
@@ -197,10 +223,12 @@ def _compare_captures(
         problems.append(f"emulator has {len(emu_frames)} frames, kernel {len(kernel_frames)}")
     ports = {"vxlan_ports": vxlan_ports, "udp_ports": udp_ports}
     kernel_ephemeral, emu_ephemeral = EphemeralPorts(), EphemeralPorts()
+    kernel_seqs, emu_seqs = TcpSequences(), TcpSequences()
     for number, (kernel_frame, emu_frame) in enumerate(zip(kernel_frames, emu_frames), start=1):
         differences = _field_differences(
-            kernel_ephemeral.rename(frame_fields(kernel_frame, kernel_linktype, **ports)),
-            emu_ephemeral.rename(frame_fields(emu_frame, kernel_linktype, **ports)),
+            kernel_seqs.relative(
+                kernel_ephemeral.rename(frame_fields(kernel_frame, kernel_linktype, **ports))),
+            emu_seqs.relative(emu_ephemeral.rename(frame_fields(emu_frame, kernel_linktype, **ports))),
         ) + checksum_problems(emu_frame, kernel_linktype, **ports)
         problems += [f"frame {number}: {difference}" for difference in differences]
         if len(problems) > MAX_PROBLEMS_PER_POINT:
