@@ -165,3 +165,14 @@ def test_tshark_follows_one_packet_id_across_every_hop(tmp_path):
     assert "vxlan_xmit: fdb 6e:2d:54:00:02:02 dev flannel.1 dst 172.18.0.12 self permanent -> sent" \
         in comments["n1/flannel.1"]
     assert "icmp_rcv: echo request" in comments["p2a/eth0"]
+
+
+def test_flanneld_proxies_the_packet_it_read_from_its_tun():
+    traced = traced_run(load_scenario(EXAMPLES / "udp-cross-node.yaml"))
+    for seq in (1, 2):
+        request = [p for p in traced.flow("icmp and dst 10.244.2.2") if f"seq {seq} " in p.summary][0]
+        walk = [(h.namespace, h.device, h.stage, h.evidence, h.verdict) for h in request.hops]
+        read = walk.index(("n1", "flannel0", "flanneld", "lease for 10.244.2.2: udp to 172.18.0.12:8285", "sent"))
+        assert walk[read - 1][:3] == ("n1", "flannel0", "xmit")  # right after the TUN showed it
+        assert walk[read + 1][:3] == ("n1", "eth0", "ip_output")
+        assert ("n2", "flannel0", "flanneld", "udp from 172.18.0.11:8285: write to flannel0", "delivered") in walk

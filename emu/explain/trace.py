@@ -103,6 +103,7 @@ class Tracer(Observer):
         self._in_hand: tuple[TracedPacket, Hop] | None = None
         self._pending: list[Hop] = []  # decisions waiting for their frame
         self._building = False  # a new packet is being built in this event: its decisions wait
+        self._last_on: dict[tuple[str, str], tuple[TracedPacket, Hop]] = {}  # the last frame per device
         self.last_frame: Hop | None = None  # the frame hop the capture taps are being shown
 
     def attach(self) -> "Tracer":
@@ -148,6 +149,7 @@ class Tracer(Observer):
             hop.decisions.append(decision)
         self._add(packet, hop)
         self._in_hand, self._building = (packet, hop), False
+        self._last_on[(ns, dev.name)] = (packet, hop)
         self.last_frame = hop
 
     def hop(self, ns, dev, stage: str, verdict: str, evidence: str) -> None:
@@ -157,6 +159,12 @@ class Tracer(Observer):
         kind = _kind_of_stage(stage)
         if stage in _NEW_PACKET_STAGES and not verdict.startswith("refused"):
             self._building = True
+        if in_hand is None and not self._building:
+            # a program reading a device (flanneld on its TUN) decides about the
+            # frame that device last showed, at this same instant
+            last = self._last_on.get((name, hop.device))
+            if last is not None and last[1].t_ns == self.sim.now_ns:
+                in_hand = last
         if in_hand is not None and not self._building and kind in (None, in_hand[0].dissected.kind):
             self._add(in_hand[0], hop)
             in_hand[1].decisions.append(hop)

@@ -30,7 +30,7 @@ from emu.net.fastpath import config_changed
 from emu.net.route import SCOPE_UNIVERSE
 from emu.net.stack import SendError
 from emu.wire.icmp import DEST_UNREACHABLE, NET_UNREACHABLE, IcmpRepr
-from emu.wire.addr import ip_from_str
+from emu.wire.addr import ip_from_str, ip_to_str
 from emu.wire.ipv4 import PROTO_ICMP, Ipv4Repr, decrement_ttl
 
 DEVICE_NAME = "flannel0"
@@ -104,6 +104,10 @@ class UdpBackend:
         if isinstance(aged, str):
             self.device.drop(aged)
             return
+        observer = self.ns.sim.observer
+        if observer is not None:  # what flanneld decided, for emu trace (emu.net.observe)
+            observer.hop(self.ns, self.device, "flanneld", "sent",
+                         f"lease for {ip_to_str(packet[16:20])}: udp to {ip_to_str(next_hop)}:{self.port}")
         try:
             self.socket.sendto(aged, (next_hop, self.port))
         except SendError as error:
@@ -115,6 +119,10 @@ class UdpBackend:
         if isinstance(aged, str):
             self.device.drop(aged)
             return
+        observer = self.ns.sim.observer
+        if observer is not None:
+            observer.hop(self.ns, self.device, "flanneld", "delivered",
+                         f"udp from {ip_to_str(source[0])}:{source[1]}: write to {self.device.name}")
         self.device.write(aged)
 
 
