@@ -17,7 +17,8 @@ import subprocess
 import pytest
 
 from emu.kernel import export_netns, kernel_unavailable, verify_kernel
-from emu.kernel.live import CommandRun, EventRun, KernelError, KernelRun, check_event_timing
+from emu.kernel.live import (CommandRun, EventRun, KernelError, KernelRun, check_event_timing,
+                             shifted_scenario)
 from emu.scenario import load_scenario_text
 
 UNAVAILABLE = kernel_unavailable()
@@ -139,6 +140,21 @@ def test_a_command_started_during_an_event_function_is_an_error(tmp_path):
     run.events[0].ended_s = 1.6
     with pytest.raises(KernelError, match=r"event_1 \(t=1s\) took until t=1.60s.*p1 at t=1.50s"):
         check_event_timing(run)
+
+
+def test_the_emulator_replays_the_times_the_kernel_run_kept(tmp_path):
+    scenario = load_scenario_text(scenario_text("vxlan"))
+    commands = [CommandRun("p1", spec.ping.command, 0, "", started_s=at, scheduled_s=at)
+                for spec, at in zip(scenario.traffic, (0.2, 2.56, 4.56))]
+    events = [EventRun("event_1", 1.0, 1.0, 2.56, 1.0), EventRun("event_2", 3.0, 3.76, 3.9, 3.76)]
+    shifted = shifted_scenario(scenario, KernelRun(tmp_path, "t-", commands, events))
+    assert [spec.at for spec in shifted.traffic] == [0.2, 2.56, 4.56]
+    assert [event.at for event in shifted.events] == [1.0, 3.76]
+    assert [spec.ping for spec in shifted.traffic] == [spec.ping for spec in scenario.traffic]
+    unshifted = [CommandRun("p1", "", 0, "", scheduled_s=spec.at) for spec in scenario.traffic]
+    same = shifted_scenario(scenario, KernelRun(tmp_path, "t-", unshifted,
+                                                [EventRun("e", e.at, 0, 0, e.at) for e in scenario.events]))
+    assert same == scenario  # nothing overran: the emulator runs the scenario as written
 
 
 # -- live ------------------------------------------------------------------------------------

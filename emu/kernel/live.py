@@ -48,12 +48,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from emu.capture import LINKTYPE_ETHERNET, LINKTYPE_RAW, PcapWriter
 from emu.kernel.export import ExportedEvent, NetnsExport, export_netns
-from emu.kernel.processes import Background, CommandRun, run_foreground
+from emu.kernel.processes import REALTIME, Background, CommandRun, run_foreground
+from emu.kernel.schedule import ScheduleCancelled, WallSchedule
 from emu.scenario.model import Scenario, TrafficSpec
 from emu.verify import Report, compare_dirs
 
@@ -249,6 +250,7 @@ class EventRun:
     at: float
     started_s: float
     ended_s: float
+    scheduled_s: float | None = None  # `at` plus the schedule's shift
 
 
 @dataclass
@@ -265,7 +267,7 @@ class KernelRun:
 def _script(export: NetnsExport, action: str) -> subprocess.CompletedProcess:
     """Run one action of the export's script: up, down or an event function."""
     env = dict(os.environ, EMU=f"{shlex.quote(sys.executable)} -m emu.cli")
-    return subprocess.run(["bash", "-s", action], input=export.script, capture_output=True,
+    return subprocess.run([*REALTIME, "bash", "-s", action], input=export.script, capture_output=True,
                           text=True, env=env)
 
 
@@ -281,30 +283,36 @@ def _chains(traffic: tuple[TrafficSpec, ...]) -> list[tuple[float, list[TrafficS
     return chains
 
 
-def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...],
-                 hosts: dict[str, str] | None = None, start: float | None = None) -> list[CommandRun]:
-    """Run every command in its namespace on the wall clock; results in file order.
-    `hosts` maps node and pod names to addresses for name destinations (read
-    when a command starts: events may change it); `start` is the
-    `time.monotonic()` of time 0 (default: now). Background commands still
-    running when every chain is over are stopped (SIGTERM)."""
+def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...], hosts: dict[str, str] | None = None,
+                 schedule: WallSchedule | None = None) -> list[CommandRun]:
+    """Run every command in its namespace on `schedule` (default: one without
+    events, starting now); results in file order. `hosts` maps node and pod
+    names to addresses for name destinations (read when a command starts:
+    events may change it). Background commands still running when every
+    chain is over are stopped (SIGTERM)."""
     hosts = hosts if hosts is not None else {}
+    chains = _chains(traffic)
+    schedule = schedule if schedule is not None else WallSchedule([at for at, _ in chains], [])
     results: dict[int, CommandRun] = {}
+    scheduled_at: dict[int, float] = {}  # the first command of each chain: its shifted time
     background: list[Background] = []
-    start = time.monotonic() if start is None else start
 
     def run_chain(at: float, specs: list[TrafficSpec]) -> None:
-        time.sleep(max(0.0, start + at - time.monotonic()))
-        for spec in specs:
-            started = time.monotonic() - start
-            if spec.background:
-                process = Background(prefix, spec, hosts, started)
-                background.append(process)
-                process.wait_blocked()
-            else:
-                results[id(spec)] = run_foreground(prefix, spec, hosts, started)
+        try:
+            started, scheduled_at[id(specs[0])] = schedule.begin_chain(at)
+            for index, spec in enumerate(specs):
+                if index:
+                    started = schedule.begin_chained()
+                if spec.background:
+                    process = Background(prefix, spec, hosts, started)
+                    background.append(process)
+                    process.wait_blocked()
+                else:
+                    results[id(spec)] = run_foreground(prefix, spec, hosts, started)
+        except ScheduleCancelled:
+            return
 
-    threads = [threading.Thread(target=run_chain, args=chain) for chain in _chains(traffic)]
+    threads = [threading.Thread(target=run_chain, args=chain) for chain in chains]
     try:
         for thread in threads:
             thread.start()
@@ -313,7 +321,10 @@ def play_traffic(prefix: str, traffic: tuple[TrafficSpec, ...],
     finally:
         for process in background:
             results[id(process.spec)] = process.stop()
-    return [results[id(spec)] for spec in traffic]
+    for key, scheduled in scheduled_at.items():
+        if key in results:
+            results[key].scheduled_s = scheduled
+    return [results[id(spec)] for spec in traffic if id(spec) in results]
 
 
 def _open_captures(captures: PacketCaptures, prefix: str, interfaces: dict[str, list[str]]) -> None:
@@ -337,34 +348,38 @@ def _run_event(export: NetnsExport, event: ExportedEvent, captures: PacketCaptur
 
 
 class _EventThread(threading.Thread):
-    """The export's events on the wall clock from `start` (a `time.monotonic()`),
-    beside the traffic, each appended to `done` once it ran; stops at the
-    first that fails (`error`) or when `cancelled` is set."""
+    """The export's events on `schedule`, beside the traffic, each appended to
+    `done` once it ran; stops at the first that fails (`error`, and the
+    schedule is cancelled so no command waits for it) or when the schedule
+    is cancelled."""
 
     def __init__(self, export: NetnsExport, captures: PacketCaptures, hosts: dict[str, str],
-                 start: float, done: list[EventRun]) -> None:
+                 schedule: WallSchedule, done: list[EventRun]) -> None:
         super().__init__(name="emu-events")
         self.export = export
         self.captures = captures
         self.hosts = hosts
-        self.start_time = start
+        self.schedule = schedule
         self.done = done
-        self.cancelled = threading.Event()
         self.error: KernelError | None = None
 
     def run(self) -> None:
         try:
             for event in self.export.events:
-                if self.cancelled.wait(max(0.0, self.start_time + event.at - time.monotonic())):
-                    return
-                started = time.monotonic() - self.start_time
-                _run_event(self.export, event, self.captures, self.hosts)
-                self.done.append(EventRun(event.function, event.at, started,
-                                          time.monotonic() - self.start_time))
+                started, scheduled = self.schedule.begin_event(event.at)
+                try:
+                    _run_event(self.export, event, self.captures, self.hosts)
+                finally:
+                    ended = self.schedule.end_event(event.at)
+                self.done.append(EventRun(event.function, event.at, started, ended, scheduled))
+        except ScheduleCancelled:
+            return
         except KernelError as error:
             self.error = error
         except OSError as error:  # opening a capture on an added device
             self.error = KernelError(f"capturing a device of an added node failed: {error}")
+        if self.error is not None:
+            self.schedule.cancel()
 
 
 def check_event_timing(run: KernelRun) -> None:
@@ -402,10 +417,11 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
         _open_captures(captures, export.prefix, export.interfaces)
         captures.start()
         hosts = dict(export.hosts)
-        start = time.monotonic()
-        events = _EventThread(export, captures, hosts, start, run.events)
+        schedule = WallSchedule([at for at, _ in _chains(scenario.traffic)],
+                                [event.at for event in export.events])
+        events = _EventThread(export, captures, hosts, schedule, run.events)
         events.start()
-        run.commands = play_traffic(export.prefix, scenario.traffic, hosts, start)
+        run.commands = play_traffic(export.prefix, scenario.traffic, hosts, schedule)
         events.join()
         if events.error is not None:
             raise events.error
@@ -413,12 +429,25 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
         time.sleep(SETTLE_S + scenario.linger)  # the emulator keeps running `linger` too
     finally:
         if events is not None:  # no event may build anything after `down`
-            events.cancelled.set()
+            events.schedule.cancel()
             events.join()
         captures.stop()
         _script(export, "down")
     run.capture_counts = captures.counts()
     return run
+
+
+def shifted_scenario(scenario: Scenario, run: KernelRun) -> Scenario:
+    """`scenario` with the times the kernel run kept (each scheduled item's
+    `at` plus the shift its schedule had reached, see emu/kernel/schedule.py):
+    the same scenario when nothing overran."""
+    traffic = tuple(replace(spec, at=command.scheduled_s) if spec.at is not None
+                    and command.scheduled_s is not None else spec
+                    for spec, command in zip(scenario.traffic, run.commands))
+    events = tuple(replace(spec, at=done.scheduled_s) if done.scheduled_s is not None else spec
+                   for spec, done in zip(scenario.events, run.events))
+    return replace(scenario, traffic=traffic + scenario.traffic[len(traffic):],
+                   events=events + scenario.events[len(events):])
 
 
 def scenario_ports(scenario: Scenario) -> dict[str, tuple[int, ...]]:
@@ -445,5 +474,5 @@ def verify_kernel(scenario: Scenario, kernel_out: str | Path | None = None,
         kernel_dir = Path(kernel_out) if kernel_out is not None else Path(scratch) / "kernel"
         run = run_kernel(scenario, kernel_dir, prefix)
         emu_dir = Path(scratch) / "emu"
-        run_scenario(scenario, emu_dir)
+        run_scenario(shifted_scenario(scenario, run), emu_dir)
         return compare_dirs(kernel_dir, emu_dir, **scenario_ports(scenario)), run

@@ -48,6 +48,7 @@ class CommandRun:
     stdout: bytes = b""
     stderr: str = ""
     background: bool = False
+    scheduled_s: float | None = None  # the first of a chain: its `at` plus the schedule's shift
 
     @property
     def stopped(self) -> bool:
@@ -92,8 +93,14 @@ class _Stdin:
         self.file.close()
 
 
+# The cluster's processes (script actions, their udp proxies, every command)
+# run real-time (SCHED_FIFO) so a busy machine neither stretches an event
+# function nor makes a ping's -i or -W miss: the oracle runs as on an idle one.
+REALTIME = ("chrt", "--fifo", "10")
+
+
 def _argv(prefix: str, spec: TrafficSpec, hosts: dict[str, str]) -> list[str]:
-    return ["ip", "netns", "exec", f"{prefix}{spec.source}", *command_words(spec, hosts)]
+    return [*REALTIME, "ip", "netns", "exec", f"{prefix}{spec.source}", *command_words(spec, hosts)]
 
 
 def _result(spec: TrafficSpec, returncode: int, stdout: bytes, stderr: bytes,
