@@ -44,7 +44,8 @@ from emu.scenario.model import NodeSpec, Scenario, TrafficSpec
 from emu.net.process import ProcessResult
 from emu.scenario.traffic import parse_command
 from emu.scenario.play import Player, TrafficResult
-from emu.scenario.run import Captures, RunResult, clear_outputs, finish_result
+from emu.scenario.outputs import OutputFolder
+from emu.scenario.run import Captures, RunResult, finish_result
 from emu.sim import NS_PER_SECOND, SettleError, seconds
 from emu.wire.addr import mac_to_str
 
@@ -649,18 +650,19 @@ class Cluster:
     def write_pcaps(self, out_dir: str | Path) -> dict[str, int]:
         """Write what `emu run` writes into `out_dir` (created if needed; the
         files a previous run wrote there are replaced): a pcap per interface
-        that saw traffic, all.pcapng, stats.json. Returns the frame count per
+        that saw traffic, all.pcapng, stats.json; a file emu did not write
+        is never touched (ScenarioError if a name collides). Returns the frame count per
         capture point ("n1/eth0": 4)."""
         if not isinstance(out_dir, (str, Path)):
             raise TypeError(f"out_dir: expected a str or Path, got {type(out_dir).__name__}")
         stats = self.stats()
         if self._memory is None:
             raise RuntimeError("captures are off: build the cluster with capture=True")
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        clear_outputs(out)
-        counts = self._memory.write(out, self._emulated.sim.epoch_ns)
-        (out / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        folder = OutputFolder(out_dir)  # only files emu wrote there are replaced
+        staging = folder.open([])
+        counts = self._memory.write(staging, self._emulated.sim.epoch_ns)
+        (staging / "stats.json").write_text(json.dumps(stats, indent=2, sort_keys=True) + "\n")
+        folder.commit()
         return counts
 
     # -- internals -----------------------------------------------------------------

@@ -8,12 +8,16 @@ file, arguments). Errors are one line on stderr, never a traceback.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from emu import __version__
@@ -25,6 +29,8 @@ EXIT_MISMATCH = 1
 EXIT_BAD_INPUT = 2
 
 console = Console(highlight=False, soft_wrap=True)
+progress_console = Console(stderr=True, highlight=False)
+EXIT_SIGNAL_BASE = 128  # a run stopped by SIGINT exits 130, by SIGTERM 143, as a shell reports it
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -86,12 +92,13 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
         result = traced.result
         _write_report(traced, target / "report.html")
     else:
-        try:
-            result = run_scenario(loaded, target)
-        except ScenarioError as error:
-            fail(str(error))
-        except OSError as error:
-            fail(f"{target}: {error.strerror or error}")
+        with _interruptible() as interrupted, _progress_display() as progress:
+            try:
+                result = run_scenario(loaded, target, interrupted=interrupted, progress=progress)
+            except ScenarioError as error:
+                fail(str(error))
+            except OSError as error:
+                fail(f"{target}: {error.strerror or error}")
     console.print(f"scenario [bold]{loaded.name}[/bold] ({loaded.net_conf.backend.type} backend), "
                   f"{len(loaded.nodes)} nodes, virtual time {result.end_ns / 1e9:.3f} s")
     for line in result.nodes:
@@ -118,7 +125,51 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
                   for reason, n in entry["stack"]["drops"].items()})
     if drops:
         console.print("drops: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())), markup=False)
-    console.print(f"wrote {len(result.capture_counts)} pcaps, all.pcapng and stats.json to {target}")
+    pcaps = sum(name.endswith(".pcap") for name in result.written)
+    others = [name for name in result.written if not name.endswith(".pcap")]
+    console.print(f"wrote {pcaps} pcap{'s' if pcaps != 1 else ''}"
+                  f"{''.join(f', {name}' for name in others)} to {target}", markup=False)
+    if result.interrupted:
+        console.print(f"interrupted by {result.interrupted} at virtual time {result.end_ns / 1e9:.3f} s",
+                      markup=False)
+        sys.exit(EXIT_SIGNAL_BASE + getattr(signal, result.interrupted))
+
+
+@contextmanager
+def _interruptible():
+    """SIGINT and SIGTERM ask the run to stop at the end of its current
+    virtual instant (it then writes everything, marked interrupted) instead
+    of killing it; a second signal kills as usual."""
+    received: list[str] = []
+
+    def handler(number: int, frame) -> None:
+        if received:
+            signal.signal(number, signal.SIG_DFL)
+            os.kill(os.getpid(), number)
+        received.append(signal.Signals(number).name)
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
+
+
+@contextmanager
+def _progress_display():
+    """On a terminal, a transient line with the virtual time reached and the
+    frames captured (on stderr); nothing when stderr is not a terminal."""
+    if not progress_console.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description}"), console=progress_console, transient=True) as shown:
+        task = shown.add_task("building the cluster")
+
+        def update(now_ns: int, frames: int) -> None:
+            shown.update(task, description=f"virtual time {now_ns / 1e9:.3f} s, {frames} frames captured")
+
+        yield update
 
 
 @main.command(name="import")
@@ -186,8 +237,10 @@ def _shown_output(process) -> list[str]:
     """What the run summary prints for a process: ping's lines as ping
     prints them; for other programs their output (a long or binary stdout
     summed up) and how they ended."""
-    if isinstance(process, PingResult):
-        return process.lines
+    if isinstance(process, PingResult):  # stdout, then stderr (a fatal error), as ping prints
+        failed = [process.fatal] if process.fatal else []
+        status = process.exit_status
+        return process.lines + failed + ([f"[exit status {status}]"] if status else [])
     stdout = bytes(process.stdout)
     text = stdout.decode("utf-8", errors="replace")
     printable = len(stdout) <= _SHOWN_STDOUT and all(c.isprintable() or c in "\t\n" for c in text)
@@ -310,8 +363,21 @@ def _verify_on_kernel(scenario: Scenario, keep_dir: str | None):
 @main.command()
 @click.argument("scenario")
 def check(scenario: str) -> None:
-    """Validate SCENARIO without running it."""
+    """Validate SCENARIO without running its traffic: load it, build its
+    cluster and apply its events as `emu run` does (exit 2 with the same
+    one-line error), and name each command that would fail as the real tool
+    does (exit 1)."""
+    from emu.scenario.check import check_scenario
+
     loaded = _load(scenario)
+    try:
+        warnings = check_scenario(loaded)
+    except ScenarioError as error:
+        fail(str(error))
+    for warning in warnings:
+        click.echo(f"emu: warning: {warning}", err=True)
+    if warnings:
+        sys.exit(EXIT_MISMATCH)
     console.print(f"{scenario}: ok ({loaded.name}: {len(loaded.nodes)} nodes, "
                   f"{sum(len(n.pods) for n in loaded.nodes)} pods, {len(loaded.traffic)} commands)",
                   markup=False)

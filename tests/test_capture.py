@@ -6,7 +6,6 @@ timestamp or an interface name that survives all of them is written right.
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import dpkt
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from scapy.all import ARP, ICMP, IP, UDP, Ether, PcapNgReader, PcapReader, raw
 
@@ -28,10 +27,6 @@ from emu.capture import (
     tshark_available,
     tshark_findings,
 )
-
-settings.register_profile("ci", max_examples=200, deadline=None)
-settings.register_profile("dev", max_examples=40, deadline=None)
-settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
 
 needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark not installed")
 

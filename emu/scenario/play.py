@@ -180,11 +180,12 @@ class Player:
         else:
             done(program)  # it could not start: its result already
 
-    def stop_all(self) -> None:
+    def stop_all(self, interrupted: bool = False) -> None:
         """The end of the run: what still runs is stopped (SIGTERM) one after
         the other, as the kernel runner kills them, each stop's instant
-        played out before the next."""
-        if self._pending_commands:
+        played out before the next. `interrupted`: the user stopped the run
+        (the commands still waiting are not a scenario that stalled)."""
+        if self._pending_commands and not interrupted:
             self.notes.append(f"t={self.sim.now_ns / 1e9:g}s: nothing left to happen while commands "
                               "still waited; stopped them")
         for index in sorted(self._running):

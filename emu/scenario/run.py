@@ -22,10 +22,10 @@ from emu.net import Bridge, Namespace, PingResult
 from emu.scenario.build import EmulatedCluster, build_cluster
 from emu.scenario.describe import describe_interface
 from emu.scenario.model import Scenario
+from emu.scenario.outputs import OutputFolder
 from emu.scenario.play import Player, TrafficResult
 from emu.sim import seconds
 
-OWN_OUTPUTS = ("*.pcap", "all.pcapng", "stats.json")
 
 
 @dataclass
@@ -38,6 +38,8 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
     end_ns: int = 0
+    interrupted: str | None = None  # the signal that stopped the run early
+    written: list[str] = field(default_factory=list)  # the files in out_dir, as written
 
 
 class Captures:
@@ -73,32 +75,40 @@ class Captures:
 _Captures = Captures  # the name tests know
 
 
-def clear_outputs(out_dir: Path) -> None:
-    """Remove the files a previous run wrote (and nothing else)."""
-    for pattern in OWN_OUTPUTS:
-        for path in out_dir.glob(pattern):
-            path.unlink()
-
-
 def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool = True,
-                 setup: Callable[[EmulatedCluster, CaptureSet | None], None] | None = None) -> RunResult:
+                 setup: Callable[[EmulatedCluster, CaptureSet | None], None] | None = None,
+                 interrupted: Callable[[], str | None] | None = None,
+                 progress: Callable[[int, int], None] | None = None) -> RunResult:
     """Run `scenario`; with `out_dir` None (or capture off) nothing is written.
 
     `setup(emulated, capture_set)` runs once the cluster is built and
     captured, before any traffic: where an upper layer attaches an observer
-    (emu.explain's tracer) and annotates the merged pcapng."""
+    (emu.explain's tracer) and annotates the merged pcapng.
+
+    `interrupted()` names a signal once the run should stop (SIGINT): the
+    run ends with the virtual instant it is in, stops what still runs, and
+    writes everything, marked interrupted. `progress(now_ns, frames)` is
+    called now and then (every PROGRESS_INSTANTS instants) with the virtual
+    time reached and the frames captured so far.
+
+    Output files are staged and moved into place at the end, touching only
+    files emu wrote before (emu/scenario/outputs.py)."""
     emulated = build_cluster(scenario)
     sim = emulated.sim
     result = RunResult(scenario, Path(out_dir) if out_dir is not None else None)
     captures = None
     capture_set = None
+    folder = None
     if capture and result.out_dir is not None:
-        result.out_dir.mkdir(parents=True, exist_ok=True)
-        clear_outputs(result.out_dir)
-        capture_set = CaptureSet(result.out_dir, buffered=True, epoch_ns=sim.epoch_ns)
+        folder = OutputFolder(result.out_dir)
+        staging = folder.open([f"{ns.name}_{dev.name}.pcap" for ns in emulated.cluster.namespaces()
+                               for dev in ns.devices.values()])
+        capture_set = CaptureSet(staging, buffered=True, epoch_ns=sim.epoch_ns)
         sim.on_advance.append(capture_set.flush)
         captures = Captures(capture_set, emulated)
         captures.attach_all()
+    if progress is not None:
+        sim.on_advance.append(_progress_hook(sim, capture_set, progress))
 
     if setup is not None:
         setup(emulated, capture_set)
@@ -107,14 +117,29 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         player.on_nodes_changed.append(captures.attach_all)
     player.play(scenario)
 
+    def instant_done() -> bool:
+        following = sim.next_time()
+        return following is None or following > sim.now_ns
+
+    def stop() -> bool:
+        if interrupted is not None and interrupted() and instant_done():
+            return True
+        return player.finished()
+
     try:
-        sim.run(stop=player.finished)
-        player.stop_all()
-        if scenario.linger:
+        sim.run(stop=stop)
+        signal_name = interrupted() if interrupted is not None else None
+        if signal_name:
+            result.interrupted = signal_name
+            player.notes.append(f"t={sim.now_ns / 1e9:g}s: interrupted ({signal_name}); "
+                                "what still ran was stopped")
+        player.stop_all(interrupted=bool(signal_name))
+        if scenario.linger and not signal_name:
             sim.run(until_ns=sim.now_ns + seconds(scenario.linger))
     except BaseException:
         if capture_set is not None:
-            capture_set.close()  # an interrupted run still leaves readable files
+            capture_set.close()
+            folder.discard()  # the previous run's files stay as they were
         raise
     finish_result(emulated, player, result)
     close_store = getattr(emulated.store, "close", None)
@@ -123,8 +148,25 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
     if capture_set is not None:
         capture_set.close()
         result.capture_counts = {k: v for k, v in capture_set.counts().items() if v}
-        (result.out_dir / "stats.json").write_text(json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
+        (folder.staging / "stats.json").write_text(json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
+        result.written = folder.commit()
     return result
+
+
+PROGRESS_INSTANTS = 512
+
+
+def _progress_hook(sim, capture_set: CaptureSet | None, progress: Callable[[int, int], None]):
+    """An on_advance hook calling `progress` every PROGRESS_INSTANTS instants."""
+    instants = [0]
+
+    def hook() -> None:
+        instants[0] += 1
+        if instants[0] % PROGRESS_INSTANTS == 0:
+            frames = sum(capture_set.counts().values()) if capture_set is not None else 0
+            progress(sim.now_ns, frames)
+
+    return hook
 
 
 def finish_result(emulated: EmulatedCluster, player: Player, result: RunResult) -> None:
@@ -149,7 +191,8 @@ def traffic_entry(item: TrafficResult) -> dict:
              "exit_status": process.exit_status, "stopped": process.stopped}
     if isinstance(process, PingResult):
         entry.update(transmitted=process.transmitted, received=process.received,
-                     errors=process.errors, output=process.lines)
+                     errors=process.errors, output=process.lines,
+                     stderr=[process.fatal] if process.fatal else [])
     else:
         entry.update(output=process.lines,
                      stdout=bytes(process.stdout).decode("utf-8", errors="backslashreplace"),
@@ -178,6 +221,7 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
     return {
         "scenario": emulated.scenario.name,
         "virtual_time_s": now / 1e9,
+        "interrupted": result.interrupted,
         "notes": result.notes,
         "traffic": [traffic_entry(t) for t in result.traffic],
         "flannel": {
