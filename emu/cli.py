@@ -421,6 +421,22 @@ def export(scenario: str, netns: bool, prefix: str | None) -> None:
     click.echo(exported.script, nl=False)
 
 
+@main.command("underlay-wire")
+@click.argument("node_side")
+@click.argument("switch_side")
+@click.option("--delay-ns", type=click.IntRange(0), required=True, help="Delay towards the node.")
+def underlay_wire(node_side: str, switch_side: str, delay_ns: int) -> None:
+    """The underlay's latency on a real kernel: relay frames between a node's
+    veth peer and the switch, those towards the node DELAY later (run in the
+    switch's namespace by the `export --netns` script)."""
+    from emu.kernel.underlay_wire import run_wire
+
+    try:
+        run_wire(node_side, switch_side, delay_ns)
+    except OSError as error:
+        fail(f"underlay-wire: {node_side}/{switch_side}: {error.strerror or error}")
+
+
 @main.command("flanneld-udp")
 @click.option("--tun", default="flannel0", show_default=True, help="The TUN device to attach to.")
 @click.option("--port", type=click.IntRange(1, 65535), default=8285, show_default=True,

@@ -146,9 +146,6 @@ class _Script:
     def exec(self, ns: str, *words: object) -> None:
         self.line(f"ip netns exec {_netns(ns)} {_words(words)}")
 
-    def tc(self, ns: str, *words: object) -> None:
-        self.line(f"tc -n {_netns(ns)} {_words(words)}")
-
 
 def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
     """The bash script (``up`` / ``down`` / one function per event) that
@@ -319,11 +316,24 @@ def _node(body: _Script, emulated: EmulatedCluster, node: Node, switch_port: str
     body.ip(name, "link", "add", "eth0", "address", mac_to_str(eth0.mac), "mtu", eth0.mtu,
             "type", "veth", "peer", "name", switch_port, "address", mac_to_str(port.mac),
             "mtu", port.mtu, "netns", _netns(UNDERLAY_NAMESPACE))
-    body.ip(UNDERLAY_NAMESPACE, "link", "set", switch_port, "master", emulated.cluster.switch.name,
-            "up")
-    if port.delay_ns:  # the emulator's underlay latency: the wire from the switch to the node
-        body.tc(UNDERLAY_NAMESPACE, "qdisc", "add", "dev", switch_port, "root", "netem", "delay",
-                f"{port.delay_ns // 1000}us")
+    if port.delay_ns:
+        # the emulator's underlay latency: frames from the switch reach the node that much
+        # later. A second veth pair's far end is the switch port; frames from the node are
+        # redirected onto it in the kernel (tc mirred), frames towards the node are relayed
+        # by emu underlay-wire after the delay (netem's delay, which the kernel may lack)
+        wire, switch_end = f"{switch_port}w", f"{switch_port}s"
+        body.ip(UNDERLAY_NAMESPACE, "link", "add", wire, "mtu", port.mtu, "type", "veth", "peer", "name",
+                switch_end, "mtu", port.mtu)
+        body.ip(UNDERLAY_NAMESPACE, "link", "set", switch_end, "master", emulated.cluster.switch.name, "up")
+        body.ip(UNDERLAY_NAMESPACE, "link", "set", wire, "up")
+        body.ip(UNDERLAY_NAMESPACE, "link", "set", switch_port, "up")
+        body.line(f"tc -n {_netns(UNDERLAY_NAMESPACE)} qdisc add dev {switch_port} ingress")
+        body.line(f"tc -n {_netns(UNDERLAY_NAMESPACE)} filter add dev {switch_port} parent ffff: protocol all "
+                  f"u32 match u32 0 0 action mirred egress redirect dev {wire}")
+        body.line(f"start_underlay_wire {switch_port} {wire} {port.delay_ns}")
+    else:
+        body.ip(UNDERLAY_NAMESPACE, "link", "set", switch_port, "master", emulated.cluster.switch.name,
+                "up")
     body.ip(name, "addr", "add", f"{node.ip}/{prefixlen}", "dev", "eth0")
     body.ip(name, "link", "set", "eth0", "up")
     _backend_device(body, emulated, node)
@@ -510,6 +520,21 @@ start_flanneld_udp() {{
     # $EMU is unquoted on purpose: it may be a command with arguments (python -m emu.cli)
     ip netns exec "$P$node" setsid $EMU flanneld-udp --tun "$tun" --port "$port" "$@" \
         </dev/null >"$LOG_DIR/$P$node-flanneld-udp.log" 2>&1 &
+}}
+
+# Relay frames between $1 (a node's veth peer) and $2 (towards the switch), those
+# towards the node $3 ns later, in the switch's namespace; wait until it is ready.
+start_underlay_wire() {{
+    local log="$LOG_DIR/$P$1-underlay-wire.log"
+    # $EMU is unquoted on purpose: it may be a command with arguments (python -m emu.cli)
+    ip netns exec "$P"ul setsid $EMU underlay-wire "$1" "$2" --delay-ns "$3" </dev/null >"$log" 2>&1 &
+    for _ in $(seq {READY_TIMEOUT_S * 50}); do
+        grep -q ready "$log" 2>/dev/null && return 0
+        sleep 0.02
+    done
+    echo "emu: underlay-wire $1 did not start:" >&2
+    cat "$log" >&2
+    return 1
 }}
 
 # Wait until the proxy of node $1 is ready: it binds its socket first and then attaches

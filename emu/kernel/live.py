@@ -411,9 +411,7 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
     try:
         built = _script(export, "up")
         if built.returncode != 0:
-            hint = (" (underlay.latency needs the netem qdisc: this kernel lacks CONFIG_NET_SCH_NETEM)"
-                    if "netem" in export.script and "qdisc kind is unknown" in built.stderr else "")
-            raise KernelError(f"building the cluster failed: {built.stderr.strip()}{hint}")
+            raise KernelError(f"building the cluster failed: {built.stderr.strip()}")
         _open_captures(captures, export.prefix, export.interfaces)
         captures.start()
         hosts = dict(export.hosts)

@@ -211,8 +211,8 @@ _LAST_START = datetime.datetime(2106, 1, 1, tzinfo=datetime.timezone.utc)  # pca
 
 def _duration_ns(value: object, path: str) -> int:
     """A duration as tc writes it ("200us", "1.5ms", "0s"; a bare number is
-    seconds), in whole microseconds (as the kernel export gives it to tc
-    netem), returned in nanoseconds; at most 10 s."""
+    seconds), in whole microseconds (tc's resolution, what the kernel
+    oracle can mirror), returned in nanoseconds; at most 10 s."""
     if isinstance(value, bool):
         raise ScenarioError(path, f"expected a duration such as 200us, got {_describe(value)}")
     if isinstance(value, (int, float)):
@@ -225,7 +225,7 @@ def _duration_ns(value: object, path: str) -> int:
     if ns > _MAX_LATENCY_NS:
         raise ScenarioError(path, f"{value} is longer than 10s")
     if ns != round(ns, -3):
-        raise ScenarioError(path, f"{value} is not a whole number of microseconds (tc netem's unit)")
+        raise ScenarioError(path, f"{value} is not a whole number of microseconds")
     return round(ns)
 
 
