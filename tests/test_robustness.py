@@ -22,8 +22,8 @@ from scapy.layers.inet import ICMP, IP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Raw, raw
 
+from benchmarks.fuzz import footprint, is_well_formed_arp
 from emu.net import Namespace
-from emu.wire.arp import ArpRepr
 from emu.wire.checksum import internet_checksum
 from helpers_net import advance, two_nodes
 
@@ -37,20 +37,6 @@ def clusters():
 
 def namespaces(emulated) -> list[Namespace]:
     return [*emulated.cluster.namespaces(), emulated.cluster.underlay]
-
-
-def footprint(emulated) -> Counter:
-    """Everything a frame can cause, summed over the cluster, by kind."""
-    total = Counter()
-    for ns in namespaces(emulated):
-        total["drops"] += sum(ns.drops.values())
-        total["delivered"] += ns.delivered
-        total["forwarded"] += ns.forwarded
-        total["fragments held"] += sum(len(q.fragments) for q in ns.stack.reassembler.queues.values())
-        for dev in ns.devices.values():
-            total["drops"] += sum(dev.stats.drops.values())
-            total["tx"] += dev.stats.tx_packets
-    return total
 
 
 def entry_points(emulated) -> dict:
@@ -74,18 +60,6 @@ def entry_points(emulated) -> dict:
     if "flannel0" in n1.devices:
         points["tun"] = n1.devices["flannel0"].receive
     return points
-
-
-def is_well_formed_arp(frame: bytes) -> bool:
-    """An ARP packet that parses may be consumed silently, as Linux does
-    with a request for someone else."""
-    if frame[12:14] != b"\x08\x06":
-        return False
-    try:
-        arp = ArpRepr.parse(bytes(frame[14:]))
-    except ValueError:
-        return False
-    return arp.htype == 1 and arp.ptype == 0x0800
 
 
 def inject_and_check(emulated, point: str, frame: bytes) -> None:
