@@ -554,7 +554,8 @@ class TcpSocket:
         route, local = self.ns.route_output(self.remote[0], None)
         if route is None:
             return 576
-        return route.dev.mtu if local else self.ns.stack.path_mtu(route, self.remote[0])
+        mtu = route.dev.mtu if local else self.ns.stack.path_mtu(route, self.remote[0])
+        return min(mtu, 0xFFFF)  # IPV4_MAX_PMTU: lo's 65536 gives MSS 65495
 
     def _mss_for_mtu(self, mtu: int) -> int:
         """tcp_mtu_to_mss then the peer's clamp, minus the timestamp option."""
@@ -1027,7 +1028,6 @@ class TcpSocket:
             self.retransmits = 0
             self._disarm("retransmit")
             self.mss_cache = self._mss_for_mtu(self._route_mtu())
-            self.advmss = min(self.advmss, self.mss_cache + (12 if self.tstamp_ok else 0))
             self.advmss = self._route_mtu() - 40 - (12 if self.tstamp_ok else 0)
             self.rcv_mss = initial_rcv_mss(self.advmss, self.mss_cache, self.rcv_wnd)
             self.state = "ESTABLISHED"
