@@ -88,6 +88,7 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
     loaded = _with_etcd(_load(scenario), etcd_endpoints, etcd_prefix)
     target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
     if with_report:
+        _claim_report(target / "report.html")
         traced = _traced(loaded, target)
         result = traced.result
         _write_report(traced, target / "report.html")
@@ -260,11 +261,29 @@ def _traced(loaded: Scenario, target: Path | None):
         fail(f"{target}: {error.strerror or error}")
 
 
-def _write_report(traced, path: Path) -> None:
-    from emu.explain.report import ReportError, write_report
+def _claim_report(path: Path) -> None:
+    """Refuse, before running, a report.html in the output folder that emu did not write."""
+    from emu.scenario.outputs import OutputFolder
 
     try:
+        OutputFolder(path.parent).claim(path.name)
+    except ScenarioError as error:
+        fail(str(error))
+
+
+def _write_report(traced, path: Path, in_output_folder: bool = True) -> None:
+    """Write the HTML report; as OUT/report.html (claimed by `_claim_report`
+    before the run) it is one of emu's outputs, listed in the manifest."""
+    from emu.explain.report import ReportError, write_report
+    from emu.scenario.outputs import OutputFolder
+
+    folder = OutputFolder(path.parent) if in_output_folder else None
+    try:
         write_report(traced, path)
+        if folder is not None:
+            folder.adopt(path.name)
+    except ScenarioError as error:
+        fail(str(error))
     except ReportError as error:
         fail(str(error))
     except OSError as error:
@@ -306,8 +325,11 @@ def report(scenario: str, report_path: str | None, out_dir: str | None) -> None:
     drawn, a flow graph per command, the tables, links to the pcaps."""
     loaded = _load(scenario)
     target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
+    if report_path is None:
+        _claim_report(target / "report.html")
     traced = _traced(loaded, target)
-    _write_report(traced, Path(report_path) if report_path else target / "report.html")
+    _write_report(traced, Path(report_path) if report_path else target / "report.html",
+                  in_output_folder=report_path is None)
 
 
 @main.command()

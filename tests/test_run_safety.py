@@ -165,3 +165,18 @@ def test_ping_on_a_missing_device_fails_as_iputils_and_the_summary_lists_only_re
     entry = json.loads((out / "stats.json").read_text())["traffic"][0]
     assert entry["exit_status"] == 2 and entry["transmitted"] == 0
     assert entry["stderr"] == ["ping: SO_BINDTODEVICE eth1: No such device"] and entry["output"] == []
+
+
+def test_run_report_never_overwrites_a_users_report_html(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("my notes")
+    result = emu("run", scenario(tmp_path), "--out", str(out), "--report")
+    assert result.exit_code == 2 and "report.html exists and was not written by emu" in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["report.html"]
+    assert (out / "report.html").read_text() == "my notes"
+    (out / "report.html").unlink()
+    assert emu("run", scenario(tmp_path), "--out", str(out), "--report").exit_code == 0
+    assert "report.html" in json.loads((out / ".emu-manifest.json").read_text())["files"]
+    assert emu("run", scenario(tmp_path), "--out", str(out)).exit_code == 0
+    assert not (out / "report.html").exists()  # emu's own, from the run before: replaced

@@ -91,6 +91,11 @@ class OutputFolder:
         shutil.rmtree(self.staging, ignore_errors=True)
         return written
 
+    def adopt(self, name: str) -> None:
+        """`name`, written after the run (emu run --report's report.html), is emu's too."""
+        self.owned.add(name)
+        self._write_manifest(self.owned)
+
     def discard(self) -> None:
         """Drop what this run staged (it failed): the folder stays as it was."""
         shutil.rmtree(self.staging, ignore_errors=True)
