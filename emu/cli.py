@@ -110,7 +110,8 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
         who = item.spec.source + (f"/{item.spec.container}" if item.spec.container else "")
         console.print(f"\n{who}$ {item.spec.command}", style="bold", markup=False)
         lines = _shown_output(item.result)
-        for line in (lines if not quiet else lines[-1:]):
+        failed = isinstance(item.result, PingResult) and item.result.fatal
+        for line in (lines if not quiet else lines[-2:] if failed else lines[-1:]):
             console.print(f"  {line}", markup=False)
     table = Table(title=f"capture points in {target}", show_edge=False)
     table.add_column("capture point")
