@@ -93,14 +93,15 @@ class _Stdin:
         self.file.close()
 
 
-# The cluster's processes (script actions, their udp proxies, every command)
-# run real-time (SCHED_FIFO) so a busy machine neither stretches an event
-# function nor makes a ping's -i or -W miss: the oracle runs as on an idle one.
+# The cluster's script actions (and the udp proxies they start) run real-time
+# (SCHED_FIFO), so a busy machine does not stretch an event function. The
+# traffic commands do not: a real-time nc changes how the kernel coalesces a
+# TCP exchange (tcp-host-gw: a 1970-byte segment where an ACK came first).
 REALTIME = ("chrt", "--fifo", "10")
 
 
 def _argv(prefix: str, spec: TrafficSpec, hosts: dict[str, str]) -> list[str]:
-    return [*REALTIME, "ip", "netns", "exec", f"{prefix}{spec.source}", *command_words(spec, hosts)]
+    return ["ip", "netns", "exec", f"{prefix}{spec.source}", *command_words(spec, hosts)]
 
 
 def _result(spec: TrafficSpec, returncode: int, stdout: bytes, stderr: bytes,
