@@ -5,8 +5,8 @@ draw in the emulator, so ``tcp.seq`` and ``tcp.ack`` are compared as
 offsets from the first sequence number seen in each direction of each flow
 within one capture (as Wireshark's "relative sequence numbers"), on each
 side separately. A flow is its addresses and ports as the frame shows them
-(after the ephemeral-port renaming), under the field prefix (``inner.``,
-``icmp.quote.``), so a quoted segment is relative to its own flow. An ACK
+(after the ephemeral-port renaming), whatever the field prefix (``inner.``,
+``icmp.quote.``): a segment quoted in an ICMP error is numbered as its flow. An ACK
 number is relative to the other direction's start; before that direction
 has been seen, or without the ACK flag, it is compared as it is.
 """
@@ -45,5 +45,5 @@ class TcpSequences:
 
     @staticmethod
     def _flow(prefix: str, seen: dict[str, object]) -> tuple:
-        return (prefix, seen.get(prefix + "ip.src"), seen.get(prefix + "tcp.sport"),
+        return ("", seen.get(prefix + "ip.src"), seen.get(prefix + "tcp.sport"),
                 seen.get(prefix + "ip.dst"), seen.get(prefix + "tcp.dport"))
