@@ -68,7 +68,7 @@ class _SinkPort(NetDevice):
         counts = np.bincount(which, minlength=len(devices))
         numbers = np.flatnonzero(counts).tolist()
         involved = [devices[number] for number in numbers]
-        if involved[0].sim.context is not None or any(dev.taps or not dev.up for dev in involved):
+        if involved[0].sim.observer is not None or any(dev.taps or not dev.up for dev in involved):
             for number, frame in zip(which.tolist(), frames):
                 devices[number].transmit(frame)
             return

@@ -122,7 +122,7 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
     console.print(table)
     drops = {f"{ns}/{dev}:{reason}": n for ns, entry in result.stats["namespaces"].items()
              for dev, counters in entry["devices"].items()
-             for reason, n in counters["drops"].items() if reason != "otherhost"}
+             for reason, n in counters["drops"].items() if reason != "OTHERHOST"}
     drops.update({f"{ns}:{reason}": n for ns, entry in result.stats["namespaces"].items()
                   for reason, n in entry["stack"]["drops"].items()})
     if drops:

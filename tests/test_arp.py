@@ -73,7 +73,7 @@ def test_an_absent_address_gets_three_broadcasts_a_second_apart_then_host_unreac
     assert result.lines[1:4] == [f"From {P1A} icmp_seq={n} Destination Host Unreachable" for n in (1, 2, 3)]
     assert result.summary() == "3 packets transmitted, 0 received, +3 errors, 100% packet loss"
     assert "10.244.1.77 dev eth0 FAILED" in p1a.show_neighbours()
-    assert p1a.devices["eth0"].stats.drops["neigh-failed"] == 3
+    assert p1a.devices["eth0"].stats.drops["NEIGH_FAILED"] == 3
     assert not [f for f in wire.ether() if IP in f]  # nothing was ever sent to the void
 
 

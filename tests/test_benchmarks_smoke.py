@@ -29,7 +29,7 @@ from benchmarks.kernel import KernelCase
 from benchmarks.suite import RATIOS, Settings, count_label, measure_cases, run
 from emu.kernel.live import kernel_unavailable
 from emu.net import UdpSocket
-from emu.net.fastpath import flow_cache
+from emu.fastpath import flow_cache
 
 TINY = Settings(rounds=2, budget_s=0.02, fdb_sizes=(10,), frame_sizes=(64,), batch=16,
                 kernel=False, bridge_batches=(8,), pings=10)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from emu.capture import CaptureSet
 from emu.net import UdpSocket
-from emu.net.fastpath import flow_cache
+from emu.fastpath import flow_cache
 from emu.scenario import load_scenario_text
 from emu.scenario.build import build_cluster, remove_node_later
 from emu.scenario.run import _Captures
@@ -183,7 +183,7 @@ def test_fragmented_walks_are_never_cached():
     fast = play_both(text, flows, rounds)
     stats = flow_cache(fast.sim).stats
     assert stats.datagrams_replayed == 0
-    assert stats.not_recorded["fragmentation"] >= 1
+    assert stats.not_recorded["ip_fragment:sent"] >= 1
 
 
 def test_a_change_at_the_same_instant_runs_before_the_burst():
@@ -201,9 +201,9 @@ def test_a_change_at_the_same_instant_runs_before_the_burst():
         outcomes.append(run.outcome())
         if fast:
             stats = flow_cache(run.sim).stats
-            assert stats.fallbacks["config-changed"] == 1, stats
+            assert stats.fallbacks["namespace-changed"] == 1, stats
     assert outcomes[1] == outcomes[0]
-    assert outcomes[0]["stats"]["n1"]["stack"]["drops"]["no-route"] == 4
+    assert outcomes[0]["stats"]["n1"]["stack"]["drops"]["IP_INNOROUTES"] == 4
 
 
 def test_each_datagram_of_a_burst_finishes_its_walk_before_the_next_is_sent():
@@ -320,7 +320,7 @@ def test_replays_go_to_the_capture_set_whole(monkeypatch):
 def test_a_huge_burst_replays_in_bounded_steps(monkeypatch):
     """Replays are cut into MAX_REPLAY datagrams per process step (memory stays
     bounded); the outcome is the same as one step, and as the slow path."""
-    from emu.net import fastpath
+    from emu.fastpath import cache as fastpath
 
     monkeypatch.setattr(fastpath, "MAX_REPLAY", 3)
     replayed: list[int] = []

@@ -36,8 +36,8 @@ def test_nth_frame_in_is_captured_then_dropped_and_out_is_dropped_before_the_cap
                                      "  - {at: p1a/eth0, drop: {direction: out, nth: 4}}\n"), tmp_path / "lossy")
     assert plain.traffic[0].result.received == 3 and lossy.traffic[0].result.received == 1
     devices = lossy.stats["namespaces"]
-    assert devices["n2"]["devices"]["eth0"]["drops"] == {"fault-injected": 1}
-    assert devices["p1a"]["devices"]["eth0"]["drops"] == {"fault-injected": 1}
+    assert devices["n2"]["devices"]["eth0"]["drops"] == {"FAULT_INJECTED": 1}
+    assert devices["p1a"]["devices"]["eth0"]["drops"] == {"FAULT_INJECTED": 1}
     # p1a's 4th frame out (echo request 3) never shows; n2 shows request 2, which goes no further
     assert frames(lossy, "p1a_eth0") == frames(plain, "p1a_eth0") - 3  # request 3, replies 2 and 3
     assert frames(lossy, "n2_eth0") == frames(plain, "n2_eth0") - 3  # reply 2, request and reply 3

@@ -151,12 +151,12 @@ def test_emu_verify_decodes_vxlan_on_the_port_it_is_given(vni42_run, tmp_path):
 
 TTL_CASES = [
     # (backend, -t, what ping prints, the drop and where it is counted)
-    ("vxlan", 2, "From 10.244.2.0 icmp_seq=1 Time to live exceeded", ("n2", None, "ttl-expired")),
-    ("host-gw", 2, "From 172.18.0.12 icmp_seq=1 Time to live exceeded", ("n2", None, "ttl-expired")),
-    ("vxlan", 1, "From 10.244.1.1 icmp_seq=1 Time to live exceeded", ("n1", None, "ttl-expired")),
-    ("udp", 2, None, ("n1", "flannel0", "flanneld-ttl-zero")),
-    ("udp", 3, None, ("n2", "flannel0", "flanneld-ttl-zero")),
-    ("udp", 4, "From 10.244.2.0 icmp_seq=1 Time to live exceeded", ("n2", None, "ttl-expired")),
+    ("vxlan", 2, "From 10.244.2.0 icmp_seq=1 Time to live exceeded", ("n2", None, "IP_INHDR")),
+    ("host-gw", 2, "From 172.18.0.12 icmp_seq=1 Time to live exceeded", ("n2", None, "IP_INHDR")),
+    ("vxlan", 1, "From 10.244.1.1 icmp_seq=1 Time to live exceeded", ("n1", None, "IP_INHDR")),
+    ("udp", 2, None, ("n1", "flannel0", "FLANNELD_TTL_ZERO")),
+    ("udp", 3, None, ("n2", "flannel0", "FLANNELD_TTL_ZERO")),
+    ("udp", 4, "From 10.244.2.0 icmp_seq=1 Time to live exceeded", ("n2", None, "IP_INHDR")),
 ]
 
 

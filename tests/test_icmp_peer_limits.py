@@ -128,7 +128,7 @@ def test_global_limit_costs_are_seeded_and_leave_the_namespace_stream_alone():
     assert set(first[0]) == {0, 1, 2}
 
 
-events = st.lists(st.tuples(st.integers(0, 30_000), st.sampled_from(["error", "redirect", "no-route"])),
+events = st.lists(st.tuples(st.integers(0, 30_000), st.sampled_from(["error", "redirect", "IP_INNOROUTES"])),
                   max_size=60)
 
 

@@ -232,8 +232,8 @@ def _ipv4(ttl: int, protocol: int = 17, frag: int = 0) -> bytes:
 def test_proxy_ttl_decrements_and_patches_the_checksum():
     aged = proxy_ttl(_ipv4(64))
     assert aged[8] == 63 and internet_checksum(aged[:20]) == 0
-    assert proxy_ttl(_ipv4(1)) == "flanneld-ttl-zero"
-    assert proxy_ttl(b"\x45" * 10) == "flanneld-short-packet"
+    assert proxy_ttl(_ipv4(1)) == "FLANNELD_TTL_ZERO"
+    assert proxy_ttl(b"\x45" * 10) == "FLANNELD_SHORT_PACKET"
 
 
 def test_net_unreachable_quotes_the_offender():

@@ -73,7 +73,7 @@ def test_df_ping_too_big_for_flannel_1_gets_frag_needed_from_the_gateway(pmtu_ru
     assert error.len == 576  # quotes as much as fits in 576 bytes
     quoted = dpkt.ip.IP(bytes(error.data)[8:])
     assert (dpkt.utils.inet_to_str(quoted.dst), quoted.len, bool(quoted.df)) == ("10.244.2.2", 1500, True)
-    assert result.stats["namespaces"]["n1"]["stack"]["drops"].get("frag-needed") == 1
+    assert result.stats["namespaces"]["n1"]["stack"]["drops"].get("PKT_TOO_BIG") == 1
 
 
 def test_after_frag_needed_the_pod_fragments_locally(pmtu_run):

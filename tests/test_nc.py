@@ -62,7 +62,7 @@ def test_a_closed_port_answers_port_unreachable_and_nc_stops_sending_silently(tm
     client = result.traffic[0].result
     assert [size for _, size in udp_payloads(result, "p1a_eth0")] == [16384]  # then ECONNREFUSED
     assert (client.exit_status, client.stderr, client.stdout) == (0, [], b"")
-    assert result.stats["namespaces"]["p2a"]["stack"]["drops"] == {"udp-no-socket": 1}
+    assert result.stats["namespaces"]["p2a"]["stack"]["drops"] == {"NO_SOCKET": 1}
 
 
 def test_the_listener_answers_with_its_stdin_and_only_its_first_peer(tmp_path):
@@ -73,7 +73,7 @@ def test_the_listener_answers_with_its_stdin_and_only_its_first_peer(tmp_path):
     listener, client, other = (t.result for t in result.traffic)
     assert bytes(listener.stdout) == b"ping\n"  # connected to p1a: n1's datagram is refused
     assert bytes(client.stdout) == b"pong\n" and client.exit_status == 0
-    assert result.stats["namespaces"]["p2a"]["stack"]["drops"] == {"udp-no-socket": 1}
+    assert result.stats["namespaces"]["p2a"]["stack"]["drops"] == {"NO_SOCKET": 1}
     assert client.finished_ns == NS_PER_SECOND  # -w 1: one second of silence after the answer
 
 
@@ -123,7 +123,7 @@ def test_frag_needed_is_a_hard_error_for_a_connected_socket(tmp_path):
         "  - {from: p2a, run: nc -u -l 5000 &}\n"
         "  - {from: p1a, run: nc -u -w 1 p2a 5000, stdin: {bytes: 1460}}\n")
     result = run_scenario(load_scenario_text(text), tmp_path)
-    assert result.stats["namespaces"]["n1"]["stack"]["drops"].get("frag-needed") == 1
+    assert result.stats["namespaces"]["n1"]["stack"]["drops"].get("PKT_TOO_BIG") == 1
     client = result.traffic[1].result
     # EMSGSIZE is pending: poll() says POLLERR, nc leaves at once instead of waiting -w 1
     assert client.exit_status == 0 and client.finished_ns == 0

@@ -160,48 +160,48 @@ def ip_header(total_length: int, protocol: int, ihl: int = 5, fix_checksum: bool
 
 
 def test_truncated_ethernet():
-    assert reason_for(ETH[:9]) == {"eth-truncated": 1}
+    assert reason_for(ETH[:9]) == {"PKT_TOO_SMALL": 1}
 
 
 def test_truncated_and_garbled_arp():
     arp = raw(ARP(psrc="10.244.1.3", pdst=P1A, hwsrc="0a:58:0a:f4:01:03"))
-    assert reason_for(ETH_ARP + arp[:20]) == {"arp-truncated": 1}
+    assert reason_for(ETH_ARP + arp[:20]) == {"ARP_TRUNCATED": 1}
     bad_hlen = bytearray(arp)
     bad_hlen[4] = 8
-    assert reason_for(ETH_ARP + bytes(bad_hlen)) == {"arp-bad-hlen": 1}
+    assert reason_for(ETH_ARP + bytes(bad_hlen)) == {"ARP_BAD_HEADER": 1}
     multicast_sender = raw(ARP(psrc="10.244.1.3", pdst=P1A, hwsrc="01:00:5e:00:00:01"))
-    assert reason_for(ETH_ARP + multicast_sender) == {"arp-bad-sender-mac": 1}
+    assert reason_for(ETH_ARP + multicast_sender) == {"ARP_BAD_SENDER_MAC": 1}
 
 
 def test_garbled_ipv4_headers():
     good = ip_header(28, 17) + raw(UDP(sport=1, dport=2))
     bad_checksum = bytearray(good)
     bad_checksum[10] ^= 0xFF
-    assert reason_for(ETH_IP + bytes(bad_checksum)) == {"ip-bad-checksum": 1}
-    assert reason_for(ETH_IP + ip_header(28, 17, ihl=4) + bytes(8)) == {"ipv4-bad-ihl": 1}
-    assert reason_for(ETH_IP + ip_header(12, 17) + bytes(8)) == {"ipv4-bad-total_length": 1}
-    assert reason_for(ETH_IP + ip_header(100, 17) + bytes(8)) == {"ipv4-truncated": 1}
-    assert reason_for(ETH_IP + good[:15]) == {"ipv4-truncated": 1}
+    assert reason_for(ETH_IP + bytes(bad_checksum)) == {"IP_CSUM": 1}
+    assert reason_for(ETH_IP + ip_header(28, 17, ihl=4) + bytes(8)) == {"IP_INHDR": 1}
+    assert reason_for(ETH_IP + ip_header(12, 17) + bytes(8)) == {"IP_INHDR": 1}
+    assert reason_for(ETH_IP + ip_header(100, 17) + bytes(8)) == {"PKT_TOO_SMALL": 1}
+    assert reason_for(ETH_IP + good[:15]) == {"PKT_TOO_SMALL": 1}
     version6 = bytearray(good)
     version6[0] = 0x65
-    assert reason_for(ETH_IP + bytes(version6)) == {"ipv4-bad-version": 1}
-    assert reason_for(bytes(bad_checksum), l3=True) == {"ip-bad-checksum": 1}  # on the TUN too
+    assert reason_for(ETH_IP + bytes(version6)) == {"IP_INHDR": 1}
+    assert reason_for(bytes(bad_checksum), l3=True) == {"IP_CSUM": 1}  # on the TUN too
 
 
 def test_garbled_icmp():
-    assert reason_for(ETH_IP + ip_header(24, 1) + b"\x08\x00\x00\x00") == {"icmp-truncated": 1}
+    assert reason_for(ETH_IP + ip_header(24, 1) + b"\x08\x00\x00\x00") == {"PKT_TOO_SMALL": 1}
     echo = bytearray(raw(ICMP(type=8, id=1, seq=1) / Raw(b"e" * 8)))
     echo[2] ^= 0x55
-    assert reason_for(ETH_IP + ip_header(20 + len(echo), 1) + bytes(echo)) == {"icmp-bad-checksum": 1}
+    assert reason_for(ETH_IP + ip_header(20 + len(echo), 1) + bytes(echo)) == {"ICMP_CSUM": 1}
 
 
 def test_garbled_udp():
-    assert reason_for(ETH_IP + ip_header(24, 17) + bytes(4)) == {"udp-truncated": 1}
+    assert reason_for(ETH_IP + ip_header(24, 17) + bytes(4)) == {"PKT_TOO_SMALL": 1}
     bad_length = bytes.fromhex("0001 0002 0004 0000")  # length 4 < the 8-byte header
-    assert reason_for(ETH_IP + ip_header(28, 17) + bad_length) == {"udp-bad-length": 1}
+    assert reason_for(ETH_IP + ip_header(28, 17) + bad_length) == {"PKT_TOO_SMALL": 1}
     bad_checksum = bytearray(raw(IP(src="10.244.1.3", dst=P1A) / UDP(sport=1, dport=2) / Raw(b"d" * 4)))
     bad_checksum[26] ^= 0x0F
-    assert reason_for(ETH_IP + bytes(bad_checksum)) == {"udp-bad-checksum": 1}
+    assert reason_for(ETH_IP + bytes(bad_checksum)) == {"UDP_CSUM": 1}
 
 
 def test_a_duplicate_fragment_is_a_named_drop():
@@ -212,4 +212,4 @@ def test_a_duplicate_fragment_is_a_named_drop():
     before = drops_in(p1a)
     p1a.devices["eth0"].receive(ETH_IP + fragment)
     advance(emulated.sim, 0.001)
-    assert dict(drops_in(p1a) - before) == {"frag-duplicate": 1}
+    assert dict(drops_in(p1a) - before) == {"DUP_FRAG": 1}

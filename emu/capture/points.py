@@ -11,7 +11,7 @@ order of interfaces in the pcapng is the order of their first frames, so the
 same sequence of calls always gives byte-identical files.
 
 A point is itself a tap (callable like ``record``) whose ``batch_sink`` is
-its capture set: the flow cache (emu/net/fastpath.py) hands a whole replayed
+its capture set: the flow cache (emu/fastpath/) hands a whole replayed
 burst to ``CaptureSet.record_interleaved`` as frame matrices instead of calling
 every point once per frame, and the files come out byte-identical.
 """

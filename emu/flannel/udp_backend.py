@@ -26,7 +26,6 @@ from ipaddress import IPv4Network
 from emu.flannel.leases import Lease
 from emu.net import Namespace, Tun, UdpSocket
 from emu.net.device import NetDevice
-from emu.net.fastpath import config_changed
 from emu.net.route import SCOPE_UNIVERSE
 from emu.net.stack import SendError
 from emu.wire.icmp import DEST_UNREACHABLE, NET_UNREACHABLE, IcmpRepr
@@ -37,7 +36,7 @@ DEVICE_NAME = "flannel0"
 UDP_OVERHEAD = 28
 NET_UNREACHABLE_TTL = 8
 MIN_PACKET = 20  # an IPv4 header without options
-DROP_SHORT = "flanneld-short-packet"
+DROP_SHORT = "FLANNELD_SHORT_PACKET"
 
 
 class UdpBackend:
@@ -74,12 +73,12 @@ class UdpBackend:
 
     def add_remote(self, lease: Lease) -> str | None:
         self.routes[lease.subnet] = lease.public_ip.packed
-        config_changed()
+        self.ns.changed()  # flanneld's forwarding state, read by every packet it proxies
         return None
 
     def remove_remote(self, lease: Lease) -> None:
         self.routes.pop(lease.subnet, None)
-        config_changed()
+        self.ns.changed()
 
     def teardown(self) -> None:
         if self.socket is not None:
@@ -95,7 +94,8 @@ class UdpBackend:
             return
         next_hop = lease_public_ip(self.routes, packet)
         if next_hop is None:
-            self.device.drop("flanneld-no-lease")
+            self._hop("dropped:FLANNELD_NO_LEASE", f"no lease for {ip_to_str(packet[16:20])}")
+            self.device.drop("FLANNELD_NO_LEASE")
             reply = net_unreachable(packet, self.own_subnet.network_address.packed)
             if reply is not None:
                 self.device.write(reply)
@@ -104,14 +104,12 @@ class UdpBackend:
         if isinstance(aged, str):
             self.device.drop(aged)
             return
-        observer = self.ns.sim.observer
-        if observer is not None:  # what flanneld decided, for emu trace (emu.net.observe)
-            observer.hop(self.ns, self.device, "flanneld", "sent",
-                         f"lease for {ip_to_str(packet[16:20])}: udp to {ip_to_str(next_hop)}:{self.port}")
+        if self.ns.sim.observer is not None:  # what flanneld decided (emu.net.observe)
+            self._hop("sent", f"lease for {ip_to_str(packet[16:20])}: udp to {ip_to_str(next_hop)}:{self.port}")
         try:
             self.socket.sendto(aged, (next_hop, self.port))
         except SendError as error:
-            self.device.drop(f"flanneld-send-{error.errno_name.lower()}")
+            self.device.drop("FLANNELD_SEND_FAILED")
 
     def _udp_to_tun(self, data: bytes, source: tuple[bytes, int], packet: bytes,
                     dev: NetDevice) -> None:
@@ -119,11 +117,15 @@ class UdpBackend:
         if isinstance(aged, str):
             self.device.drop(aged)
             return
+        if self.ns.sim.observer is not None:
+            self._hop("delivered", f"udp from {ip_to_str(source[0])}:{source[1]}: write to {self.device.name}")
+        self.device.write(aged)
+
+    def _hop(self, verdict: str, evidence: str) -> None:
+        """Tell the simulation's observer (emu.net.observe) what the proxy did."""
         observer = self.ns.sim.observer
         if observer is not None:
-            observer.hop(self.ns, self.device, "flanneld", "delivered",
-                         f"udp from {ip_to_str(source[0])}:{source[1]}: write to {self.device.name}")
-        self.device.write(aged)
+            observer.hop(self.ns, self.device, "flanneld", verdict, evidence)
 
 
 def lease_public_ip(routes: Mapping[IPv4Network, bytes], packet: bytes) -> bytes | None:
@@ -143,7 +145,7 @@ def proxy_ttl(packet: bytes) -> bytes | str:
     if len(packet) < MIN_PACKET:
         return DROP_SHORT
     if packet[8] <= 1:
-        return "flanneld-ttl-zero"
+        return "FLANNELD_TTL_ZERO"
     buf = bytearray(packet)
     decrement_ttl(buf)
     return bytes(buf)

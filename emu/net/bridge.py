@@ -30,7 +30,6 @@ from emu.net.device import NetDevice
 from emu.wire.addr import ZERO_MAC, mac_to_str
 from emu.wire.ethernet_batch import HEADER_LEN, header_rows, mac_keys
 from emu.wire.packed import PackedFrames
-from emu.net.fastpath import config_changed
 from emu.net.fdb import DEFAULT_AGEING_NS, Fdb
 from emu.sim import Scheduler
 
@@ -60,7 +59,7 @@ class Bridge(NetDevice):
     def promiscuous(self, value: bool) -> None:
         """Promiscuous mode changes what is passed up: a configuration change."""
         self._promiscuous = value
-        config_changed()
+        self._config_changed()
 
     # -- configuration ------------------------------------------------------
     def add_port(self, port: NetDevice, hairpin: bool = False) -> None:
@@ -86,18 +85,18 @@ class Bridge(NetDevice):
     def handle_port_frame(self, port: NetDevice, frame: bytes) -> None:
         """A frame received on one of our ports (the bridge rx_handler)."""
         if len(frame) < 14:
-            port.drop("eth-truncated")
+            port.drop("PKT_TOO_SMALL")
             return
         src = frame[6:12]
         if src[0] & 1 or src == b"\x00" * 6:
-            port.drop("bridge-invalid-src-mac")
+            port.drop("MAC_INVALID_SOURCE")
             return
         now = self.sim.now_ns
         self.fdb.learn(src, port, now)
         dst = frame[0:6]
-        recorder = self.sim.context
-        if recorder is not None:
-            recorder.on_fdb_learn(self.fdb, src, port)
+        observer = self.sim.observer
+        if observer is not None:
+            observer.fdb_learn(self.fdb, src, port)
         local_rcv = self._promiscuous
         observer = self.sim.observer
         if dst[0] & 1:
@@ -108,9 +107,8 @@ class Bridge(NetDevice):
             local_rcv = True
         else:
             found = self.fdb.lookup_port(dst, now)
-            if recorder is not None:
-                recorder.on_fdb_lookup(self.fdb, dst, found is not None)
             if observer is not None:
+                observer.fdb_lookup(self.fdb, dst, found is not None)
                 self._hop_lookup(observer, port, dst, found)
             if found is None:
                 self._flood(frame, port)
@@ -136,7 +134,7 @@ class Bridge(NetDevice):
         if local:
             self._hop(observer, port, "delivered", f"{where} permanent: local")
         elif egress is port and not egress.hairpin:
-            self._hop(observer, port, "dropped:bridge-same-port", where)
+            self._hop(observer, port, "dropped:BRIDGE_SAME_PORT", where)
         else:
             self._hop(observer, port, "forwarded", where)
 
@@ -145,8 +143,9 @@ class Bridge(NetDevice):
         `PackedFrames` batch): exactly `handle_port_frame` for each, faster. Large batches are decided with numpy (`_handle_planned`),
         small ones frame by frame with known unicast gathered into runs
         (`_handle_runs`); a flow recorder or promiscuous mode (every frame also
-        goes up) takes the per-frame path."""
-        if self.sim.context is not None or self.sim.observer is not None or self._promiscuous:
+        goes up) takes the per-frame path, and so does a batch an observer
+        listens to (it hears every frame's decision)."""
+        if self.sim.observer is not None or self._promiscuous:
             for frame in frames:
                 self.handle_port_frame(port, frame)
         elif len(frames) >= VECTOR_MIN:
@@ -213,14 +212,14 @@ class Bridge(NetDevice):
         if not ingress.hairpin:
             same = egress == self.fdb.port_number(ingress)
             if same.any():
-                ingress.drop("bridge-same-port", int(same.sum()))
+                ingress.drop("BRIDGE_SAME_PORT", int(same.sum()))
                 send &= ~same
         self.forwarded += int(send.sum())
         limits = np.array([0 if dev is None else dev.mtu + HEADER_LEN for dev in devices], np.int64)
         too_big = send & (lengths > limits[egress] + 4 * vlan)
         if too_big.any():
             for number, count in zip(*np.unique(egress[too_big], return_counts=True)):
-                devices[number].drop("frame-too-big", int(count))
+                devices[number].drop("PKT_TOO_BIG", int(count))
             send &= ~too_big
         if send.all():
             NetDevice.transmit_interleaved(devices, egress, frames)
@@ -272,7 +271,7 @@ class Bridge(NetDevice):
         self.forwarded += len(run)
         fitting = [frame for frame in run if egress.fits_mtu(frame)]
         for _ in range(len(run) - len(fitting)):
-            egress.drop("frame-too-big")
+            egress.drop("PKT_TOO_BIG")
         egress.transmit_batch(fitting)
 
     def _xmit(self, frame: bytes) -> None:
@@ -286,10 +285,8 @@ class Bridge(NetDevice):
             self._flood(frame, None)
             return
         found = self.fdb.lookup_port(dst, self.sim.now_ns)
-        recorder = self.sim.context
-        if recorder is not None:
-            recorder.on_fdb_lookup(self.fdb, dst, found is not None)
         if observer is not None:
+            observer.fdb_lookup(self.fdb, dst, found is not None)
             self._hop_lookup(observer, None, dst, None if found is None or found[1] else found)
         if found is None or found[1]:
             self._flood(frame, None)
@@ -301,13 +298,13 @@ class Bridge(NetDevice):
 
     def _send_to_port(self, port: NetDevice, frame: bytes) -> None:
         if not port.fits_mtu(frame):
-            port.drop("frame-too-big")
+            port.drop("PKT_TOO_BIG")
             return
         port.transmit(frame)
 
     def _forward(self, port: NetDevice, frame: bytes, ingress: NetDevice | None) -> None:
         if not self._deliverable(port, ingress):
-            port.drop("bridge-same-port")
+            port.drop("BRIDGE_SAME_PORT")
             return
         self.forwarded += 1
         self._send_to_port(port, frame)
@@ -325,7 +322,7 @@ class Bridge(NetDevice):
 
     def receive(self, frame: bytes) -> None:
         """Frames never arrive on a bridge from a wire; only via its ports."""
-        self.drop("bridge-direct-receive")
+        self.drop("BRIDGE_DIRECT_RECEIVE")
 
     def counters(self) -> dict:
         return {"flooded": self.flooded, "forwarded": self.forwarded,

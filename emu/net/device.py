@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from emu.net import gso
-from emu.net.fastpath import config_changed
+import emu.net.gso as gso
 from emu.net.fault import DROP_REASON
 from emu.sim import Scheduler
 
@@ -79,7 +78,7 @@ class NetDevice:
         owner = self.namespace.name if self.namespace else "-"
         return f"<{type(self).__name__} {owner}/{self.name}>"
 
-    # -- configuration (changes bump the flow caches' epoch) -------------------
+    # -- configuration (changes bump the namespace's generation) --------------
     @property
     def mac(self) -> bytes:
         return self._mac
@@ -88,7 +87,7 @@ class NetDevice:
     def mac(self, value: bytes) -> None:
         """`ip link set DEV address MAC`."""
         self._mac = value
-        config_changed()
+        self._config_changed()
 
     @property
     def mtu(self) -> int:
@@ -98,7 +97,7 @@ class NetDevice:
     def mtu(self, value: int) -> None:
         """`ip link set DEV mtu MTU`."""
         self._mtu = value
-        config_changed()
+        self._config_changed()
 
     @property
     def up(self) -> bool:
@@ -106,15 +105,20 @@ class NetDevice:
 
     @up.setter
     def up(self, value: bool) -> None:
-        """`ip link set DEV up/down`: a configuration change for flow caches."""
+        """`ip link set DEV up/down`."""
         self._up = value
-        config_changed()
+        self._config_changed()
+
+    def _config_changed(self) -> None:
+        """A device's settings belong to its namespace's configuration."""
+        if self.namespace is not None:
+            self.namespace.changed()
 
     # -- the two directions -------------------------------------------------
     def transmit(self, frame: bytes) -> None:
         """Send `frame` out of this device (from the stack or a bridge)."""
         if not self._up:
-            self.drop("device-down")
+            self.drop("DEV_READY")
             return
         if self.faults and self._fault_drops("out"):
             return
@@ -127,7 +131,7 @@ class NetDevice:
     def receive(self, frame: bytes) -> None:
         """Take `frame` arriving from the wire."""
         if not self._up:
-            self.drop("device-down")
+            self.drop("DEV_READY")
             return
         self._tap(frame)
         if self.faults and self._fault_drops("in"):
@@ -139,14 +143,13 @@ class NetDevice:
         elif self.namespace is not None:
             self.namespace.stack.receive(self, frame)
         else:
-            self.drop("no-namespace")
+            self.drop("DEV_READY")
 
     def transmit_batch(self, frames: list[bytes]) -> None:
-        """`transmit` for each frame in order. With no tap and no flow
-        recorder watching, the counters are added once for the batch (nothing
-        reads them in between, so this is invisible)."""
-        if (not self._up or self.taps or self.faults or self.sim.context is not None
-                or self.sim.observer is not None):
+        """`transmit` for each frame in order. With no tap and no observer
+        listening, the counters are added once for the batch (nothing reads
+        them in between, so this is invisible)."""
+        if not self._up or self.taps or self.faults or self.sim.observer is not None:
             for frame in frames:
                 self.transmit(frame)
             return
@@ -160,8 +163,7 @@ class NetDevice:
         """`receive` for each frame in order; a bridge port hands the whole
         batch to `Bridge.handle_port_batch` when nothing watches frame by frame."""
         master = self.master
-        if (master is None or not self._up or self.taps or self.faults or self.sim.context is not None
-                or self.sim.observer is not None):
+        if master is None or not self._up or self.taps or self.faults or self.sim.observer is not None:
             for frame in frames:
                 self.receive(frame)
             return
@@ -200,15 +202,12 @@ class NetDevice:
 
     def _xmit(self, frame: bytes) -> None:
         """Device-specific transmit; the base device has no wire."""
-        self.drop("no-carrier")
+        self.drop("DEV_READY")
 
     # -- helpers --------------------------------------------------------------
     def _tap(self, frame: bytes, outgoing: bool = False) -> None:
         """Show `frame` to the taps: `outgoing` when the device sends it
         (transmit), not when it arrived (receive), Linux's PACKET_OUTGOING."""
-        recorder = self.sim.context
-        if recorder is not None:
-            recorder.on_frame(self, frame, outgoing)
         observer = self.sim.observer
         if observer is not None:
             observer.frame(self, frame, outgoing)
@@ -223,8 +222,9 @@ class NetDevice:
     def _fault_drops(self, direction: str) -> bool:
         """Whether an injected fault (emu.net.fault) takes this frame; never
         replayed by the flow cache."""
-        if self.sim.context is not None:
-            self.sim.context.unsupported("fault-injection")
+        observer = self.sim.observer
+        if observer is not None:
+            observer.hop(self.namespace, self, "fault", "checked", f"{len(self.faults)} injected faults")
         if any([fault.hit(direction) for fault in self.faults]):
             self.drop(DROP_REASON)
             return True

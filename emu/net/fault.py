@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DROP_REASON = "fault-injected"
+DROP_REASON = "FAULT_INJECTED"
 
 
 @dataclass

@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from emu.net.fastpath import config_changed
 from emu.net.mac_index import MacIndex, mac_key
 from emu.wire.addr import mac_to_str
 
@@ -55,8 +54,8 @@ class Fdb:
     """MAC table of one bridge."""
 
     def __init__(self, ageing_ns: int = DEFAULT_AGEING_NS) -> None:
-        self.ageing_ns = ageing_ns
-        self.generation = 0  # bumped on every change: flow caches key on it
+        self._ageing_ns = ageing_ns
+        self.generation = 0  # bumped on every change (entries, ports' flags, ageing time)
         self.layout = 0  # bumped when a MAC gets or loses its slot (slots read earlier go stale)
         self._slot: dict[bytes, int] = {}
         self._index = MacIndex()
@@ -68,10 +67,19 @@ class Fdb:
         self._numbers: dict["NetDevice | None", int] = {None: 0}
         self.ports_by_number: list["NetDevice | None"] = [None]
 
+    @property
+    def ageing_ns(self) -> int:
+        """`ip link set BRIDGE type bridge ageing_time T` (in nanoseconds)."""
+        return self._ageing_ns
+
+    @ageing_ns.setter
+    def ageing_ns(self, value: int) -> None:
+        self._ageing_ns = value
+        self._changed()
+
     # -- storage ------------------------------------------------------------
     def _changed(self) -> None:
         self.generation += 1
-        config_changed()
 
     def port_number(self, port: "NetDevice | None") -> int:
         """The small number this table stores for `port` (0 for no port):
@@ -110,7 +118,7 @@ class Fdb:
         return self.ports_by_number[self._port_no[slot]]
 
     def _expired(self, slot: int, now_ns: int) -> bool:
-        return not self._flags[slot] & STATIC and now_ns - self._updated[slot] > self.ageing_ns
+        return not self._flags[slot] & STATIC and now_ns - self._updated[slot] > self._ageing_ns
 
     def _entry(self, mac: bytes, slot: int) -> FdbEntry:
         flags = self._flags[slot]
@@ -206,7 +214,7 @@ class Fdb:
         known = dst_slots >= 0
         slots = np.where(known, dst_slots, 0)
         entry_flags = flags[slots]
-        live = known & (((entry_flags & STATIC) != 0) | (now_ns - updated[slots] <= self.ageing_ns))
+        live = known & (((entry_flags & STATIC) != 0) | (now_ns - updated[slots] <= self._ageing_ns))
         result[live] = port_no[slots[live]]
         local[live] = (entry_flags[live] & LOCAL) != 0
         # A destination this batch learns (as a source, at or before its frame) is on `port` by then.

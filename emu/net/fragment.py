@@ -126,22 +126,22 @@ class Reassembler:
                                                         key, quiet_if=lambda: queue.first_packet is None)
         end = offset + len(data)
         if more and len(data) % 8:
-            self._discard(key, "frag-bad-length")
+            self._discard(key, "FRAG_BAD_LENGTH")
             return None
         if not more:
             if queue.total_len is not None and queue.total_len != end:
-                self._discard(key, "frag-inconsistent-length")
+                self._discard(key, "FRAG_INCONSISTENT_LENGTH")
                 return None
             queue.total_len = end
         for other_offset, other in queue.fragments.items():
             if offset < other_offset + len(other) and other_offset < end:
                 if other_offset == offset and other == data:
-                    self.on_drop("frag-duplicate")  # Linux: SKB_DROP_REASON_DUP_FRAG
+                    self.on_drop("DUP_FRAG")  # Linux: SKB_DROP_REASON_DUP_FRAG
                     return None
-                self._discard(key, "frag-overlap")
+                self._discard(key, "FRAG_OVERLAP")
                 return None
         if queue.total_len is not None and end > queue.total_len:
-            self._discard(key, "frag-beyond-end")
+            self._discard(key, "FRAG_BEYOND_END")
             return None
         queue.fragments[offset] = data
         if offset == 0:
@@ -177,6 +177,6 @@ class Reassembler:
         queue = self.queues.pop(key, None)
         if queue is None:
             return
-        self.on_drop("frag-reassembly-timeout")
+        self.on_drop("FRAG_REASM_TIMEOUT")
         if queue.first_packet is not None:
             self.on_timeout(queue.first_packet)

@@ -3,6 +3,14 @@
 This is the configuration surface that the CNI plugin and flanneld use, the
 equivalent of `ip link`, `ip addr`, `ip route`, `ip neigh` and
 `sysctl net.ipv4.ip_forward`. The packet paths live in `emu.net.stack`.
+
+`generation` counts configuration changes of this namespace: routes,
+addresses, devices (added, removed, renamed, MAC, MTU, up/down, bridge and
+VXLAN settings), sysctls (`ip_forward`, `default_ttl`,
+`icmp_echo_ignore_broadcasts`), learned path MTUs, socket bindings and the
+forwarding state of userspace programs in it (`changed()`). Whoever caches
+a decision taken from this configuration keeps the generation it read.
+The FDB, neighbour tables and sockets keep generations of their own.
 """
 
 from __future__ import annotations
@@ -12,7 +20,6 @@ from collections import Counter
 from dataclasses import dataclass
 
 from emu.net.device import NetDevice
-from emu.net.fastpath import config_changed, register_namespace
 from emu.net.loopback import Loopback
 from emu.net.neighbour import NeighbourTable
 from emu.net.route import (SCOPE_HOST, SCOPE_LINK, SCOPE_UNIVERSE, Route, RoutingTable,
@@ -41,6 +48,14 @@ class Address:
         return ip_to_int(ip) & mask == ip_to_int(self.ip) & mask
 
 
+NAMESPACES = "net.namespaces"  # key of a simulation's namespace list in Scheduler.services
+
+
+def namespaces_of(sim: Scheduler) -> list["Namespace"]:
+    """Every namespace created in simulation `sim`, in creation order."""
+    return sim.services.setdefault(NAMESPACES, [])
+
+
 def parse_cidr(text: str) -> tuple[bytes, int]:
     """'10.244.1.0/24' -> (network bytes, 24); a bare address is a /32."""
     ip, _, length = text.partition("/")
@@ -54,14 +69,15 @@ class Namespace:
                  default_ttl: int = 64) -> None:
         self.sim = sim
         self.name = name
-        self.ip_forward = ip_forward
-        self.default_ttl = default_ttl
+        self.generation = 0
+        self._ip_forward = ip_forward
+        self._default_ttl = default_ttl
         # net.ipv4.ip_local_port_range: where ephemeral ports come from
         self.ip_local_port_range = (32768, 60999)
         self.rng = random.Random(f"{seed}/{name}")
         self.devices: dict[str, NetDevice] = {}
         self.addresses: list[Address] = []
-        self.routes = RoutingTable()
+        self.routes = RoutingTable(on_change=self.changed)
         self.drops: Counter = Counter()
         self.sent = self.delivered = self.forwarded = 0
         self._neighbours: dict[NetDevice, NeighbourTable] = {}
@@ -73,10 +89,36 @@ class Namespace:
         self.lo = Loopback(sim)
         self.add_device(self.lo)
         self.add_address(self.lo, ip_from_str("127.0.0.1"), 8, scope=SCOPE_HOST)
-        register_namespace(self)
+        namespaces_of(sim).append(self)
 
     def __repr__(self) -> str:
         return f"<Namespace {self.name}>"
+
+    def changed(self) -> None:
+        """Something of this namespace's configuration changed (see the module
+        docstring): bump the generation and forget cached route lookups."""
+        self.generation += 1
+        self.routes.invalidate()
+
+    @property
+    def ip_forward(self) -> bool:
+        """`sysctl net.ipv4.ip_forward`."""
+        return self._ip_forward
+
+    @ip_forward.setter
+    def ip_forward(self, value: bool) -> None:
+        self._ip_forward = value
+        self.changed()
+
+    @property
+    def default_ttl(self) -> int:
+        """`sysctl net.ipv4.ip_default_ttl`."""
+        return self._default_ttl
+
+    @default_ttl.setter
+    def default_ttl(self, value: int) -> None:
+        self._default_ttl = value
+        self.changed()
 
     def drop(self, reason: str) -> None:
         """Count a packet the stack refused, under a named reason."""
@@ -93,7 +135,7 @@ class Namespace:
             dev.namespace.detach_device(dev)
         dev.namespace = self
         self.devices[dev.name] = dev
-        config_changed()
+        self.changed()
         return dev
 
     def detach_device(self, dev: NetDevice) -> None:
@@ -110,7 +152,7 @@ class Namespace:
             for ip in list(table.entries):
                 table.remove(ip)
         dev.namespace = None
-        config_changed()
+        self.changed()
 
     def rename_device(self, dev: NetDevice, new_name: str) -> None:
         if new_name in self.devices:
@@ -118,7 +160,7 @@ class Namespace:
         del self.devices[dev.name]
         dev.name = new_name
         self.devices[new_name] = dev
-        config_changed()
+        self.changed()
 
     def device(self, name: str) -> NetDevice:
         try:
@@ -136,7 +178,7 @@ class Namespace:
             raise ValueError(f"{self.name}: address {ip_to_str(ip)} exists already")
         address = Address(ip, prefixlen, dev, scope)
         self.addresses.append(address)
-        config_changed()
+        self.changed()
         self._local.add(ip)
         if prefixlen < 31:
             self._broadcast[broadcast_of(ip, prefixlen)] = dev
@@ -150,7 +192,7 @@ class Namespace:
     def remove_address(self, address: Address) -> None:
         self.addresses.remove(address)
         self._local.discard(address.ip)
-        config_changed()
+        self.changed()
         self._broadcast = {broadcast_of(a.ip, a.prefixlen): a.dev for a in self.addresses
                            if a.prefixlen < 31}
         self.routes.remove_where(lambda r: r.proto == "kernel" and r.prefsrc == address.ip)

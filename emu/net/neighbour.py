@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING, Callable
 
-from emu.net.fastpath import config_changed
+from emu.net.drops import wire_reason
 from emu.sim import NS_PER_SECOND, Event
 from emu.sim.timer_wheel import fire_time_ns
 from emu.wire.addr import BROADCAST_MAC, ZERO_MAC, ip_to_str, mac_to_str
@@ -107,6 +107,8 @@ class NeighbourTable:
         self.params = params or NeighbourParams()
         self.entries: dict[bytes, Neighbour] = {}
         self.reachable_ns = self._random_reachable()
+        # Bumped on every entry created, removed or changing state or address.
+        self.generation = 0
 
     # -- helpers --------------------------------------------------------------
     @property
@@ -149,7 +151,7 @@ class NeighbourTable:
             n.timer = None
 
     def _changed(self) -> None:
-        config_changed()
+        self.generation += 1
 
     def _new_entry(self, ip: bytes, state: Nud) -> Neighbour:
         """neigh_alloc: a new entry is used now and counts as confirmed
@@ -195,10 +197,9 @@ class NeighbourTable:
         """
         n = self.entries.get(nexthop)
         now = self.now
-        recorder = self.ns.sim.context
-        if recorder is not None:
-            recorder.on_neighbour(self, n, confirm)
         observer = self.ns.sim.observer
+        if observer is not None:
+            observer.neigh_use(self, n, confirm)
         if n is None:
             n = self._new_entry(nexthop, Nud.INCOMPLETE)
             self.entries[nexthop] = n
@@ -227,7 +228,6 @@ class NeighbourTable:
             self._send_packet(n.mac, packet)
 
     def _hop(self, observer, n: Neighbour, verdict: str) -> None:
-        """Tell the observer (emu.net.observe), if any, what became of the packet."""
         if observer is not None:
             observer.hop(self.ns, self.dev, "neigh", verdict, self.describe(n))
 
@@ -246,7 +246,7 @@ class NeighbourTable:
         n.queue.append((packet, on_error))
         while sum(len(p) for p, _ in n.queue) > self.params.unres_qlen_bytes:
             n.queue.pop(0)
-            self.dev.drop("neigh-queue-full")
+            self.dev.drop("NEIGH_QUEUEFULL")
 
     def _send_packet(self, mac: bytes, packet: bytes) -> None:
         self.dev.transmit(ethernet_header(mac, self.dev.mac, 0x0800) + packet)
@@ -315,7 +315,7 @@ class NeighbourTable:
         self._changed()
         queue, n.queue = n.queue, []
         for packet, on_error in queue:
-            self.dev.drop("neigh-failed")
+            self.dev.drop("NEIGH_FAILED")
             if on_error is not None:
                 on_error(packet)
 
@@ -371,19 +371,19 @@ def arp_input(ns: "Namespace", dev: "NetDevice", payload: bytes, to_us: bool) ->
     try:
         arp = ArpRepr.parse(payload)
     except ValueError as error:
-        dev.drop(getattr(error, "reason", "arp-malformed"))
+        dev.drop(wire_reason(error))
         return
     if arp.htype != 1 or arp.ptype != 0x0800:
-        dev.drop("arp-unsupported-type")
+        dev.drop("ARP_UNSUPPORTED_TYPE")
         return
     if arp.op not in (OP_REQUEST, OP_REPLY):
-        dev.drop("arp-unknown-op")
+        dev.drop("ARP_UNKNOWN_OP")
         return
     if arp.tpa[0] >= 224 or arp.tpa[0] == 127 or arp.spa[0] >= 224:
-        dev.drop("arp-bad-address")
+        dev.drop("ARP_BAD_ADDRESS")
         return
     if arp.sha[0] & 1:
-        dev.drop("arp-bad-sender-mac")
+        dev.drop("ARP_BAD_SENDER_MAC")
         return
     table = ns.neighbours(dev)
     if arp.op == OP_REQUEST and arp.spa == bytes(4):

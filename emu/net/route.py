@@ -10,9 +10,8 @@ the route added first.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
-from emu.net.fastpath import config_changed, epoch
 from emu.wire.addr import int_to_ip, ip_to_int, ip_to_str
 
 if TYPE_CHECKING:
@@ -68,12 +67,22 @@ class Route:
 
 
 class RoutingTable:
-    """The main table of one namespace."""
+    """The main table of one namespace. `on_change` is called after every
+    change (the namespace bumps its generation)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
         self.routes: list[Route] = []
         self._cache: dict[tuple, Route | None] = {}
-        self._cache_epoch = -1
+        self._on_change = on_change
+
+    def invalidate(self) -> None:
+        """Forget cached lookups (routes, or the devices they use, changed)."""
+        self._cache.clear()
+
+    def _changed(self) -> None:
+        self._cache.clear()
+        if self._on_change is not None:
+            self._on_change()
 
     def add(self, route: Route) -> None:
         mask = prefix_mask(route.prefixlen)
@@ -84,27 +93,23 @@ class RoutingTable:
                     route.network, route.prefixlen, route.metric):
                 raise ValueError(f"route {route} exists already ({existing})")
         self.routes.append(route)
-        config_changed()
+        self._changed()
 
     def remove_where(self, predicate) -> int:
         before = len(self.routes)
         self.routes = [r for r in self.routes if not predicate(r)]
         removed = before - len(self.routes)
         if removed:
-            config_changed()
+            self._changed()
         return removed
 
     def lookup(self, dst: bytes, oif: "NetDevice | None" = None) -> Route | None:
         """Longest-prefix match (optionally only routes through `oif`).
 
-        Results are cached per (destination, oif) until the configuration
-        epoch moves (any route, address or device change bumps it), so the
-        forwarding path does not rescan the table for every packet.
+        Results are cached per (destination, oif) until this table or its
+        namespace's devices change (`invalidate`), so the forwarding path does
+        not rescan the table for every packet.
         """
-        current = epoch()
-        if current != self._cache_epoch:
-            self._cache.clear()
-            self._cache_epoch = current
         key = (dst, oif)
         try:
             return self._cache[key]

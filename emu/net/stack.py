@@ -25,9 +25,9 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Callable
 
-from emu.net import gso
+import emu.net.gso as gso
+from emu.net.drops import wire_reason
 from emu.net.fragment import Reassembler, fragment
-from emu.net.fastpath import config_changed
 from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, GlobalLimit,
                                   PeerLimits, build_error, error_tos, may_send_error)
 from emu.net.neighbour import arp_input
@@ -81,7 +81,24 @@ class Ipv4Stack:
         self.udp_sockets: dict[tuple[bytes | None, int], object] = {}
         self.tcp: "TcpLayer | None" = None  # set by the namespace (emu.net.tcp)
         self._next_ident = ns.rng.randrange(0x10000)
-        self.icmp_echo_ignore_broadcasts = True
+        self._icmp_echo_ignore_broadcasts = True
+
+    @property
+    def icmp_echo_ignore_broadcasts(self) -> bool:
+        """`sysctl net.ipv4.icmp_echo_ignore_broadcasts`."""
+        return self._icmp_echo_ignore_broadcasts
+
+    @icmp_echo_ignore_broadcasts.setter
+    def icmp_echo_ignore_broadcasts(self, value: bool) -> None:
+        self._icmp_echo_ignore_broadcasts = value
+        self.ns.changed()
+
+    def _hop(self, dev: "NetDevice | None", stage: str, verdict: str, evidence: str) -> None:
+        """Tell the observer (if any) about a decision; see emu.net.observe.
+        Hot paths check `sim.observer` themselves before building evidence."""
+        observer = self.ns.sim.observer
+        if observer is not None:
+            observer.hop(self.ns, dev, stage, verdict, evidence)
 
     # == input ==================================================================
     def receive(self, dev: "NetDevice", frame: bytes) -> None:
@@ -90,7 +107,7 @@ class Ipv4Stack:
             self.ip_input(dev, frame, l2_broadcast=False)
             return
         if len(frame) < 14:
-            dev.drop("eth-truncated")
+            dev.drop("PKT_TOO_SMALL")
             return
         dst = frame[0:6]
         if dst == dev.mac:
@@ -98,7 +115,7 @@ class Ipv4Stack:
         elif dst[0] & 1:
             to_us, l2_broadcast = False, True
         else:
-            dev.drop("otherhost")
+            dev.drop("OTHERHOST")
             return
         ethertype = (frame[12] << 8) | frame[13]
         if ethertype == ETHERTYPE_IPV4:
@@ -106,46 +123,39 @@ class Ipv4Stack:
         elif ethertype == ETHERTYPE_ARP:
             arp_input(self.ns, dev, bytes(frame[14:]), to_us)
         elif ethertype == ETHERTYPE_VLAN:
-            dev.drop("vlan-unsupported")
+            dev.drop("VLAN_UNSUPPORTED")
         else:
-            dev.drop("unknown-ethertype")
+            dev.drop("UNHANDLED_PROTO")
 
     def ip_input(self, dev: "NetDevice", data, l2_broadcast: bool) -> None:
         """ip_rcv: validate, then deliver locally or forward."""
         try:
             header = Ipv4Packet(data)
         except WireError as error:
-            dev.drop(error.reason)
+            dev.drop(wire_reason(error))
             return
         if not header.checksum_ok():
-            dev.drop("ip-bad-checksum")
+            dev.drop("IP_CSUM")
             return
         packet = bytes(data[:header.total_length])
         src, dst = packet[12:16], packet[16:20]
         if src[0] >= 224 or src == BROADCAST_IP or (src[0] == 127 and dev is not self.ns.lo):
-            self.ns.drop("martian-source")
+            self.ns.drop("IP_INVALID_SOURCE")
             return
         if self.ns.is_local_address(dst) or self.ns.is_broadcast_address(dst):
             if self.ns.sim.observer is not None:
                 self._hop(dev, "ip_rcv", "delivered", f"local {ip_to_str(dst)} from {ip_to_str(src)}")
             self.local_deliver(dev, packet, l2_broadcast or self.ns.is_broadcast_address(dst))
         elif dst[0] >= 224:
-            self.ns.drop("multicast-unsupported")
+            self.ns.drop("MULTICAST_UNSUPPORTED")
         elif not self.ns.ip_forward:
-            self.ns.drop("not-forwarding")
+            self.ns.drop("IP_INADDRERRORS")
         elif l2_broadcast:
-            self.ns.drop("forward-l2-broadcast")
+            self.ns.drop("UNICAST_IN_L2_MULTICAST")
         else:
             if self.ns.sim.observer is not None:
                 self._hop(dev, "ip_rcv", "forwarded", f"{ip_to_str(src)} > {ip_to_str(dst)} ip_forward 1")
             self.forward(dev, packet)
-
-    def _hop(self, dev: "NetDevice | None", stage: str, verdict: str, evidence: str) -> None:
-        """Tell the observer (emu.net.observe), if any, about a decision; hot
-        paths check `sim.observer` themselves before building the evidence."""
-        observer = self.ns.sim.observer
-        if observer is not None:
-            observer.hop(self.ns, dev, stage, verdict, evidence)
 
     # == forwarding =============================================================
     def forward(self, in_dev: "NetDevice", packet: bytes) -> None:
@@ -153,21 +163,21 @@ class Ipv4Stack:
         dst = packet[16:20]
         route = self.ns.routes.lookup(dst)
         if route is None:
-            self._hop(in_dev, "ip_forward", "dropped:no-route", f"no route to {ip_to_str(dst)}")
+            self._hop(in_dev, "ip_forward", "dropped:IP_INNOROUTES", f"no route to {ip_to_str(dst)}")
             if self.peers.route_error_allow(bytes(packet[12:16]), self.ns.sim.now_ns):
                 self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
-            self.ns.drop("no-route")
+            self.ns.drop("IP_INNOROUTES")
             return
         if packet[8] <= 1:
-            self._hop(in_dev, "ip_forward", "dropped:ttl-expired", f"route {route} ttl {packet[8]}")
+            self._hop(in_dev, "ip_forward", "dropped:IP_INHDR", f"route {route} ttl {packet[8]}")
             self.send_error(packet, icmp.TIME_EXCEEDED, icmp.TTL_EXCEEDED_IN_TRANSIT)
-            self.ns.drop("ttl-expired")
+            self.ns.drop("IP_INHDR")
             return
         mtu = route.dev.mtu
         if len(packet) > mtu and packet[6] & (FLAG_DF >> 8) and not gso.fits(self.ns.sim, packet, mtu):
-            self._hop(in_dev, "ip_forward", "dropped:frag-needed", f"route {route} mtu {mtu} DF")
+            self._hop(in_dev, "ip_forward", "dropped:PKT_TOO_BIG", f"route {route} mtu {mtu} DF")
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, mtu)
-            self.ns.drop("frag-needed")
+            self.ns.drop("PKT_TOO_BIG")
             return
         buf = bytearray(packet)
         decrement_ttl(buf)
@@ -201,9 +211,9 @@ class Ipv4Stack:
         if len(packet) <= mtu or gso.fits(self.ns.sim, packet, mtu):
             self.neigh_xmit(dev, nexthop, packet, on_error, confirm)
             return
-        if self.ns.sim.context is not None:
-            self.ns.sim.context.unsupported("fragmentation")
         first, *rest = fragment(packet, mtu)
+        if self.ns.sim.observer is not None:
+            self._hop(dev, "ip_fragment", "sent", f"{len(packet)} bytes > mtu {mtu}: {1 + len(rest)} fragments")
         self.neigh_xmit(dev, nexthop, first, on_error, confirm)
         for piece in rest:
             if process:
@@ -226,11 +236,12 @@ class Ipv4Stack:
         mtu = route.dev.mtu
         cached = self.pmtu.get(dst)
         if cached is not None:
-            if self.ns.sim.context is not None:
-                self.ns.sim.context.unsupported("path-mtu-cache")
             value, expires = cached
             if self.ns.sim.now_ns < expires:
                 mtu = min(mtu, value)
+                if self.ns.sim.observer is not None:
+                    self._hop(route.dev, "pmtu", "sent", f"{ip_to_str(dst)} mtu {value} expires "
+                              f"{(expires - self.ns.sim.now_ns) // NS_PER_SECOND}sec")
             else:
                 del self.pmtu[dst]
         return mtu
@@ -238,12 +249,13 @@ class Ipv4Stack:
     def next_ident(self) -> int:
         ident = self._next_ident
         self._next_ident = (ident + 1) & 0xFFFF
-        if self.ns.sim.context is not None:
-            self.ns.sim.context.on_ident(self, ident)
+        observer = self.ns.sim.observer
+        if observer is not None:
+            observer.ident(self, ident)
         return ident
 
     def reserve_idents(self, count: int) -> int:
-        """Consume `count` identifiers at once (the fast path replaying sends);
+        """Consume `count` identifiers at once (sends reproduced in one go);
         returns the first."""
         first = self._next_ident
         self._next_ident = (first + count) & 0xFFFF
@@ -263,10 +275,15 @@ class Ipv4Stack:
         `ident` is the IP id a socket chose (TCP); `seg_len` marks a GSO
         super-packet whose segments are that long (see emu.net.gso): it
         leaves whole when they fit the MTU.
-        Raises SendError for what the kernel refuses at send time.
+        Raises SendError for what the kernel refuses at send time. An
+        offload (`Scheduler.offload`, the flow cache) may serve a process
+        send itself, with the same effects.
         """
-        if protocol != PROTO_UDP and self.ns.sim.context is not None:
-            self.ns.sim.context.unsupported("not-udp")
+        if process:
+            offload = self.ns.sim.offload
+            if offload is not None and offload.process_send(self, dst, protocol, payload,
+                                                            (src, ttl, tos, pmtudisc, oif, confirm)):
+                return src
         route, local = self.ns.route_output(dst, oif)
         if route is None:
             self._hop(oif, "ip_output", "refused:ENETUNREACH", f"no route to {ip_to_str(dst)}")
@@ -304,8 +321,6 @@ class Ipv4Stack:
     def send_error(self, packet: bytes, icmp_type: int, code: int, rest: int = 0,
                    l2_broadcast: bool = False) -> None:
         """icmp_send: an ICMP error about `packet`, from the address Linux uses."""
-        if self.ns.sim.context is not None:
-            self.ns.sim.context.unsupported("icmp-error")
         if not may_send_error(packet, l2_broadcast):
             return
         if self.ns.sim.observer is not None:
@@ -313,7 +328,7 @@ class Ipv4Stack:
         orig_src, orig_dst = bytes(packet[12:16]), bytes(packet[16:20])
         route, local = self.ns.route_output(orig_src, None)
         if route is None:
-            self.ns.drop("icmp-error-no-route")
+            self.ns.drop("IP_OUTNOROUTES")
             return
         frag_needed = icmp_type == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED
         # icmpv4_global_allow, then icmpv4_xrlim_allow (which calls
@@ -322,10 +337,10 @@ class Ipv4Stack:
         if icmp_type in RATEMASK_TYPES and not frag_needed and not local:
             now = self.ns.sim.now_ns
             if not self.icmp_global.allow(now):
-                self.ns.drop("icmp-global-ratelimited")
+                self.ns.drop("ICMP_GLOBAL_RATELIMITED")
                 return
             if not self.peers.icmp_allow(orig_src, now):
-                self.ns.drop("icmp-ratelimited")
+                self.ns.drop("ICMP_RATELIMITED")
                 return
             self.icmp_global.consume()
         saddr = orig_dst if self.ns.is_local_address(orig_dst) else None
@@ -334,7 +349,7 @@ class Ipv4Stack:
             self.send(orig_src, PROTO_ICMP, message, src=saddr, tos=error_tos(packet),
                       pmtudisc="dont")
         except SendError:
-            self.ns.drop("icmp-error-unsendable")
+            self.ns.drop("ICMP_ERROR_UNSENDABLE")
 
     def _unreachable_report(self, packet: bytes) -> None:
         """arp_error_report: neighbour resolution failed for a queued packet."""
@@ -361,22 +376,22 @@ class Ipv4Stack:
         else:
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.PROTOCOL_UNREACHABLE,
                             l2_broadcast=broadcast)
-            self.ns.drop("unknown-protocol")
+            self.ns.drop("IP_NOPROTO")
 
     def icmp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
         header_len = (packet[0] & 0x0F) * 4
         try:
             message = IcmpMessage(packet[header_len:])
         except WireError as error:
-            self.ns.drop(error.reason)
+            self.ns.drop(wire_reason(error))
             return
         if not message.checksum_ok():
-            self.ns.drop("icmp-bad-checksum")
+            self.ns.drop("ICMP_CSUM")
             return
         kind = message.type
         if kind == icmp.ECHO_REQUEST:
             if broadcast and self.icmp_echo_ignore_broadcasts:
-                self.ns.drop("icmp-echo-broadcast-ignored")
+                self.ns.drop("INVALID_PROTO")
                 return
             if self.ns.sim.observer is not None:
                 self._hop(dev, "icmp_rcv", "consumed",
@@ -385,15 +400,18 @@ class Ipv4Stack:
         elif kind == icmp.ECHO_REPLY:
             handler = self.echo_handlers.get(message.echo_id)
             if handler is None:
-                self.ns.drop("icmp-echo-reply-unmatched")
+                self.ns.drop("NO_SOCKET")
                 return
-            if self.ns.sim.observer is not None:
-                self._hop(dev, "icmp_rcv", "delivered", f"echo reply id {message.echo_id} seq {message.echo_seq}")
+            observer = self.ns.sim.observer
+            if observer is not None:
+                self._hop(dev, "icmp_rcv", "delivered",
+                          f"echo reply id {message.echo_id} seq {message.echo_seq}")
+                observer.echo(self, handler, packet, message)
             handler("reply", packet, message)
         elif message.is_error():
             self._icmp_error_input(packet, message)
         else:
-            self.ns.drop("icmp-type-unhandled")
+            self.ns.drop("ICMP_TYPE_UNHANDLED")
 
     def _echo_reply(self, packet: bytes, request: IcmpMessage) -> None:
         src = bytes(packet[16:20])
@@ -404,13 +422,13 @@ class Ipv4Stack:
             self.send(bytes(packet[12:16]), PROTO_ICMP, reply, src=src, tos=packet[1],
                       pmtudisc="dont")
         except SendError:
-            self.ns.drop("icmp-reply-unsendable")
+            self.ns.drop("ICMP_REPLY_UNSENDABLE")
 
     def _icmp_error_input(self, packet: bytes, message: IcmpMessage) -> None:
         try:
             quoted = Ipv4Packet(message.payload, allow_truncated=True)
         except WireError:
-            self.ns.drop("icmp-error-bad-quote")
+            self.ns.drop("PKT_TOO_SMALL")
             return
         if (message.type == icmp.DEST_UNREACHABLE and message.code == icmp.FRAGMENTATION_NEEDED
                 and self.ns.is_local_address(quoted.src)):
@@ -421,8 +439,8 @@ class Ipv4Stack:
             sock = self.udp_socket_for((bytes(quoted.src), (inner[0] << 8) | inner[1]),
                                        (bytes(quoted.dst), (inner[2] << 8) | inner[3]))
             if sock is not None:
-                if self.ns.sim.context is not None:
-                    self.ns.sim.context.unsupported("udp-socket-error")
+                self._hop(None, "udp_rcv", "error", f"icmp type {message.type} code {message.code} "
+                          f"to the socket of {ip_to_str(quoted.src)}:{(inner[0] << 8) | inner[1]}")
                 sock.icmp_error(message.type, message.code)
                 return
         if (quoted.protocol == PROTO_TCP and self.tcp is not None
@@ -437,7 +455,7 @@ class Ipv4Stack:
                     self._hop(None, "icmp_rcv", "delivered", f"icmp type {message.type} code {message.code}")
                     handler("error", packet, message)
                     return
-        self.ns.drop("icmp-error-no-socket")
+        self.ns.drop("NO_SOCKET")
 
     def udp_socket_for(self, local: tuple[bytes, int], remote: tuple[bytes, int]):
         """__udp4_lib_lookup: the socket bound to the local address (else to
@@ -454,7 +472,7 @@ class Ipv4Stack:
         if route is None or mtu >= route.dev.mtu or mtu < 68:
             return
         self.pmtu[dst] = (max(mtu, MIN_PMTU), self.ns.sim.now_ns + PMTU_EXPIRES_NS)
-        config_changed()
+        self.ns.changed()
 
     def udp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
         header_len = (packet[0] & 0x0F) * 4
@@ -462,17 +480,17 @@ class Ipv4Stack:
         try:
             datagram = UdpDatagram(packet[header_len:])
         except WireError as error:
-            self.ns.drop(error.reason)
+            self.ns.drop(wire_reason(error))
             return
         if not datagram.checksum_ok(src, dst):
-            self.ns.drop("udp-bad-checksum")
+            self.ns.drop("UDP_CSUM")
             return
         port = datagram.dst_port
         sock = self.udp_socket_for((dst, port), (src, datagram.src_port))
         if sock is None:
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.PORT_UNREACHABLE,
                             l2_broadcast=broadcast)
-            self.ns.drop("udp-no-socket")
+            self.ns.drop("NO_SOCKET")
             return
         if self.ns.sim.observer is not None:
             self._hop(dev, "udp_rcv", "delivered",

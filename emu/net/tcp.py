@@ -46,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from emu.net import gso
+import emu.net.gso as gso
 from emu.net.stack import SendError
 from emu.net.tcp_params import (DEFAULT_SCALING_RATIO, GSO_MAX_SIZE, MAX_QUICKACKS,
                                 RMEM_TO_WIN_SCALE, SKB_HEAD_TRUESIZE, TCP_INIT_CWND,
@@ -189,12 +189,12 @@ class TcpLayer:
             self.ns.drop(error.reason)
             return
         if not segment.checksum_ok(src, dst):
-            self.ns.drop("tcp-bad-checksum")
+            self.ns.drop("TCP_CSUM")
             return
         try:
             options = segment.options
         except WireError:
-            self.ns.drop("tcp-bad-options")
+            self.ns.drop("TCP_BAD_OPTIONS")
             return
         seg = _Segment(src, dst, segment.src_port, segment.dst_port, segment.seq, segment.ack,
                        segment.flags, segment.window, options, bytes(segment.payload),
@@ -207,7 +207,7 @@ class TcpLayer:
         if listener is not None:
             listener.listen_input(seg)
             return
-        self.ns.drop("tcp-no-socket")
+        self.ns.drop("NO_SOCKET")
         self.send_reset(seg)
 
     def send_reset(self, seg: "_Segment") -> None:
@@ -223,7 +223,7 @@ class TcpLayer:
             self.ns.stack.send(seg.src, PROTO_TCP, repr_.build(b"", seg.dst, seg.src), src=seg.dst,
                                pmtudisc="do", ident=0)
         except SendError:
-            self.ns.drop("tcp-reset-unsendable")
+            self.ns.drop("TCP_RESET_UNSENDABLE")
 
     def icmp_error(self, quoted: bytes, icmp_type: int, code: int) -> bool:
         """tcp_v4_err: an ICMP error quoting one of our segments; True if a socket took it."""
@@ -1072,7 +1072,7 @@ class TcpSocket:
         if not seg.flags & SYN:
             return
         if len(self._accept_queue) > self._backlog_max:
-            self.ns.drop("tcp-listen-overflow")
+            self.ns.drop("TCP_LISTEN_OVERFLOW")
             return
         child = TcpSocket(self.ns)
         child._parent = self

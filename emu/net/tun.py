@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from emu.net import gso
+import emu.net.gso as gso
 from emu.net.device import LINKTYPE_RAW, NetDevice
 from emu.sim import Scheduler
 from emu.wire.addr import ZERO_MAC
@@ -36,7 +36,7 @@ class Tun(NetDevice):
 
     def _xmit(self, packet: bytes) -> None:
         if self.reader is None:
-            self.drop("no-reader")
+            self.drop("DEV_READY")
             return
         self.sim.call_soon_batched(self._read_batch, (self.reader, packet))
 

@@ -22,6 +22,11 @@ What follows Linux (net/ipv4/udp.c, datagram.c):
   receive returns and poll() reports as POLLERR; soft ones are ignored, as
   without IP_RECVERR;
 - a read takes one datagram and truncates it to the buffer given.
+
+A socket's `generation` counts changes of its options (PMTU discovery mode,
+checksum, receive callback) and of its owner's forwarding state
+(`changed()`, e.g. flanneld's lease map); binding and closing change the
+namespace's socket table, so they bump the namespace's generation.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
-from emu.net.fastpath import config_changed, flow_cache
 from emu.net.stack import SendError
 from emu.wire import icmp
 from emu.wire.ipv4 import PROTO_UDP
@@ -88,9 +92,10 @@ class UdpSocket:
     def __init__(self, ns: "Namespace", on_receive: Receiver | None = None,
                  pmtudisc: str = "want", checksum: bool = True) -> None:
         self.ns = ns
-        self.on_receive = on_receive
-        self.pmtudisc = pmtudisc
-        self.checksum = checksum
+        self.generation = 0
+        self._on_receive = on_receive
+        self._pmtudisc = pmtudisc
+        self._checksum = checksum
         self.local: tuple[bytes | None, int] | None = None
         self.remote: tuple[bytes, int] | None = None
         self.error: str | None = None  # SO_ERROR: a pending errno name
@@ -102,10 +107,43 @@ class UdpSocket:
         # errno names of bursts (`sendto_batch`) that stopped at a refused datagram
         self.send_errors: list[str] = []
 
+    def changed(self) -> None:
+        """An option, or the forwarding state of the program reading this socket, changed."""
+        self.generation += 1
+
+    @property
+    def on_receive(self) -> Receiver | None:
+        return self._on_receive
+
+    @on_receive.setter
+    def on_receive(self, value: Receiver | None) -> None:
+        self._on_receive = value
+        self.changed()
+
+    @property
+    def pmtudisc(self) -> str:
+        """IP_MTU_DISCOVER: "want", "do" or "dont"."""
+        return self._pmtudisc
+
+    @pmtudisc.setter
+    def pmtudisc(self, value: str) -> None:
+        self._pmtudisc = value
+        self.changed()
+
+    @property
+    def checksum(self) -> bool:
+        """False: SO_NO_CHECK (datagrams sent with a zero UDP checksum)."""
+        return self._checksum
+
+    @checksum.setter
+    def checksum(self, value: bool) -> None:
+        self._checksum = value
+        self.changed()
+
     def bind(self, ip: bytes | None, port: int) -> None:
         """Bind to (ip, port); ip None means every address (0.0.0.0), port 0 an ephemeral one."""
         if self.local is not None:
-            raise OSError("EINVAL: socket is already bound")
+            raise SendError("EINVAL", "socket is already bound")
         if ip is not None and not self.ns.is_local_address(ip):
             raise OSError("EADDRNOTAVAIL: Cannot assign requested address")
         sockets = self.ns.stack.udp_sockets
@@ -116,7 +154,7 @@ class UdpSocket:
             raise OSError(f"EADDRINUSE: port {port} is in use in {self.ns.name}")
         sockets[(ip, port)] = self
         self.local = (ip, port)
-        config_changed()
+        self.ns.changed()
 
     def connect(self, address: tuple[bytes, int]) -> None:
         """connect(2) on a datagram socket: autobind, fix the source address
@@ -136,13 +174,13 @@ class UdpSocket:
                 sockets[(source, port)] = self
                 self.local = (source, port)
         self.remote = address
-        config_changed()
+        self.ns.changed()
 
     def close(self) -> None:
         if self.local is not None:
             self.ns.stack.udp_sockets.pop(self.local, None)
             self.local = None
-            config_changed()
+            self.ns.changed()
         self.on_wake = None
 
     def accepts(self, source: tuple[bytes, int]) -> bool:
@@ -208,26 +246,40 @@ class UdpSocket:
         datagram the kernel refuses ends the burst; its errno name is added
         to `send_errors`.
 
-        The flow cache records the first datagram's walk through the slow path
-        and replays it for the rest of the flow (see emu.net.fastpath).
+        An offload (`Scheduler.offload`, e.g. the flow cache) may
+        serve some of the datagrams itself, with the same effects.
         """
-        flow_cache(self.ns.sim).send_batch(self, payloads, address)
+        if payloads:
+            self.ns.sim.call_process(self._burst_step, [bytes(p) for p in payloads], address, 0)
+
+    def _burst_step(self, payloads: list[bytes], address: tuple[bytes, int], index: int) -> None:
+        """Send payloads[index] (or let the offload serve it and maybe the
+        next ones), then continue as the same process."""
+        offload = self.ns.sim.offload
+        try:
+            served = 0 if offload is None else offload.udp_burst(self, payloads, address, index)
+            if not served:
+                self.sendto(payloads[index], address)
+                served = 1
+        except SendError as error:
+            self.send_errors.append(error.errno_name)  # sendmmsg stops at a refused datagram
+            return
+        if index + served < len(payloads):
+            self.ns.sim.call_process(self._burst_step, payloads, address, index + served)
 
     def deliver(self, data: bytes, source: tuple[bytes, int], packet: bytes,
                 dev: "NetDevice") -> None:
         """Called by the stack for each datagram addressed to this socket."""
-        recorder = self.ns.sim.context
-        if recorder is not None:
-            if self.on_wake is not None or self.remote is not None:
-                recorder.unsupported("process-socket")  # not taught to the flow cache
-            recorder.on_deliver_begin(self, data, source, packet, dev)
-        if self.on_receive is not None:
-            self.on_receive(data, source, packet, dev)
+        observer = self.ns.sim.observer
+        if observer is not None:
+            observer.deliver(self, data, source, packet, dev)
+        if self._on_receive is not None:
+            self._on_receive(data, source, packet, dev)
         else:
             self.queue.append((data, source))
             self._wake()
-        if recorder is not None:
-            recorder.on_deliver_end(self)
+        if observer is not None:
+            observer.delivered(self)
 
     def icmp_error(self, icmp_type: int, code: int) -> None:
         """__udp4_lib_err for an ICMP error about a datagram this socket sent."""

@@ -12,7 +12,6 @@ egress); frames keep their order.
 from __future__ import annotations
 
 from emu.net.device import NetDevice
-from emu.net.fastpath import config_changed
 from emu.sim import Scheduler
 
 
@@ -36,15 +35,15 @@ class Veth(NetDevice):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"delay_ns: expected an int >= 0, got {value!r}")
         self._delay_ns = value
-        config_changed()
+        self._config_changed()
 
     def _xmit(self, frame: bytes) -> None:
         peer = self.peer
         if peer is None:
-            self.drop("no-peer")
+            self.drop("DEV_READY")
             return
         if not peer.fits_mtu(frame):
-            peer.drop("frame-too-big")
+            peer.drop("PKT_TOO_BIG")
             return
         if self._delay_ns:
             self.sim.call_at(self.sim.now_ns + self._delay_ns, peer.receive_batch, [frame])

@@ -19,9 +19,9 @@ from __future__ import annotations
 import zlib
 from typing import TYPE_CHECKING
 
-from emu.net import gso
+import emu.net.gso as gso
 from emu.net.device import NetDevice
-from emu.net.fastpath import config_changed
+from emu.net.drops import errno_reason
 from emu.net.stack import SendError
 from emu.net.udp import UdpSocket
 from emu.sim import Scheduler
@@ -81,19 +81,19 @@ class VxlanSocket(UdpSocket):
     def deliver(self, data: bytes, source: tuple[bytes, int], packet: bytes,
                 dev: NetDevice) -> None:
         if len(data) < HEADER_LEN:
-            self.ns.drop("vxlan-truncated")
+            self.ns.drop("VXLAN_INVALID_HDR")
             return
         flags = data[0]
         if not flags & FLAG_I:
-            self.ns.drop("vxlan-no-vni-flag")
+            self.ns.drop("VXLAN_INVALID_HDR")
             return
         if flags & ~FLAG_I or data[1:4] != b"\x00\x00\x00" or data[7]:
-            self.ns.drop("vxlan-reserved-bits")
+            self.ns.drop("VXLAN_INVALID_HDR")
             return
         vni = (data[4] << 16) | (data[5] << 8) | data[6]
         device = self.devices.get(vni)
         if device is None:
-            self.ns.drop("vxlan-unknown-vni")
+            self.ns.drop("VXLAN_VNI_NOT_FOUND")
             return
         observer = self.ns.sim.observer
         if observer is not None:
@@ -128,7 +128,7 @@ class Vxlan(NetDevice):
         if self.vni in sock.devices:
             raise ValueError(f"{ns.name}: VNI {self.vni} on port {self.port} exists already")
         sock.devices[self.vni] = self
-        config_changed()
+        ns.changed()
 
     def detach(self) -> None:
         sock = self.namespace.stack.udp_sockets.get((None, self.port))
@@ -136,16 +136,20 @@ class Vxlan(NetDevice):
             sock.devices.pop(self.vni, None)
             if not sock.devices:
                 sock.close()
-            config_changed()
+            self.namespace.changed()
 
     def fdb_append(self, mac: bytes, dst: bytes) -> None:
         """`bridge fdb append MAC dev DEV dst DST`."""
         self.fdb[mac] = dst
-        config_changed()
+        self._config_changed()
 
     def fdb_delete(self, mac: bytes) -> None:
         if self.fdb.pop(mac, None) is not None:
-            config_changed()
+            self._config_changed()
+
+    def fdb_line(self, mac: bytes, dst: bytes) -> str:
+        """One entry as `bridge fdb show dev DEV` prints it."""
+        return f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"
 
     def fdb_line(self, mac: bytes, dst: bytes) -> str:
         """One entry as `bridge fdb show dev DEV` prints it."""
@@ -160,9 +164,9 @@ class Vxlan(NetDevice):
         observer = self.sim.observer
         if remote is None:
             if observer is not None:
-                observer.hop(self.namespace, self, "vxlan_xmit", "dropped:vxlan-no-fdb-entry",
+                observer.hop(self.namespace, self, "vxlan_xmit", "dropped:VXLAN_NO_REMOTE",
                              f"no fdb entry for {mac_to_str(frame[0:6])}")
-            self.drop("vxlan-no-fdb-entry")
+            self.drop("VXLAN_NO_REMOTE")
             return
         if observer is not None:
             observer.hop(self.namespace, self, "vxlan_xmit", "sent",
@@ -178,19 +182,19 @@ class Vxlan(NetDevice):
                                       tos=_ecn_encapsulate(inner_tos), pmtudisc="dont",
                                       seg_len=inner_seg_len + 50 if inner_seg_len else 0)
         except SendError as error:
-            self.drop(f"vxlan-underlay-{error.errno_name.lower()}")
+            self.drop(errno_reason(error.errno_name))
 
     def decapsulated(self, inner: bytes) -> None:
         """An inner frame that arrived for our VNI."""
         if len(inner) < 14:
-            self.drop("vxlan-inner-truncated")
+            self.drop("PKT_TOO_SMALL")
             return
         if inner[6:12] == self.mac:
-            self.drop("vxlan-own-source-mac")
+            self.drop("VXLAN_INVALID_SMAC")
             return
         dst = inner[0:6]
         if dst != self.mac and not dst[0] & 1:
             self._tap(inner)
-            self.drop("vxlan-inner-dst-mac")
+            self.drop("OTHERHOST")
             return
         self.receive(inner)

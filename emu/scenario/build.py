@@ -27,6 +27,11 @@ from emu.k8s import BridgePlugin, Cluster, IpamError, Node
 from emu.net.fault import DropNth
 from emu.net.veth import Veth
 from emu.scenario.errors import ScenarioError
+
+try:  # the fast path is an optional layer: without it every datagram walks the slow path
+    from emu.fastpath import flow_cache
+except ImportError:  # pragma: no cover - exercised by removing emu/fastpath
+    flow_cache = None
 from emu.scenario.model import FaultSpec, NodeSpec, Scenario
 from emu.sim import Scheduler
 from emu.wire.addr import mac_to_str
@@ -72,6 +77,8 @@ def open_store(scenario: Scenario) -> KeyValueStore:
 def build_cluster(scenario: Scenario) -> EmulatedCluster:
     """Build and start the cluster described by `scenario` (at virtual time 0)."""
     sim = Scheduler(scenario.start_ns)
+    if flow_cache is not None:
+        flow_cache(sim)  # bursts of repeated flows are recorded once and replayed
     net = scenario.net_conf
     store = open_store(scenario)
     try:

@@ -31,8 +31,8 @@ time settling is checked.
 Contexts: an object in `context` follows the events it causes. While it is
 set, every event scheduled for the current instant inherits it and the
 context hears `on_scheduled(event)`, `on_enter(event)` and `on_exit(event)`.
-The fast path's flow recorder uses this to watch one datagram's walk through
-the slow path while other traffic shares the queue.
+The fast path's flow recorder (emu.fastpath) uses this to watch one
+datagram's walk through the slow path while other traffic shares the queue.
 """
 
 from __future__ import annotations
@@ -92,9 +92,12 @@ class Scheduler:
         self._seq = 0
         self.events_run = 0
         self.context: Any = None
-        # Whoever watches the network model (emu.net.observe: a tracer);
-        # None: nobody, and every hook site costs one attribute check.
+        # Whoever watches the network model (emu.net.observe: a tracer, the
+        # flow cache's recorder), and an upper layer that may serve an
+        # application's sends itself (the flow cache); None: nobody.
         self.observer: Any = None
+        self.offload: Any = None
+        self.in_process = False  # the running event is process context (an application's step)
         # Per-simulation singletons of upper layers (the fast path's flow
         # cache), so they live and die with the scheduler.
         self.services: dict[str, Any] = {}
@@ -244,6 +247,7 @@ class Scheduler:
                     hook()
             self.now_ns = event.time_ns
             self.events_run += 1
+            self.in_process = event.priority == PRIORITY_PROCESS
             context = event.context
             if context is None:
                 event.callback(*event.args)
