@@ -78,7 +78,7 @@ def test_a_ttl_that_runs_out_is_dropped_with_its_reason(tmp_path):
     traced = traced_run(load_scenario_text(yaml.safe_dump(document)))
     request = first(traced.flow(0), "echo request")
     last = request.hops[-1]
-    assert (last.namespace, last.stage, last.verdict) == ("n1", "ip_forward", "dropped:ttl-expired")
+    assert (last.namespace, last.stage, last.verdict) == ("n1", "ip_forward", "dropped:IP_INHDR")
     assert any("ICMP time exceeded 10.244.1.1 > 10.244.1.2" in p.summary for p in traced.flow(0))
 
 

@@ -151,10 +151,6 @@ class Vxlan(NetDevice):
         """One entry as `bridge fdb show dev DEV` prints it."""
         return f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"
 
-    def fdb_line(self, mac: bytes, dst: bytes) -> str:
-        """One entry as `bridge fdb show dev DEV` prints it."""
-        return f"{mac_to_str(mac)} dev {self.name} dst {ip_to_str(dst)} self permanent"
-
     def fdb_show(self) -> list[str]:
         return [self.fdb_line(mac, dst) for mac, dst in sorted(self.fdb.items())]
 
