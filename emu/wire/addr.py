@@ -2,6 +2,9 @@
 
 Devices keep addresses as `bytes` (hashable, comparable, sliceable straight
 out of a frame); text only appears at the edges (scenario files, listings).
+Public constructors take addresses however a user holds them and check them
+at once (`ipv4_address`, `mac_address`): a wrong type or length fails there,
+naming the argument, not later deep inside a checksum.
 """
 
 from __future__ import annotations
@@ -20,6 +23,55 @@ def mac_from_str(text: str) -> bytes:
     if not isinstance(text, str) or not _MAC_RE.match(text):
         raise ValueError(f"{text!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
     return bytes.fromhex(text.replace(":", ""))
+
+
+def ipv4_address(value: object, name: str) -> bytes:
+    """`value` as the 4-byte wire form: text ("10.0.0.1"), an
+    ipaddress.IPv4Address, or 4 bytes (bytes, bytearray, memoryview).
+    Anything else raises TypeError, a bad value ValueError, both naming
+    `name` (the argument)."""
+    if type(value) is bytes and len(value) == 4:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) != 4:
+            raise ValueError(f"{name}: an IPv4 address is 4 bytes, got {len(raw)}")
+        return raw
+    if isinstance(value, ipaddress.IPv4Address):
+        return value.packed
+    if isinstance(value, str):
+        try:
+            return ipaddress.IPv4Address(value).packed
+        except ValueError:
+            raise ValueError(f"{name}: {value!r} is not an IPv4 address") from None
+    raise TypeError(f"{name}: expected an IPv4 address (text, ipaddress.IPv4Address or 4 bytes), "
+                    f"got {type(value).__name__}")
+
+
+def mac_address(value: object, name: str) -> bytes:
+    """`value` as 6 bytes: text ("aa:bb:cc:dd:ee:ff") or 6 bytes; TypeError
+    or ValueError naming `name` otherwise."""
+    if type(value) is bytes and len(value) == 6:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        if len(raw) != 6:
+            raise ValueError(f"{name}: a MAC address is 6 bytes, got {len(raw)}")
+        return raw
+    if isinstance(value, str):
+        if not _MAC_RE.match(value):
+            raise ValueError(f"{name}: {value!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
+        return bytes.fromhex(value.replace(":", ""))
+    raise TypeError(f"{name}: expected a MAC address (text or 6 bytes), got {type(value).__name__}")
+
+
+def checked_int(value: object, name: str, low: int, high: int) -> int:
+    """An integer field in [low, high]; TypeError/ValueError naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__}")
+    if not low <= value <= high:
+        raise ValueError(f"{name}: {value} is outside {low}..{high}")
+    return value
 
 
 def mac_to_str(mac: bytes) -> str:

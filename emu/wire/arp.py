@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from emu.wire.addr import ipv4_address, mac_address
 from emu.wire.errors import Malformed, Truncated
 from emu.wire.frozen import build_frozen
 
@@ -32,6 +33,14 @@ class ArpRepr:
     tpa: bytes
     htype: int = HTYPE_ETHERNET
     ptype: int = PTYPE_IPV4
+
+    def __post_init__(self) -> None:
+        """Addresses may be text (or ipaddress objects) as well as bytes,
+        checked here naming the field."""
+        for name in ("sha", "tha"):
+            object.__setattr__(self, name, mac_address(getattr(self, name), name))
+        for name in ("spa", "tpa"):
+            object.__setattr__(self, name, ipv4_address(getattr(self, name), name))
 
     @classmethod
     def parse(cls, buf: bytes | bytearray | memoryview) -> "ArpRepr":

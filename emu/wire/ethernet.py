@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from emu.wire.addr import mac_address
 from emu.wire.errors import Truncated
 from emu.wire.frozen import build_frozen
 
@@ -79,6 +80,13 @@ class EthernetRepr:
     src: bytes
     ethertype: int
     vlan_tci: int | None = None
+
+    def __post_init__(self) -> None:
+        """MACs may be text as well as 6 bytes, checked here naming the field."""
+        if type(self.dst) is not bytes or len(self.dst) != 6:
+            object.__setattr__(self, "dst", mac_address(self.dst, "dst"))
+        if type(self.src) is not bytes or len(self.src) != 6:
+            object.__setattr__(self, "src", mac_address(self.src, "src"))
 
     @classmethod
     def parse(cls, buf: bytes | bytearray | memoryview) -> "EthernetRepr":

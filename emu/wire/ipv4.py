@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, replace
 
+from emu.wire.addr import ipv4_address
 from emu.wire.checksum import incremental_update, internet_checksum, sum_verifies
 from emu.wire.errors import Malformed, Truncated
 from emu.wire.frozen import build_frozen
@@ -156,6 +157,14 @@ class Ipv4Repr:
     frag_offset: int = 0
     reserved_flag: bool = False
     options: bytes = b""
+
+    def __post_init__(self) -> None:
+        """Addresses may be text, ipaddress objects or 4 bytes (checked here,
+        naming the field; parsers bypass this with build_frozen)."""
+        if type(self.src) is not bytes or len(self.src) != 4:
+            object.__setattr__(self, "src", ipv4_address(self.src, "src"))
+        if type(self.dst) is not bytes or len(self.dst) != 4:
+            object.__setattr__(self, "dst", ipv4_address(self.dst, "dst"))
 
     @classmethod
     def parse(cls, buf: bytes | bytearray | memoryview) -> "Ipv4Repr":

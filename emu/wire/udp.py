@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from emu.wire.addr import ipv4_address
 from emu.wire.checksum import ones_sum, pseudo_header_sum, sum_verifies, udp_checksum_field
 from emu.wire.errors import Malformed, Truncated
 from emu.wire.frozen import build_frozen
@@ -108,7 +109,9 @@ class UdpRepr:
 
     def build(self, payload: bytes | bytearray | memoryview, src_ip: bytes, dst_ip: bytes,
               with_checksum: bool = True) -> bytes:
-        """Header plus payload (`payload_len` is taken from `payload`)."""
+        """Header plus payload (`payload_len` is taken from `payload`); the
+        addresses (for the checksum) as text, ipaddress objects or 4 bytes."""
+        src_ip, dst_ip = ipv4_address(src_ip, "src_ip"), ipv4_address(dst_ip, "dst_ip")
         return udp_segment(self.src_port, self.dst_port, payload, src_ip, dst_ip, with_checksum)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from emu.wire.addr import checked_int, ipv4_address, mac_address
 from emu.wire.errors import Truncated, WireError
 from emu.wire.ethernet import ETHERTYPE_IPV4, EthernetFrame, ethernet_header
 from emu.wire.frozen import build_frozen
@@ -20,6 +21,7 @@ HEADER_LEN = 8
 FLAG_I = 0x08
 FLANNEL_PORT = 8472
 IANA_PORT = 4789
+MAX_VNI = 2**24 - 1
 # Outer Ethernet + IPv4 + UDP + VXLAN: why flannel.1's MTU is the underlay's minus 50.
 OVERHEAD = 14 + 20 + 8 + HEADER_LEN
 
@@ -109,6 +111,17 @@ class OuterHeaders:
     ident: int = 0
     df: bool = False
     udp_checksum: bool = True
+
+    def __post_init__(self) -> None:
+        """Addresses may be text, ipaddress objects or bytes; every field is
+        checked here, naming it, rather than failing later while building."""
+        for name in ("src_mac", "dst_mac"):
+            object.__setattr__(self, name, mac_address(getattr(self, name), name))
+        for name in ("src_ip", "dst_ip"):
+            object.__setattr__(self, name, ipv4_address(getattr(self, name), name))
+        for name, high in (("src_port", 0xFFFF), ("dst_port", 0xFFFF), ("vni", MAX_VNI), ("ttl", 0xFF),
+                           ("tos", 0xFF), ("ident", 0xFFFF)):
+            checked_int(getattr(self, name), name, 0, high)
 
 
 def encapsulate(inner_frame: bytes | bytearray | memoryview, outer: OuterHeaders) -> bytes:
