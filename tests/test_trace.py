@@ -176,3 +176,26 @@ def test_flanneld_proxies_the_packet_it_read_from_its_tun():
         assert walk[read - 1][:3] == ("n1", "flannel0", "xmit")  # right after the TUN showed it
         assert walk[read + 1][:3] == ("n1", "eth0", "ip_output")
         assert ("n2", "flannel0", "flanneld", "udp from 172.18.0.11:8285: write to flannel0", "delivered") in walk
+
+
+def test_a_traffic_index_selects_that_commands_packets():
+    """Two pings from one node at once (to a pod on the other node, from
+    eth0's address, and to a local pod, from cni0's) and three nc commands
+    over one pod's loopback: each traffic index keeps its own packets (the
+    scenario files fix the addresses and ports) and the ARP they waited for."""
+    run = traced_run(load_scenario(EXAMPLES / "host-gw-node-to-pod.yaml"))
+
+    def ends(index):
+        return {(p.dissected.src, p.dissected.dst) for p in run.traffic_packets(index) if p.dissected.kind == "ip"}
+    assert ends(0) == {("172.18.0.11", "10.244.2.2"), ("10.244.2.2", "172.18.0.11")}
+    assert ends(1) == {("10.244.1.1", "10.244.1.2"), ("10.244.1.2", "10.244.1.1")}
+    assert any(p.dissected.proto == "arp" for p in run.traffic_packets(1))
+
+    run = traced_run(load_scenario(EXAMPLES / "localhost-containers.yaml"))
+
+    def ports(index):
+        return {frozenset((p.dissected.sport, p.dissected.dport)) & {8080, 8081}
+                for p in run.traffic_packets(index) if p.dissected.proto == "udp"}
+    assert ports(0) == ports(1) == {frozenset({8080})}  # the listener and its client share the exchange
+    assert ports(2) == {frozenset({8081})}
+    assert any(p.dissected.proto == "icmp" for p in run.traffic_packets(2))  # port unreachable

@@ -29,6 +29,7 @@ an untraced run's.
 from __future__ import annotations
 
 import json
+from ipaddress import IPv4Address
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -236,8 +237,7 @@ class TracedRun:
 
     def flow(self, flow: str | int | None) -> list[TracedPacket]:
         """The packets of `flow`: None every packet; an int (or digits) the
-        IPv4 packets to and from traffic[N]'s source first seen while it ran,
-        and the ARP packets first seen meanwhile; else a filter
+        packets of traffic[N] (see `traffic_packets`); else a filter
         (emu.explain.flowfilter) on each packet's innermost header."""
         from emu.explain.flowfilter import parse_filter
 
@@ -250,18 +250,47 @@ class TracedRun:
         return [packet for packet in packets if keep(packet.dissected)]
 
     def traffic_packets(self, index: int) -> list[TracedPacket]:
+        """The packets of traffic[index], first seen while it ran: IPv4
+        packets between its namespace's address and its peer (ping's or nc's
+        destination; for a listener, any address on the port it listens on),
+        loopback packets inside its namespace, ICMP errors sent to it, and the
+        ARP packets seen meanwhile (the resolution its first packet waited for)."""
         traffic = self.result.traffic
         if not 0 <= index < len(traffic):
             raise IndexError(f"--flow {index}: the scenario has {len(traffic)} commands (0..{len(traffic) - 1})")
         item = traffic[index]
-        cluster = self.emulated.cluster
-        source = cluster.pods[item.spec.source].ip if item.spec.source in cluster.pods else \
-            cluster.nodes[item.spec.source].ip if item.spec.source in cluster.nodes else None
+        keep = self._flow_matcher(item.spec)
         started, finished = item.result.started_ns, item.result.finished_ns or self.result.end_ns
-        return [packet for packet in self.tracer.packets
-                if started <= packet.first_ns <= finished and (packet.dissected.proto == "arp" or (
-                    packet.dissected.kind == "ip" and str(source) in (packet.dissected.src, packet.dissected.dst)))]
+        return [packet for packet in self.tracer.packets if started <= packet.first_ns <= finished and keep(packet)]
 
+    def _flow_matcher(self, spec) -> Callable[[TracedPacket], bool]:
+        from emu.scenario.play import resolve_destination
+
+        cluster = self.emulated.cluster
+        namespace = cluster.namespace(spec.source)
+        own = {str(IPv4Address(a.ip)) for a in namespace.addresses} if namespace is not None else set()
+        program = spec.program
+        destination = getattr(program, "destination", None)
+        peer = resolve_destination(self.emulated, destination) if destination is not None else None
+        options = getattr(program, "options", None)
+        port = options.port if options is not None else None
+
+        def keep(packet: TracedPacket) -> bool:
+            d = packet.dissected
+            if d.proto == "arp":
+                return True
+            if d.kind != "ip":
+                return False
+            if port is not None and port not in (d.sport, d.dport) and d.proto in ("tcp", "udp"):
+                return False
+            if d.src.startswith("127.") and d.dst.startswith("127."):
+                return bool(packet.hops) and packet.hops[0].namespace == spec.source
+            if d.proto == "icmp" and d.icmp_id is None and d.dst in own:
+                return True  # an error about something it sent
+            if peer is None:
+                return d.src in own or d.dst in own
+            return (d.src in own and d.dst == peer) or (d.src == peer and d.dst in own)
+        return keep
 
 def tunnel_ports(scenario) -> dict[int, str]:
     """The UDP port flannel's backend encapsulates on (so a frame on eth0 is
