@@ -11,7 +11,7 @@ backend data) go to `log` and to the run summary; they do not stop it.
 from __future__ import annotations
 
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import Iterator, Protocol
 
 from emu.flannel.leases import Lease, LeaseEvent, SubnetManager
 from emu.flannel.subnet_env import render_subnet_env
@@ -35,6 +35,39 @@ class Backend(Protocol):
     def teardown(self) -> None: ...
 
 
+class FlanneldLog:
+    """A flanneld's log lines, rendered when read (iterate, `len`).
+
+    Why: flanneld logs a line per remote lease, so the logs of a 5,000-node
+    cluster hold 25 million lines. They are kept as runs of (virtual time,
+    items) where an item is a finished text or, for the common "added lease"
+    line, the shared Lease itself, and formatted only when read.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._runs: list[tuple[int, list]] = []
+        self._count = 0
+
+    def append(self, now_ns: int, item: "str | Lease") -> None:
+        if not self._runs or self._runs[-1][0] != now_ns:
+            self._runs.append((now_ns, []))
+        self._runs[-1][1].append(item)
+        self._count += 1
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[str]:
+        for now_ns, items in self._runs:
+            prefix = f"{now_ns / 1e9:.6f} {self.name}: "
+            for item in items:
+                if isinstance(item, str):
+                    yield prefix + item
+                else:
+                    yield f"{prefix}added lease {item.subnet} ({item.public_ip})"
+
+
 class Flanneld:
     """The flannel daemon of one node."""
 
@@ -48,7 +81,7 @@ class Flanneld:
         self.ipmasq = ipmasq
         self.lease: Lease | None = None
         self.subnet_env = ""
-        self.log: list[str] = []
+        self.log = FlanneldLog(ns.name)
         self.remotes: dict = {}
         self._watch: int | None = None
         self._renewal: Event | None = None
@@ -120,7 +153,7 @@ class Flanneld:
             self._log(problem)
             return
         self.remotes[lease.subnet] = lease
-        self._log(f"added lease {lease.subnet} ({lease.public_ip})")
+        self.log.append(self.now, lease)  # "added lease SUBNET (PUBLIC_IP)"
 
     def _log(self, text: str) -> None:
-        self.log.append(f"{self.now / 1e9:.6f} {self.ns.name}: {text}")
+        self.log.append(self.now, text)

@@ -31,7 +31,8 @@ class HostGwBackend:
     def add_remote(self, lease: Lease) -> str | None:
         self.remove_remote(lease)
         try:
-            self.ns.add_route(str(lease.subnet), self.external, via=str(lease.public_ip))
+            self.ns.add_route_packed(lease.network_packed, lease.subnet.prefixlen, self.external,
+                                     lease.public_ip_packed)
         except ValueError:
             return (f"host-gw: cannot add route {lease.subnet} via {lease.public_ip}: the node "
                     f"is not on {self.external.name}'s L2 segment (host-gw needs direct "
@@ -39,10 +40,7 @@ class HostGwBackend:
         return None
 
     def remove_remote(self, lease: Lease) -> None:
-        network = lease.subnet.network_address.packed
-        self.ns.routes.remove_where(lambda r: r.network == network
-                                    and r.prefixlen == lease.subnet.prefixlen
-                                    and r.dev is self.external)
+        self.ns.routes.remove(lease.network_packed, lease.subnet.prefixlen, self.external)
 
     def teardown(self) -> None:
         """Routes of remote leases are removed by the lease events."""

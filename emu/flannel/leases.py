@@ -21,11 +21,12 @@ import json
 import random
 from bisect import bisect_left
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Literal
 
-from emu.flannel.store import Entry, KeyExists, KeyValueStore, WatchEvent
+from emu.flannel.lease_index import LeaseIndex
+from emu.flannel.store import Entry, KeyExists, KeyValueStore, MemoryStore, WatchEvent
 
 NETWORK_PREFIX = "/coreos.com/network"
 CONFIG_KEY = f"{NETWORK_PREFIX}/config"
@@ -55,6 +56,19 @@ class Lease:
     backend_type: str
     backend_data: dict | None
     expires_ns: int
+
+    # Computed once per lease: every node programs every lease, and sharing
+    # one bytes object keeps N nodes' routes, neighbours and FDB entries from
+    # holding N copies.
+    @cached_property
+    def network_packed(self) -> bytes:
+        """The subnet's network address, 4 bytes."""
+        return self.subnet.network_address.packed
+
+    @cached_property
+    def public_ip_packed(self) -> bytes:
+        """The node's public address, 4 bytes."""
+        return self.public_ip.packed
 
 
 @dataclass(frozen=True)
@@ -99,10 +113,13 @@ def encode_lease_attrs(public_ip: IPv4Address, backend_type: str, backend_data: 
     return _go_json(attrs, "BackendData")
 
 
+@lru_cache(maxsize=1 << 17)
 def decode_lease(entry: Entry) -> Lease | None:
     """The lease stored in `entry`, or None for a key flannel would skip as a
     bad subnet node (also a key without TTL: flannel's reservations are not
-    modelled)."""
+    modelled). Cached: every flanneld's watch decodes every lease event, and
+    one shared Lease per entry keeps N nodes x N leases from costing N^2
+    objects."""
     subnet = parse_subnet_key(entry.key)
     if subnet is None or entry.expires_ns is None:
         return None
@@ -155,6 +172,8 @@ class SubnetManager:
         if self.subnet_min.network_address > self.subnet_max.network_address:
             raise ValueError(f"SubnetMin {self.subnet_min} is above SubnetMax {self.subnet_max}")
         self._random = random.Random(seed)
+        self._index = (LeaseIndex(store, SUBNETS_PREFIX, parse_subnet_key, decode_lease)
+                       if isinstance(store, MemoryStore) else None)
 
     @classmethod
     def from_config(cls, store: KeyValueStore, now_ns: int, seed: int = 0) -> SubnetManager:
@@ -234,6 +253,8 @@ class SubnetManager:
 
     def leases(self, now_ns: int) -> list[Lease]:
         """Every unexpired lease, sorted by subnet."""
+        if self._index is not None and self._index.current(now_ns):
+            return self._index.leases()
         decoded = (decode_lease(entry) for entry in self.store.list(SUBNETS_PREFIX, now_ns))
         return sorted((lease for lease in decoded if lease is not None), key=lambda lease: lease.subnet)
 
@@ -285,11 +306,12 @@ class SubnetManager:
         return decode_lease(entry)
 
     def _pick_free_subnet(self, now_ns: int) -> IPv4Network:
-        used = [
-            subnet
-            for subnet in (parse_subnet_key(entry.key) for entry in self.store.list(SUBNETS_PREFIX, now_ns))
-            if subnet is not None
-        ]
+        if self._index is not None and self._index.current(now_ns):
+            used = [(start, length) for start, length, _ in self._index.used()]
+        else:
+            subnets = (parse_subnet_key(entry.key) for entry in self.store.list(SUBNETS_PREFIX, now_ns))
+            used = sorted((int(subnet.network_address), subnet.prefixlen) for subnet in subnets
+                          if subnet is not None)
         candidates = _free_subnets(self.subnet_min, self.subnet_max, used, MAX_CANDIDATES)
         if not candidates:
             raise LeaseError(
@@ -383,17 +405,18 @@ def _lease_from(entry: Entry, lease: Lease) -> Lease:
 
 
 def _free_subnets(
-    subnet_min: IPv4Network, subnet_max: IPv4Network, used: list[IPv4Network], limit: int
+    subnet_min: IPv4Network, subnet_max: IPv4Network, used: list[tuple[int, int]], limit: int
 ) -> list[IPv4Network]:
     """Up to `limit` subnets from subnet_min to subnet_max (ascending) that
-    overlap no used subnet, as flannel's allocateSubnet collects them.
+    overlap no used subnet, as flannel's allocateSubnet collects them;
+    `used` is every used subnet as (start address, prefix length), ascending.
 
     CIDR blocks either nest or are disjoint, so a candidate overlaps a used
     block iff a used block starts inside it or one of its supernets is used.
     """
-    used_set = set(used)
-    used_starts = sorted(int(subnet.network_address) for subnet in used)
-    shorter_lens = {subnet.prefixlen for subnet in used if subnet.prefixlen < subnet_min.prefixlen}
+    used_starts = [start for start, _ in used]
+    shorter = {(start, length) for start, length in used if length < subnet_min.prefixlen}
+    shorter_lens = {length for _, length in shorter}
     size = subnet_min.num_addresses
     free: list[IPv4Network] = []
     for start in range(int(subnet_min.network_address), int(subnet_max.network_address) + 1, size):
@@ -402,10 +425,9 @@ def _free_subnets(
         index = bisect_left(used_starts, start)
         if index < len(used_starts) and used_starts[index] < start + size:
             continue
-        candidate = IPv4Network((start, subnet_min.prefixlen))
-        if any(candidate.supernet(new_prefix=length) in used_set for length in shorter_lens):
+        if any((start >> (32 - length) << (32 - length), length) in shorter for length in shorter_lens):
             continue
-        free.append(candidate)
+        free.append(IPv4Network((start, subnet_min.prefixlen)))
     return free
 
 

@@ -72,7 +72,7 @@ class UdpBackend:
         self.socket.bind(ip_from_str(self.public_ip), self.port)
 
     def add_remote(self, lease: Lease) -> str | None:
-        self.routes[lease.subnet] = lease.public_ip.packed
+        self.routes[lease.subnet] = lease.public_ip_packed
         self.ns.changed()  # flanneld's forwarding state, read by every packet it proxies
         return None
 

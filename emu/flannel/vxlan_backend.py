@@ -16,6 +16,7 @@ MTU stays the vxlan one.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network
 
 from emu.flannel.leases import Lease
@@ -26,6 +27,16 @@ from emu.wire.addr import ip_from_str, mac_from_str, mac_to_str
 from emu.wire.vxlan import OVERHEAD
 
 DEVICE_NAME = "flannel.1"
+
+
+@lru_cache(maxsize=1 << 17)
+def _parse_vtep_mac(text: str) -> bytes | None:
+    """A lease's VtepMAC as 6 bytes (None: not a MAC), parsed once per
+    lease for all the nodes that program it, and shared by their entries."""
+    try:
+        return mac_from_str(text)
+    except ValueError:
+        return None
 
 
 class VxlanBackend:
@@ -67,38 +78,33 @@ class VxlanBackend:
     def add_remote(self, lease: Lease) -> str | None:
         if self.direct_routing and self._reaches_directly(lease.public_ip):
             self._remove_route(lease)
-            self.ns.add_route(str(lease.subnet), self.external, via=str(lease.public_ip))
+            self.ns.add_route_packed(lease.network_packed, lease.subnet.prefixlen, self.external,
+                                     lease.public_ip_packed)
             self.direct.add(lease.subnet)
             return None
-        self.direct.discard(lease.subnet)
-        data = lease.backend_data or {}
-        try:
-            vtep_mac = mac_from_str(data.get("VtepMAC", ""))
-        except ValueError:
+        if self.direct:
+            self.direct.discard(lease.subnet)
+        text = (lease.backend_data or {}).get("VtepMAC", "")
+        vtep_mac = _parse_vtep_mac(text) if isinstance(text, str) else None
+        if vtep_mac is None:
             return f"lease {lease.subnet}: BackendData has no valid VtepMAC"
-        gateway = lease.subnet.network_address
-        self.ns.neighbours(self.device).add_permanent(gateway.packed, vtep_mac)
-        self.device.fdb_append(vtep_mac, lease.public_ip.packed)
+        gateway = lease.network_packed
+        self.ns.neighbours(self.device).add_permanent(gateway, vtep_mac)
+        self.device.fdb_append(vtep_mac, lease.public_ip_packed)
         self._remove_route(lease)
-        self.ns.add_route(str(lease.subnet), self.device, via=str(gateway), onlink=True)
+        self.ns.add_route_packed(gateway, lease.subnet.prefixlen, self.device, gateway, onlink=True)
         return None
 
     def _remove_route(self, lease: Lease) -> None:
-        network = lease.subnet.network_address.packed
-        self.ns.routes.remove_where(lambda r: r.network == network
-                                    and r.prefixlen == lease.subnet.prefixlen)
+        self.ns.routes.remove(lease.network_packed, lease.subnet.prefixlen)
 
     def remove_remote(self, lease: Lease) -> None:
         if lease.subnet in self.direct:
             self.direct.discard(lease.subnet)
-            network = lease.subnet.network_address.packed
-            self.ns.routes.remove_where(lambda r: r.network == network
-                                        and r.prefixlen == lease.subnet.prefixlen
-                                        and r.dev is self.external)
+            self.ns.routes.remove(lease.network_packed, lease.subnet.prefixlen, self.external)
             return
-        gateway = lease.subnet.network_address.packed
-        self.ns.routes.remove_where(lambda r: r.network == gateway
-                                    and r.prefixlen == lease.subnet.prefixlen and r.dev is self.device)
+        gateway = lease.network_packed
+        self.ns.routes.remove(gateway, lease.subnet.prefixlen, self.device)
         table = self.ns.neighbours(self.device)
         entry = table.lookup(gateway)
         table.remove(gateway)

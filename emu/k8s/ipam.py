@@ -40,20 +40,27 @@ class HostLocalIpam:
             self.allocated[requested] = owner
             self._last = requested  # host-local's store records every reservation as the last one
             return requested
-        hosts = [ip for ip in self.subnet.hosts() if self._usable(ip)]
-        if not hosts:
+        first, count = self._range()
+        if count <= 0:
             raise IpamError(f"{self.subnet} has no usable addresses")
         start = 0
-        if self._last is not None and self._last in hosts:
-            start = hosts.index(self._last) + 1
-        for offset in range(len(hosts)):
-            ip = hosts[(start + offset) % len(hosts)]
+        if self._last is not None:
+            start = int(self._last) - first + 1  # _last is always usable
+        for offset in range(count):
+            ip = IPv4Address(first + (start + offset) % count)
             if ip not in self.allocated:
                 self.allocated[ip] = owner
                 self._last = ip
                 return ip
-        raise IpamError(f"no free address left in {self.subnet}: all {len(hosts)} usable "
+        raise IpamError(f"no free address left in {self.subnet}: all {count} usable "
                         "addresses are allocated")
+
+    def _range(self) -> tuple[int, int]:
+        """The usable addresses as (first, count): after the gateway, before
+        the broadcast (none in a /31 or /32), computed rather than listed,
+        so a pod's allocation does not enumerate the subnet."""
+        first = int(self.subnet.network_address) + 2
+        return first, int(self.subnet.broadcast_address) - first
 
     def release(self, ip: IPv4Address) -> None:
         self.allocated.pop(ip, None)

@@ -31,7 +31,7 @@ from emu.sim import Scheduler
 from emu.wire.addr import ip_from_str, ip_to_int, ip_to_str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Address:
     """An address assigned to a device (`ip addr add IP/LEN dev DEV`)."""
 
@@ -184,7 +184,7 @@ class Namespace:
             self._broadcast[broadcast_of(ip, prefixlen)] = dev
         if prefixlen < 32 and not noprefixroute and scope != SCOPE_HOST:
             network = network_of(ip, prefixlen)
-            if not any(r.network == network and r.prefixlen == prefixlen for r in self.routes.routes):
+            if not self.routes.find(network, prefixlen):
                 self.routes.add(Route(network, prefixlen, dev, prefsrc=ip, scope=SCOPE_LINK,
                                       proto="kernel"))
         return address
@@ -244,16 +244,20 @@ class Namespace:
         if isinstance(dev, str):
             dev = self.device(dev)
         network, prefixlen = parse_cidr(cidr)
-        gateway = ip_from_str(via) if via else None
-        if gateway is not None and not onlink:
-            if not any(r.dev is dev and r.gateway is None and r.contains(gateway)
-                       for r in self.routes.routes):
-                raise ValueError(f"{self.name}: route {cidr} via {via} dev {dev.name}: "
-                                 "Nexthop has invalid gateway (not on-link; add 'onlink'?)")
+        return self.add_route_packed(network, prefixlen, dev, ip_from_str(via) if via else None, onlink,
+                                     ip_from_str(src) if src else None, metric, scope)
+
+    def add_route_packed(self, network: bytes, prefixlen: int, dev: NetDevice, gateway: bytes | None = None,
+                         onlink: bool = False, src: bytes | None = None, metric: int = 0,
+                         scope: int | None = None) -> Route:
+        """`add_route` with the addresses as 4-byte values (flanneld adds a
+        route per remote node: no text to format and parse again)."""
+        if gateway is not None and not onlink and not self.routes.has_link_route(dev, gateway):
+            raise ValueError(f"{self.name}: route {ip_to_str(network)}/{prefixlen} via {ip_to_str(gateway)} "
+                             f"dev {dev.name}: Nexthop has invalid gateway (not on-link; add 'onlink'?)")
         if scope is None:
             scope = SCOPE_UNIVERSE if gateway is not None else SCOPE_LINK
-        route = Route(network, prefixlen, dev, gateway=gateway,
-                      prefsrc=ip_from_str(src) if src else None, onlink=onlink, scope=scope,
+        route = Route(network, prefixlen, dev, gateway=gateway, prefsrc=src, onlink=onlink, scope=scope,
                       metric=metric)
         self.routes.add(route)
         return route
