@@ -31,6 +31,7 @@ EXIT_BAD_INPUT = 2
 console = Console(highlight=False, soft_wrap=True)
 progress_console = Console(stderr=True, highlight=False)
 EXIT_SIGNAL_BASE = 128  # a run stopped by SIGINT exits 130, by SIGTERM 143, as a shell reports it
+SUMMARY_HEAD = 5  # nodes and capture points a large cluster's run summary shows
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
@@ -83,7 +84,7 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
         etcd_prefix: str | None, with_report: bool) -> None:
     """Run SCENARIO (a YAML/JSON file; default: the built-in reference cluster)
     and write a pcap per interface, all.pcapng and stats.json."""
-    from emu.scenario.run import run_scenario
+    from emu.scenario.run import LARGE_CLUSTER_NODES, run_scenario
 
     loaded = _with_etcd(_load(scenario), etcd_endpoints, etcd_prefix)
     target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
@@ -102,7 +103,9 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
                 fail(f"{target}: {error.strerror or error}")
     console.print(f"scenario [bold]{loaded.name}[/bold] ({loaded.net_conf.backend.type} backend), "
                   f"{len(loaded.nodes)} nodes, virtual time {result.end_ns / 1e9:.3f} s")
-    for line in result.nodes:
+    large = len(result.nodes) > LARGE_CLUSTER_NODES
+    shown, more = _first_few(result.nodes, "nodes", large)
+    for line in shown + more:
         console.print(f"  {line}", markup=False)
     for note in result.notes:
         console.print(f"note: {note}", markup=False)
@@ -116,10 +119,14 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
     table = Table(title=f"capture points in {target}", show_edge=False)
     table.add_column("capture point")
     table.add_column("frames", justify="right")
-    for name, count in result.capture_counts.items():
-        table.add_row(name, str(count))
+    counts = [(name, str(count)) for name, count in result.capture_counts.items()]
+    shown, more = _first_few(counts, "capture points", large)
+    for row in shown:
+        table.add_row(*row)
     console.print()
     console.print(table)
+    for line in more:
+        console.print(f" {line}", markup=False)
     drops = {f"{ns}/{dev}:{reason}": n for ns, entry in result.stats["namespaces"].items()
              for dev, counters in entry["devices"].items()
              for reason, n in counters["drops"].items() if reason != "OTHERHOST"}
@@ -331,6 +338,15 @@ def report(scenario: str, report_path: str | None, out_dir: str | None) -> None:
     traced = _traced(loaded, target)
     _write_report(traced, Path(report_path) if report_path else target / "report.html",
                   in_output_folder=report_path is None)
+
+
+def _first_few(items: list, what: str, large: bool) -> tuple[list, list[str]]:
+    """What a summary shows of `items`: all of them, or for a large cluster
+    the first SUMMARY_HEAD and a line saying how many more stats.json lists."""
+    if not large or len(items) <= SUMMARY_HEAD:
+        return items, []
+    return items[:SUMMARY_HEAD], [f"... and {len(items) - SUMMARY_HEAD} more {what} "
+                                  f"({len(items)} in all, listed in stats.json)"]
 
 
 @main.command()

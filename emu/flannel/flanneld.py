@@ -59,12 +59,24 @@ class FlanneldLog:
         return self._count
 
     def __iter__(self) -> Iterator[str]:
+        return self._lines(with_leases=True)
+
+    def texts(self) -> Iterator[str]:
+        """The lines other than "added lease" (warnings, lease changes)."""
+        return self._lines(with_leases=False)
+
+    @property
+    def leases_added(self) -> int:
+        """How many "added lease" lines there are."""
+        return sum(not isinstance(item, str) for _, items in self._runs for item in items)
+
+    def _lines(self, with_leases: bool) -> Iterator[str]:
         for now_ns, items in self._runs:
             prefix = f"{now_ns / 1e9:.6f} {self.name}: "
             for item in items:
                 if isinstance(item, str):
                     yield prefix + item
-                else:
+                elif with_leases:
                     yield f"{prefix}added lease {item.subnet} ({item.public_ip})"
 
 

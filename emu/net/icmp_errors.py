@@ -167,8 +167,10 @@ class GlobalLimit:
     scenario always spends the same credits and the average is the kernel's.
     """
 
-    def __init__(self, rng: random.Random) -> None:
-        self.rng = rng
+    def __init__(self, rng: random.Random | str) -> None:
+        """`rng` is the stream, or the seed of a `random.Random` made on the
+        first draw (most namespaces never send an ICMP error)."""
+        self._rng = rng
         self.credit = 0
         self.stamp: int | None = None  # None: the namespace never refilled (jiffies far away)
 
@@ -184,6 +186,12 @@ class GlobalLimit:
         self.stamp = now_ns
         self.credit = min(self.credit + increment, MSGS_BURST)
         return True
+
+    @property
+    def rng(self):
+        if isinstance(self._rng, str):
+            self._rng = random.Random(self._rng)
+        return self._rng
 
     def consume(self) -> None:
         self.credit -= self.rng.randrange(3)

@@ -74,7 +74,8 @@ class Namespace:
         self._default_ttl = default_ttl
         # net.ipv4.ip_local_port_range: where ephemeral ports come from
         self.ip_local_port_range = (32768, 60999)
-        self.rng = random.Random(f"{seed}/{name}")
+        self.rng_seed = f"{seed}/{name}"
+        self._rng: random.Random | None = None
         self.devices: dict[str, NetDevice] = {}
         self.addresses: list[Address] = []
         self.routes = RoutingTable(on_change=self.changed)
@@ -119,6 +120,18 @@ class Namespace:
     def default_ttl(self, value: int) -> None:
         self._default_ttl = value
         self.changed()
+
+    @property
+    def rng(self) -> random.Random:
+        """The namespace's seeded stream (ping identifiers, IP ids, ports,
+        reachable-time jitter), made on first use: most pods of a big
+        cluster never draw, and a Mersenne Twister state is 2.5 KB. Its first
+        draw is the stack's first IP identifier, as when it was made with the
+        namespace, so every later draw is the same."""
+        if self._rng is None:
+            self._rng = random.Random(self.rng_seed)
+            self.stack.seed_ident(self._rng)
+        return self._rng
 
     def drop(self, reason: str) -> None:
         """Count a packet the stack refused, under a named reason."""

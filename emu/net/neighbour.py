@@ -69,7 +69,7 @@ class NeighbourParams:
     unres_qlen_bytes: int = 212992
 
 
-@dataclass
+@dataclass(slots=True)
 class Neighbour:
     ip: bytes
     mac: bytes | None
@@ -91,6 +91,26 @@ class Neighbour:
             self.used_ns = now_ns
         if confirm and self.state in VALID and self.state is not Nud.PERMANENT:
             self.confirmed_ns = now_ns
+
+
+_PERMANENT_ENTRIES = "neighbour.permanent"  # Scheduler.services key
+
+
+def _permanent_entry(sim, ip: bytes, mac: bytes, now_ns: int) -> Neighbour:
+    """The PERMANENT entry for `ip` -> `mac` made at `now_ns`, one per
+    simulation, shared by every table that adds it then.
+
+    Why: flannel's vxlan backend gives every node a permanent neighbour per
+    remote node (25 million entries at 5,000 nodes), and a PERMANENT entry
+    never changes: it has no timer and no queue, `learn` leaves it alone and
+    `note_use` records nothing for it, so equal ones can be one object.
+    """
+    entries = sim.services.setdefault(_PERMANENT_ENTRIES, {})
+    key = (ip, mac, now_ns)
+    entry = entries.get(key)
+    if entry is None:
+        entry = entries[key] = Neighbour(ip, mac, Nud.PERMANENT, now_ns, now_ns)
+    return entry
 
 
 # Callback used when a queued packet can never be sent (resolution failed).
@@ -169,7 +189,7 @@ class NeighbourTable:
         old = self.entries.get(ip)
         if old is not None:
             self._cancel_timer(old)
-        self.entries[ip] = Neighbour(ip, mac, Nud.PERMANENT, self.now, self.now)
+        self.entries[ip] = _permanent_entry(self.ns.sim, ip, mac, self.now)
         self._changed()
         if old is not None and old.queue:
             self._flush_queue(self.entries[ip], old.queue)

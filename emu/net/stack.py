@@ -70,17 +70,16 @@ class Ipv4Stack:
         # One inet_peer table for ICMP errors, no-route errors and redirects,
         # as Linux shares it (see emu.net.icmp_errors).
         self.peers = PeerLimits()
-        # The global limit's random credit costs come from a copy of the
-        # namespace's seeded stream: reproducible, and drawing from it does not
-        # move the namespace's own draws (IP IDs, ports, ARP timers).
-        global_rng = random.Random()
-        global_rng.setstate(ns.rng.getstate())
-        self.icmp_global = GlobalLimit(global_rng)
+        # The global limit's random credit costs come from a second stream with
+        # the namespace's seed (a copy of its stream as it starts): reproducible,
+        # and drawing from it does not move the namespace's own draws (IP IDs,
+        # ports, ARP timers).
+        self.icmp_global = GlobalLimit(ns.rng_seed)
         self.pmtu: dict[bytes, tuple[int, int]] = {}
         self.echo_handlers: dict[int, Callable] = {}
         self.udp_sockets: dict[tuple[bytes | None, int], object] = {}
         self.tcp: "TcpLayer | None" = None  # set by the namespace (emu.net.tcp)
-        self._next_ident = ns.rng.randrange(0x10000)
+        self._next_ident: int | None = None  # the namespace stream's first draw (Namespace.rng)
         self._icmp_echo_ignore_broadcasts = True
 
     @property
@@ -247,7 +246,7 @@ class Ipv4Stack:
         return mtu
 
     def next_ident(self) -> int:
-        ident = self._next_ident
+        ident = self._ident()
         self._next_ident = (ident + 1) & 0xFFFF
         observer = self.ns.sim.observer
         if observer is not None:
@@ -257,9 +256,18 @@ class Ipv4Stack:
     def reserve_idents(self, count: int) -> int:
         """Consume `count` identifiers at once (sends reproduced in one go);
         returns the first."""
-        first = self._next_ident
+        first = self._ident()
         self._next_ident = (first + count) & 0xFFFF
         return first
+
+    def _ident(self) -> int:
+        if self._next_ident is None:
+            self.ns.rng  # drawing the stream's first value sets it
+        return self._next_ident
+
+    def seed_ident(self, rng: random.Random) -> None:
+        """The first IP identifier: the first draw of the namespace's stream."""
+        self._next_ident = rng.randrange(0x10000)
 
     def send(self, dst: bytes, protocol: int, payload: bytes, src: bytes | None = None,
              ttl: int | None = None, tos: int = 0, pmtudisc: str = "want",

@@ -11,9 +11,12 @@ subnet, a derived MAC that collides) become ScenarioErrors naming the field.
 
 from __future__ import annotations
 
+import gc
 import random
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from typing import Iterator
 
 from emu.flannel.etcd_store import EtcdStore, StoreUnavailable
 from emu.flannel.flanneld import Flanneld
@@ -74,8 +77,30 @@ def open_store(scenario: Scenario) -> KeyValueStore:
         raise ScenarioError("etcd.endpoints", str(error)) from None
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause CPython's cyclic garbage collector for a while.
+
+    Why: a build creates millions of long-lived objects (a route, a
+    neighbour and an FDB entry per pair of nodes) and no garbage cycles; the
+    collector would traverse all of them again and again as they are made
+    (a third of the build time of 1,000 nodes)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def build_cluster(scenario: Scenario) -> EmulatedCluster:
     """Build and start the cluster described by `scenario` (at virtual time 0)."""
+    with cyclic_gc_paused():
+        return _build(scenario)
+
+
+def _build(scenario: Scenario) -> EmulatedCluster:
     sim = Scheduler(scenario.start_ns)
     if flow_cache is not None:
         flow_cache(sim)  # bursts of repeated flows are recorded once and replayed

@@ -63,6 +63,8 @@ _UNDERLAY_KEYS = ("subnet", "mtu", "latency")
 _ETCD_KEYS = ("endpoints", "prefix")
 _CNI_KEYS = ("bridge", "mtu", "hairpinMode")
 _NODE_KEYS = ("name", "ip", "mac", "subnet", "cni-mac", "vtep-mac", "pods")
+_NODES_FORM_KEYS = ("count", "pods-per-node")
+_MAX_GENERATED_NODES = 65536
 _POD_KEYS = ("name", "ip", "mac", "host-veth", "host-veth-mac", "containers")
 _TRAFFIC_KEYS = ("from", "run", "at", "stdin")
 _EVENT_KEYS = ("at", "add-node", "remove-node")
@@ -547,6 +549,7 @@ class _Builder:
         self.top = _Mapping(document, "", _TOP_KEYS)
         self.source = source
         self.defaulted: set[str] = set()  # field paths whose value is a default
+        self._known: tuple[set[str], dict[str, PodSpec]] | None = None
 
     def scenario(self) -> Scenario:
         top = self.top
@@ -558,7 +561,7 @@ class _Builder:
         self.underlay = _underlay({} if underlay is None else underlay, "underlay", self.net_conf.network)
         _check_backend_fits(self.underlay.mtu, self.net_conf.backend.type)
         self.cni = _cni({} if cni is None else cni, "cni")
-        node_items = top.items("nodes")
+        node_items = self._generated_nodes() if isinstance(top.value.get("nodes"), dict) else top.items("nodes")
         if not node_items:
             raise ScenarioError("nodes", "at least one node is required")
         drafts = [self._node(value, path) for value, path in node_items]
@@ -584,6 +587,32 @@ class _Builder:
                         linger, etcd, start, faults)
 
     # Nodes and pods.
+
+    def _generated_nodes(self) -> list[tuple[dict, str]]:
+        """`nodes: {count: N, pods-per-node: P}`: nodes n1..nN, each with pods
+        nI-p1..nI-pP, every other field defaulted (as if listed by name only);
+        a generated node's field path is nodes(nI), its pods' nodes(nI).pods[J-1]."""
+        fields = _Mapping(self.top.value["nodes"], "nodes", _NODES_FORM_KEYS)
+        count = fields.read("count", _integer, 1, _MAX_GENERATED_NODES)
+        pods = fields.read("pods-per-node", _integer, 0, 1 << 16, default=0)
+        hosts = self.underlay.subnet.num_addresses - 2
+        if count > hosts:
+            raise ScenarioError("nodes.count", f"{count} nodes do not fit underlay.subnet "
+                                f"{self.underlay.subnet} ({hosts} addresses)")
+        net = self.net_conf
+        size = 1 << (32 - net.subnet_len)
+        low = int(net.subnet_min.network_address) if net.subnet_min else int(net.network.network_address) + size
+        high = int(net.subnet_max.network_address) if net.subnet_max else int(net.network.broadcast_address) + 1 - size
+        leases = (high - low) // size + 1  # flannel's SubnetMin..SubnetMax
+        if count > leases:
+            raise ScenarioError("nodes.count", f"{count} nodes need {count} flannel subnets; net-conf.Network "
+                                f"{net.network} has {leases} /{net.subnet_len} leases (SubnetMin..SubnetMax)")
+        usable = size - 3  # without network, gateway (cni0) and broadcast
+        if pods > usable:
+            raise ScenarioError("nodes.pods-per-node", f"{pods} pods do not fit a node's /{net.subnet_len} "
+                                f"subnet ({usable} usable addresses)")
+        return [({"name": f"n{i}", "pods": [{"name": f"n{i}-p{j}"} for j in range(1, pods + 1)]}, f"nodes(n{i})")
+                for i in range(1, count + 1)]
 
     def _node(self, value: object, path: str) -> _NodeDraft:
         fields = _Mapping(value, path, _NODE_KEYS)
@@ -745,19 +774,24 @@ class _Builder:
         source, container = self._traffic_source(fields.read("from", _string), fields.path_of("from"), nodes)
         program, background = parse_command(fields.read("run", _string), fields.path_of("run"))
         if isinstance(program.destination, str):
-            known = {node.name for node in nodes} | {pod.name for node in nodes for pod in node.pods}
-            if program.destination not in known:
+            node_names, pods = self._names(nodes)
+            if program.destination not in node_names and program.destination not in pods:
                 raise ScenarioError(fields.path_of("run"), f"destination {_shorten(program.destination)!r} "
                                     "is not an IPv4 address, node or pod")
         stdin = fields.read("stdin", read_stdin, self.source, default=b"")
         return TrafficSpec(source, container, program, fields.read("at", _seconds, default=None), path,
                            background, stdin)
 
-    @staticmethod
-    def _traffic_source(text: str, path: str, nodes: list[NodeSpec]) -> tuple[str, str | None]:
+    def _names(self, nodes: list[NodeSpec]) -> tuple[set[str], dict[str, PodSpec]]:
+        """Node names and pods by name, made once (a large cluster has 150,000 pods)."""
+        if self._known is None:
+            self._known = ({node.name for node in nodes}, {pod.name: pod for node in nodes for pod in node.pods})
+        return self._known
+
+    def _traffic_source(self, text: str, path: str, nodes: list[NodeSpec]) -> tuple[str, str | None]:
         name, slash, container = text.partition("/")
-        pods = {pod.name: pod for node in nodes for pod in node.pods}
-        if name in {node.name for node in nodes}:
+        node_names, pods = self._names(nodes)
+        if name in node_names:
             if slash:
                 raise ScenarioError(path, f"{name} is a node; only pods have containers")
             return name, None

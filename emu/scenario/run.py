@@ -26,6 +26,14 @@ from emu.scenario.outputs import OutputFolder
 from emu.scenario.play import Player, TrafficResult
 from emu.sim import seconds
 
+LARGE_CLUSTER_NODES = 20
+"""Above this many nodes a cluster is large: the run summary shows counts and
+the first few nodes and capture points, and stats.json holds the full lists
+("nodes", "captures") but the counters only of namespaces where something
+happened and the tables (routes, neighbours, FDBs) only of those that sent,
+with the per-lease "added lease" lines of flannel's log counted, not listed:
+every node holds a route, a neighbour, an FDB entry and a log line per
+other node, 25 million of each at 5,000 nodes."""
 
 
 @dataclass
@@ -141,13 +149,14 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
             capture_set.close()
             folder.discard()  # the previous run's files stay as they were
         raise
+    if capture_set is not None:
+        capture_set.close()
+        result.capture_counts = {k: v for k, v in capture_set.counts().items() if v}
     finish_result(emulated, player, result)
     close_store = getattr(emulated.store, "close", None)
     if close_store is not None:
         close_store()
     if capture_set is not None:
-        capture_set.close()
-        result.capture_counts = {k: v for k, v in capture_set.counts().items() if v}
         (folder.staging / "stats.json").write_text(json.dumps(result.stats, indent=2, sort_keys=True) + "\n")
         result.written = folder.commit()
     return result
@@ -177,7 +186,7 @@ def finish_result(emulated: EmulatedCluster, player: Player, result: RunResult) 
     result.nodes = list(player.nodes)
     result.end_ns = emulated.sim.now_ns
     result.notes = [*player.notes,
-                    *(line for flanneld in emulated.flanneld.values() for line in flanneld.log
+                    *(line for flanneld in emulated.flanneld.values() for line in flanneld.log.texts()
                       if "cannot" in line or "no valid" in line),
                     *store_notes(emulated)]
     result.stats = collect_stats(emulated, result)
@@ -200,11 +209,38 @@ def traffic_entry(item: TrafficResult) -> dict:
     return entry
 
 
+def is_large(emulated: EmulatedCluster) -> bool:
+    """A cluster of more than LARGE_CLUSTER_NODES nodes (see there)."""
+    return len(emulated.cluster.nodes) > LARGE_CLUSTER_NODES
+
+
+def _sent(entry: dict) -> bool:
+    stack = entry["stack"]
+    return bool(stack["sent"] or stack["forwarded"]
+                or any(dev["tx_packets"] for dev in entry["devices"].values()))
+
+
+def _quiet(entry: dict) -> bool:
+    stack = entry["stack"]
+    return not (stack["sent"] or stack["forwarded"] or stack["delivered"] or stack["drops"]
+                or any(dev["rx_packets"] or dev["tx_packets"] or dev["drops"]
+                       for dev in entry["devices"].values()))
+
+
 def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
-    """The stats.json document: counters, drops and final tables per namespace."""
+    """The stats.json document: counters, drops and final tables per namespace
+    (of a large cluster: see LARGE_CLUSTER_NODES)."""
+    large = is_large(emulated)
     namespaces = {}
+    quiet = 0
     for ns in [*emulated.cluster.namespaces(), emulated.cluster.underlay]:
         entry = ns.stats()
+        if large and _quiet(entry):
+            quiet += 1
+            continue
+        if large and not _sent(entry):
+            namespaces[ns.name] = entry
+            continue
         entry["addresses"] = ns.show_addresses()
         entry["routes"] = ns.show_routes()
         entry["neighbours"] = ns.show_neighbours()
@@ -218,7 +254,7 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
             entry["vxlan_fdb"] = vxlan_fdb
         namespaces[ns.name] = entry
     now = emulated.sim.now_ns
-    return {
+    stats = {
         "scenario": emulated.scenario.name,
         "virtual_time_s": now / 1e9,
         "interrupted": result.interrupted,
@@ -227,11 +263,18 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
         "flannel": {
             "leases": lease_table(emulated, now),
             "subnet_env": {name: f.subnet_env for name, f in emulated.flanneld.items()},
-            "log": [line for f in emulated.flanneld.values() for line in f.log],
+            "log": [line for f in emulated.flanneld.values()
+                    for line in (f.log.texts() if large else f.log)],
         },
         "namespaces": namespaces,
         **({"store": emulated.store.describe()} if hasattr(emulated.store, "describe") else {}),
     }
+    if large:
+        stats["flannel"]["added_leases"] = {name: f.log.leases_added for name, f in emulated.flanneld.items()}
+        stats["nodes"] = result.nodes
+        stats["captures"] = result.capture_counts
+        stats["quiet_namespaces"] = quiet
+    return stats
 
 
 def lease_table(emulated: EmulatedCluster, now: int) -> dict:
