@@ -356,7 +356,13 @@ ERRORS = [
      "(needs at least 96)"),
     ([(("cni", "hairpinMode"), "yes")], "cni.hairpinMode: expected true or false, got string 'yes'"),
     ([(("nodes",), [])], "nodes: at least one node is required"),
-    ([(("nodes",), {"name": "n1"})], "nodes: expected a list, got a mapping"),
+    ([(("nodes",), {"name": "n1"})], "nodes: expected a list, or {count: N, pods-per-node: P}, "
+                                     "got a mapping without count"),
+    ([(("nodes",), {"count": 2, "pods": 1})], "nodes.pods: unknown key (allowed: count, pods-per-node)"),
+    ([(("nodes",), {"count": 300})], "nodes.count: 300 nodes do not fit underlay.subnet 172.18.0.0/24 "
+                                     "(254 addresses)"),
+    ([(("nodes",), {"count": 2, "pods-per-node": 254})],
+     "nodes.pods-per-node: 254 pods do not fit a node's /24 subnet (253 usable addresses)"),
     ([(("name",), "a/b")],
      "name: 'a/b' is not a valid folder name (letters, digits, '.', '_' and '-', starting with a letter or digit, "
      "at most 100 characters)"),

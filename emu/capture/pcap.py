@@ -13,6 +13,7 @@ is written: a run that is interrupted still leaves a file Wireshark can open.
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 from pathlib import Path
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, BinaryIO, Sequence
@@ -123,6 +124,37 @@ class ClosingContext(AbstractContextManager):
         self.close()
 
 
+class _OpenFiles:
+    """The files kept open, at most `limit`, least recently written closed first.
+
+    Why: a run captures every interface, and one broadcast on the underlay of
+    a 5,000-node cluster reaches 5,000 eth0s; keeping every capture file
+    open would run into the process's file limit (1,024 by default). A file
+    closed here is reopened to append at its next write."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._files: OrderedDict[RecordFile, BinaryIO] = OrderedDict()
+
+    def handle(self, owner: "RecordFile", mode: str = "ab") -> BinaryIO:
+        handle = self._files.get(owner)
+        if handle is not None:
+            self._files.move_to_end(owner)
+            return handle
+        handle = self._files[owner] = open(owner.path, mode, buffering=0)
+        while len(self._files) > self.limit:
+            self._files.popitem(last=False)[1].close()
+        return handle
+
+    def close(self, owner: "RecordFile") -> None:
+        handle = self._files.pop(owner, None)
+        if handle is not None:
+            handle.close()
+
+
+OPEN_FILES = _OpenFiles(256)
+
+
 class RecordFile:
     """An output file written in whole records.
 
@@ -134,7 +166,8 @@ class RecordFile:
     small records joined into one call, large blocks as they are, since
     copying them into a join costs as much as writing them. Either way the
     file on disk always ends on a record boundary, so an interrupted run
-    leaves a file Wireshark opens.
+    leaves a file Wireshark opens. At most OPEN_FILES.limit files are open
+    at once (see _OpenFiles).
     """
 
     LARGE_WRITE = 1 << 16  # bytes: a block at least this big is written without a join
@@ -143,12 +176,13 @@ class RecordFile:
     def __init__(self, path: Path, buffered: bool = False) -> None:
         self.path = path
         self.buffered = buffered
-        self._file: BinaryIO | None = open(path, "wb", buffering=0)
+        self._closed = False
+        OPEN_FILES.handle(self, "wb")  # created (or emptied) now
         self._pending: list[bytes | memoryview] = []
         self._pending_bytes = 0
 
     def write(self, record: bytes | memoryview) -> None:
-        if self._file is None:
+        if self._closed:
             raise ValueError(f"{self.path}: writer is closed")
         if self.buffered:
             self._pending.append(record)
@@ -156,30 +190,31 @@ class RecordFile:
             if self._pending_bytes >= self.MAX_PENDING:
                 self.flush()  # still whole records: memory stays bounded within an instant
         else:
-            self._file.write(record)
+            OPEN_FILES.handle(self).write(record)
 
     def flush(self) -> None:
-        if not self._pending or self._file is None:
+        if not self._pending or self._closed:
             return
+        file = OPEN_FILES.handle(self)
         small: list[bytes | memoryview] = []
         for record in self._pending:
             if len(record) < self.LARGE_WRITE:
                 small.append(record)
                 continue
             if small:
-                self._file.write(b"".join(small))
+                file.write(b"".join(small))
                 small.clear()
-            self._file.write(record)
+            file.write(record)
         if small:
-            self._file.write(b"".join(small))
+            file.write(b"".join(small))
         self._pending.clear()
         self._pending_bytes = 0
 
     def close(self) -> None:
-        if self._file is not None:
+        if not self._closed:
             self.flush()
-            self._file.close()
-            self._file = None
+            OPEN_FILES.close(self)
+            self._closed = True
 
 
 class PcapWriter(ClosingContext):

@@ -120,6 +120,7 @@ class CapturePoint:
         buffered: bool = False,
         batch_sink: "CaptureSet | None" = None,
         epoch_ns: int = 0,
+        opened: "list[CapturePoint] | None" = None,
     ) -> None:
         self.namespace = namespace
         self.ifname = ifname
@@ -128,6 +129,7 @@ class CapturePoint:
         self.pcap_path = pcap_path
         self.frames = 0
         self.batch_sink = batch_sink
+        self._opened = opened  # where this point goes once its file exists
         self._merged = merged
         self._nanosecond = nanosecond
         self._buffered = buffered
@@ -157,6 +159,8 @@ class CapturePoint:
         if self._pcap is None:
             self._pcap = PcapWriter(self.pcap_path, self.linktype, self._nanosecond,
                                     buffered=self._buffered)
+            if self._opened is not None:
+                self._opened.append(self)
             if self._merged is not None:
                 name = f"{self.namespace}/{self.ifname}"
                 self._interface_id = self._merged.add_interface(name, self.description, self.linktype)
@@ -219,6 +223,7 @@ class CaptureSet(ClosingContext):
             self._merged = _MergedCapture(self.out_dir / _checked_name("pcapng_name", pcapng_name), self.nanosecond,
                                           self.buffered)
         self._points: dict[tuple[str, str], CapturePoint] = {}
+        self._opened: list[CapturePoint] = []  # the points whose file exists, in opening order
         self._keys: dict[str, tuple[str, str]] = {}
         self._closed = False
 
@@ -254,6 +259,7 @@ class CaptureSet(ClosingContext):
             self.buffered,
             batch_sink=self,
             epoch_ns=self.epoch_ns,
+            opened=self._opened,
         )
         clash = self._keys.get(capture_point.key)
         if clash is not None:
@@ -322,7 +328,7 @@ class CaptureSet(ClosingContext):
         With `buffered`, whole records wait in memory until this is called:
         the scenario runner calls it at the end of every virtual instant, so
         the files on disk always end on a record boundary."""
-        for capture_point in self._points.values():
+        for capture_point in self._opened:  # a point without a file has nothing to flush
             capture_point.flush()
         if self._merged is not None:
             self._merged.flush()

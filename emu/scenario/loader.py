@@ -561,7 +561,11 @@ class _Builder:
         self.underlay = _underlay({} if underlay is None else underlay, "underlay", self.net_conf.network)
         _check_backend_fits(self.underlay.mtu, self.net_conf.backend.type)
         self.cni = _cni({} if cni is None else cni, "cni")
-        node_items = self._generated_nodes() if isinstance(top.value.get("nodes"), dict) else top.items("nodes")
+        nodes_value = top.value.get("nodes")
+        if isinstance(nodes_value, dict) and "count" not in nodes_value:
+            raise ScenarioError("nodes", "expected a list, or {count: N, pods-per-node: P}, "
+                                "got a mapping without count")
+        node_items = self._generated_nodes() if isinstance(nodes_value, dict) else top.items("nodes")
         if not node_items:
             raise ScenarioError("nodes", "at least one node is required")
         drafts = [self._node(value, path) for value, path in node_items]
