@@ -153,7 +153,7 @@ class Flanneld:
         self._add(event.lease)
 
     def _add(self, lease: Lease) -> None:
-        if self.lease is not None and lease.subnet == self.lease.subnet:
+        if self.lease is not None and lease.subnet_id == self.lease.subnet_id:
             return
         if self.backend.type in TYPED_BACKENDS and lease.backend_type != self.backend.lease_type:
             # flannel's vxlan and host-gw backends skip leases of another type.

@@ -66,6 +66,11 @@ class Lease:
         return self.subnet.network_address.packed
 
     @cached_property
+    def subnet_id(self) -> tuple[bytes, int]:
+        """(network_packed, prefix length): the subnet, compared without ipaddress."""
+        return self.network_packed, self.subnet.prefixlen
+
+    @cached_property
     def public_ip_packed(self) -> bytes:
         """The node's public address, 4 bytes."""
         return self.public_ip.packed
@@ -172,6 +177,7 @@ class SubnetManager:
         if self.subnet_min.network_address > self.subnet_max.network_address:
             raise ValueError(f"SubnetMin {self.subnet_min} is above SubnetMax {self.subnet_max}")
         self._random = random.Random(seed)
+        self._last_event: tuple[WatchEvent, LeaseEvent | None] | None = None
         self._index = (LeaseIndex(store, SUBNETS_PREFIX, parse_subnet_key, decode_lease)
                        if isinstance(store, MemoryStore) else None)
 
@@ -270,7 +276,7 @@ class SubnetManager:
         (a TTL-only renewal reports nothing), "removed" on delete or expiry."""
 
         def on_store_event(event: WatchEvent) -> None:
-            lease_event = _lease_event(event)
+            lease_event = self._translated(event)
             if lease_event is not None:
                 callback(lease_event)
 
@@ -278,6 +284,16 @@ class SubnetManager:
 
     def unwatch(self, handle: int) -> None:
         self.store.unwatch(handle)
+
+    def _translated(self, event: WatchEvent) -> LeaseEvent | None:
+        """`_lease_event`, once per store event for all the watchers it reaches
+        (every flanneld watches: N translations of each of N leases otherwise)."""
+        last = self._last_event
+        if last is not None and last[0] is event:
+            return last[1]
+        lease_event = _lease_event(event)
+        self._last_event = (event, lease_event)
+        return lease_event
 
     def _try_acquire(
         self, public_ip: IPv4Address, value: str, now_ns: int, requested: IPv4Network | None
