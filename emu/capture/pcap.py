@@ -141,9 +141,9 @@ class _OpenFiles:
         if handle is not None:
             self._files.move_to_end(owner)
             return handle
-        handle = self._files[owner] = open(owner.path, mode, buffering=0)
-        while len(self._files) > self.limit:
+        while len(self._files) >= self.limit:
             self._files.popitem(last=False)[1].close()
+        handle = self._files[owner] = open(owner.path, mode, buffering=0)
         return handle
 
     def close(self, owner: "RecordFile") -> None:
