@@ -127,12 +127,13 @@ def write_plot(points: list[dict], path: Path) -> None:
     from matplotlib import pyplot
 
     figure, (seconds, memory) = pyplot.subplots(1, 2, figsize=(12, 5))
-    for backend in sorted({p["backend"] for p in points}):
+    for number, backend in enumerate(sorted({p["backend"] for p in points})):
         mine = sorted((p for p in points if p["backend"] == backend), key=lambda p: p["nodes"])
-        nodes = [p["nodes"] for p in mine]
-        seconds.plot(nodes, [p["wall_s"] for p in mine], marker="o", label=f"{backend} wall")
-        seconds.plot(nodes, [p["cpu_s"] for p in mine], marker="x", linestyle="--", label=f"{backend} CPU")
-        memory.plot(nodes, [p["peak_rss_mb"] for p in mine], marker="o", label=backend)
+        nodes, colour = [p["nodes"] for p in mine], f"C{number}"
+        seconds.plot(nodes, [p["wall_s"] for p in mine], marker="o", color=colour, label=f"{backend} wall")
+        seconds.plot(nodes, [p["cpu_s"] for p in mine], marker="x", linestyle="--", color=colour,
+                     label=f"{backend} CPU")
+        memory.plot(nodes, [p["peak_rss_mb"] for p in mine], marker="o", color=colour, label=backend)
     pods = points[0]["pods_per_node"] if points else 0
     seconds.set(title=f"build + one ping, {pods} pods per node", xlabel="nodes", ylabel="seconds",
                 xscale="log", yscale="log")
