@@ -17,7 +17,8 @@ from click.testing import CliRunner
 from emu.capture import pcap
 from emu.cli import main
 from emu.net.device import NetDevice
-from emu.net.route import Route, RoutingTable
+from emu.net.namespace import Namespace
+from emu.net.route import Route
 from emu.scenario.build import build_cluster
 from emu.scenario.loader import load_scenario_text
 from emu.sim import Scheduler
@@ -37,9 +38,13 @@ def _route(dev, cidr: str, via: str | None = None, metric: int = 0) -> Route:
 
 def test_routing_table_longest_prefix_metric_and_listing_order():
     sim = Scheduler()
-    eth0, eth1 = NetDevice(sim, "eth0", b"\x02" * 6), NetDevice(sim, "eth1", b"\x04" * 6)
-    table = RoutingTable()
+    ns = Namespace(sim, "n1")
+    eth0, eth1 = (ns.add_device(NetDevice(sim, name, mac)) for name, mac in (("eth0", b"\x02" * 6),
+                                                                               ("eth1", b"\x04" * 6)))
+    table = ns.routes
+    generation = ns.generation
     table.add(_route(eth0, "0.0.0.0/0", "10.0.0.1"))
+    assert ns.generation > generation  # the fast path's flows through this namespace are stale
     table.add(_route(eth0, "10.1.0.0/16"))
     table.add(_route(eth1, "10.1.2.0/24", metric=20))
     table.add(_route(eth0, "10.1.2.0/24", metric=10))
@@ -50,7 +55,7 @@ def test_routing_table_longest_prefix_metric_and_listing_order():
     dst = ip_from_str("10.1.2.7")
     assert table.lookup(dst).metric == 10  # equal prefixes: the lowest metric
     assert table.lookup(dst, eth1).dev is eth1  # the oif filter passes the metric-10 route over
-    eth0.up = False
+    eth0.up = False  # the namespace forgets cached lookups
     assert table.lookup(dst).dev is eth1  # a route through a down device is skipped
     assert table.lookup(ip_from_str("10.1.9.9")) is None  # the /16 and the default are on eth0
     eth0.up = True
@@ -61,7 +66,9 @@ def test_routing_table_longest_prefix_metric_and_listing_order():
                             "10.1.2.0/24 dev eth1 metric 20", "default via 10.0.0.1 dev eth0"]
     assert table.has_link_route(eth0, ip_from_str("10.1.200.1"))
     assert not table.has_link_route(eth1, ip_from_str("10.1.200.1"))
+    generation = ns.generation
     assert table.remove(ip_from_str("10.1.2.0"), 24, eth1) == 1
+    assert ns.generation > generation and table.lookup(dst).dev is eth0
     assert table.find(ip_from_str("10.1.2.0"), 24) == [_route(eth0, "10.1.2.0/24", metric=10)]
     assert table.remove(ip_from_str("10.1.2.0"), 24) == 1 and len(table) == 2
 
