@@ -148,7 +148,8 @@ def test_verify_kernel_refuses_bad_input():
 NC_SCENARIOS = [ROOT / "examples" / "udp-fragmented.yaml", ROOT / "examples" / "localhost-containers.yaml",
                 ROOT / "tests" / "regressions" / "udp-frag-needed-emsgsize.yaml",
                 *(ROOT / "examples" / f"tcp-{name}.yaml" for name in
-                  ("vxlan", "udp", "syn-retransmitted", "localhost-containers", "pmtu-vxlan"))]
+                  ("host-gw", "vxlan", "udp", "syn-retransmitted", "localhost-containers",
+                   "pmtu-vxlan"))]
 
 
 @pytest.mark.parametrize("path", NC_SCENARIOS, ids=lambda p: p.stem)
