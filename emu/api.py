@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from emu.capture import CaptureSet
+from emu.extras import missing_extra
 from emu.iproute_json import fdb_json, neighbour_json, route_json
 from emu.net import Bridge, NetDevice, PingResult
 from emu.net.device import LINKTYPE_RAW
@@ -774,14 +775,14 @@ class Cluster:
 
 def _scapy():
     """scapy's layers, imported on first use: only `.scapy()` and sending
-    scapy packets need it."""
+    scapy packets need it, so scapy is the `[scapy]` extra, not a dependency."""
     try:
         from scapy.layers.inet import IP
         from scapy.layers.l2 import Ether
         from scapy.packet import Packet
         from scapy.plist import PacketList
-    except ImportError as error:  # pragma: no cover - scapy is a dependency
-        raise ImportError(f"emu's scapy interop needs scapy ({error}): pip install scapy") from error
+    except ImportError as error:
+        raise missing_extra("scapy", "emu's scapy interop (Capture.scapy())", error) from None
 
     class Layers:
         pass

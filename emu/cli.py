@@ -21,6 +21,7 @@ from rich.progress import Progress, TextColumn
 from rich.table import Table
 
 from emu import __version__
+from emu.extras import missing_extra
 from emu.scenario import ScenarioError, load_default, load_scenario
 from emu.net.ping import PingResult
 from emu.scenario.model import Scenario
@@ -499,15 +500,25 @@ def flanneld_udp(tun: str, port: int, routes: tuple[str, ...]) -> None:
 
 def _import_benchmarks():
     """The `benchmarks` package lives next to `emu` in the source checkout and
-    is not installed; an editable install only maps `emu`, so look there."""
+    is not installed; an editable install only maps `emu`, so look there.
+    What it needs beyond emu's dependencies is the `[bench]` extra."""
     try:
         import benchmarks.suite
-    except ModuleNotFoundError:
+    except ModuleNotFoundError as error:
+        if error.name not in ("benchmarks", "benchmarks.suite"):
+            fail(str(missing_extra("bench", "emu bench", error)))
         checkout = Path(__file__).resolve().parent.parent
         if not (checkout / "benchmarks" / "suite.py").is_file():
             fail("emu bench needs the source checkout (its benchmarks/ directory is not installed)")
         sys.path.insert(0, str(checkout))
-        import benchmarks.suite
+        try:
+            import benchmarks.suite
+        except ModuleNotFoundError as error:
+            fail(str(missing_extra("bench", "emu bench", error)))
+    try:
+        import matplotlib  # noqa: F401  (the plot, drawn at the end: say it now)
+    except ModuleNotFoundError as error:
+        fail(str(missing_extra("bench", "emu bench", error)))
     return benchmarks.suite
 
 

@@ -32,6 +32,7 @@ from dataclasses import replace
 from typing import Any, Literal
 from urllib.parse import urlparse
 
+from emu.extras import missing_extra
 from emu.flannel.leases import SUBNETS_PREFIX, decode_lease
 from emu.flannel.store import Entry, KeyExists, Watchers, WatchEvent, check_write, is_expired
 
@@ -73,8 +74,8 @@ class EtcdStore(Watchers):
                  timeout_s: float = 5.0) -> None:
         try:
             import etcd3gw
-        except ImportError:  # pragma: no cover - a declared dependency
-            raise StoreUnavailable("the etcd store needs the etcd3gw package: pip install etcd3gw") from None
+        except ImportError as error:
+            raise StoreUnavailable(str(missing_extra("etcd", "the etcd lease store", error))) from None
         if not endpoints:
             raise ValueError("at least one etcd endpoint is needed")
         if not isinstance(prefix, str) or not prefix.startswith("/") or prefix.endswith("/"):
