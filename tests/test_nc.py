@@ -177,6 +177,33 @@ def test_a_taken_port_and_a_missing_stdin_file_are_refused(tmp_path):
     scenario("  - {from: p2a, run: nc -u -l -q 0 5000}\n  - {from: p2a, run: nc -u -l -q 0 5000}\n")
 
 
+@pytest.mark.parametrize("traffic, field, named", [
+    ('  - {from: p2a, run: "nc -x -l 9000 &"}\n', "traffic[0].run", "unsupported option -x"),
+    ('  - {from: p1a, run: "nc -N p2a 65536"}\n', "traffic[0].run", "PORT: port number too large: 65536"),
+    ('  - {from: p1a, run: "nc -N p2a 0"}\n', "traffic[0].run", "PORT: port number too small: 0"),
+    ('  - {from: p1a, run: "nc -N -p 70000 p2a 9000"}\n', "traffic[0].run", "-p: port number too large"),
+    ('  - {from: p2a, run: "nc -l 9000 &"}\n  - {from: p2a, run: "nc -l 9000 &"}\n', "traffic[1].run",
+     "TCP port 9000 in p2a is already taken by traffic[0]"),
+    ('  - {from: p1a, run: "nc -N p2a 9000", stdin: {file: missing.bin}}\n', "traffic[0].stdin.file",
+     "missing.bin: file not found"),
+    ('  - {from: p1a, run: "nc -u -q 0 p2a 9000", stdin: {file: missing.bin}}\n', "traffic[0].stdin.file",
+     "missing.bin: file not found"),
+])
+def test_bad_traffic_lines_exit_2_with_one_line(traffic, field, named, tmp_path):
+    """What a user sees from the command line: exit 2, one line naming the
+    field and what is wrong with it, nothing written (TCP and UDP nc)."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(CLUSTER.replace("BACKEND", "host-gw") + "traffic:\n" + traffic)
+    proc = subprocess.run([sys.executable, "-m", "emu.cli", "run", str(path), "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(f"emu: error: {field}: "), proc.stderr
+    assert named in proc.stderr and proc.stdout == "" and not (tmp_path / "out").exists()
+
+
 def test_stdin_file_is_read_relative_to_the_scenario(tmp_path):
     (tmp_path / "data.bin").write_bytes(b"\x00\xffpayload")
     path = tmp_path / "s.yaml"
