@@ -132,3 +132,15 @@ def test_vxlan_round_trips_over_random_clusters(cluster, pair, payload):
     assert Ether(sent_inner[0])[UDP].dport == 7
     arrived = [p for p in cluster.captures(f"{dst.name}/eth0").scapy() if UDP in p and p[UDP].dport == 7]
     assert len(arrived) == 1 and arrived[0][Raw].load == payload
+
+
+def test_this_module_uses_the_public_api_only():
+    """What this file imports from emu is the public API: emu and emu.testing."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(__file__).read_text())
+    modules = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    modules |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    emu_modules = {m for m in modules if m == "emu" or m.startswith("emu.")}
+    assert emu_modules == {"emu", "emu.testing.strategies"}
