@@ -536,6 +536,21 @@ class Cluster:
         self._run_until(lambda: command.done)
         return command.result
 
+    # -- netfilter -----------------------------------------------------------------
+    def iptables_restore(self, name: str, rules: str) -> None:
+        """`iptables-restore` in node or pod `name`: each `*table ... COMMIT`
+        block of `rules` (iptables-save text) replaces that table, and the
+        namespace's hooks run from now on. Raises
+        emu.net.netfilter.RulesError ("line N: ...") for a line it refuses."""
+        if not isinstance(rules, str):
+            raise TypeError(f"rules: expected iptables-restore text, got {type(rules).__name__}")
+        self._namespace(name).netfilter.load(rules)
+
+    def netfilter(self, name: str) -> dict:
+        """What `iptables -L -v -n -x` (per table: chains, policies, rule
+        counters) and `conntrack -L` show in node or pod `name` now."""
+        return self._namespace(name).netfilter.show(self.now_ns)
+
     # -- time ----------------------------------------------------------------------
     @property
     def now_ns(self) -> int:

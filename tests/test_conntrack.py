@@ -194,13 +194,13 @@ def test_a_node_forwards_a_pod_to_its_service_and_back_through_the_hooks_in_linu
     result, state = node.prerouting(request, "cni0", 0)
     assert result.verdict == "ACCEPT" and IP(bytes(request)).dst == "10.244.1.5"
     assert node.forward(request, state, "cni0").verdict == "ACCEPT"
-    assert node.postrouting(request, state, "cni0", 0).verdict == "ACCEPT"
+    assert node.postrouting(request, state, "cni0", ip("10.244.1.5"), 0).verdict == "ACCEPT"
     assert checksums_valid(request) and IP(bytes(request))[TCP].dport == 8080
     reply = bytearray(bytes(IP(src="10.244.1.5", dst=POD_A) / TCP(sport=8080, dport=40000, flags="SA")))
     result, state = node.prerouting(reply, "cni0", NS)
     assert state.tracked.state == "ESTABLISHED"
     assert node.forward(reply, state, "cni0").verdict == "ACCEPT"  # KUBE-FORWARD: ESTABLISHED
-    node.postrouting(reply, state, "cni0", NS)
+    node.postrouting(reply, state, "cni0", ip(POD_A), NS)
     assert (IP(bytes(reply)).src, IP(bytes(reply))[TCP].sport) == (VIP, 80) and checksums_valid(reply)
     shown = node.show(NS)
     nat = shown["iptables"]["nat"]

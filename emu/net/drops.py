@@ -50,6 +50,7 @@ _TABLE = [
     DropReason("DUP_FRAG", True, "duplicate fragment"),
     DropReason("FRAG_REASM_TIMEOUT", True, "reassembly timed out"),
     DropReason("TCP_CSUM", True, "TCP checksum wrong"),
+    DropReason("NETFILTER_DROP", True, "dropped by an iptables rule or policy (DROP, REJECT) or a conntrack clash"),
     # -- no Linux reason for it ----------------------------------------------------------
     DropReason("VLAN_UNSUPPORTED", False, "802.1Q tagged frame (no VLAN devices are emulated)"),
     DropReason("IP_INVALID_SOURCE", False, "martian source address (multicast, broadcast, loopback from outside)"),

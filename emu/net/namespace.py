@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from emu.net.device import NetDevice
 from emu.net.loopback import Loopback
 from emu.net.neighbour import NeighbourTable
+from emu.net.netfilter import Netfilter, address_type_of
 from emu.net.route import (SCOPE_HOST, SCOPE_LINK, SCOPE_UNIVERSE, Route, RoutingTable,
                            broadcast_of, network_of, prefix_mask)
 from emu.net.stack import Ipv4Stack
@@ -85,6 +86,10 @@ class Namespace:
         self._local: set[bytes] = set()
         self._broadcast: dict[bytes, NetDevice] = {}
         self.stack = Ipv4Stack(self)
+        # iptables + conntrack; its own seeded streams, so loading rules
+        # moves none of the namespace's draws (IP ids, ports, ARP timers)
+        self.netfilter = Netfilter(random.Random(f"{seed}/{name}/netfilter"), self._address_type,
+                                   self._masquerade_source, on_change=self.changed)
         self.tcp_sysctls = TcpSysctls()
         self.stack.tcp = TcpLayer(self)
         self.lo = Loopback(sim)
@@ -242,6 +247,17 @@ class Namespace:
             if address.scope != SCOPE_LINK and address.scope <= scope:
                 return address.ip
         return None
+
+    def _address_type(self, ip: bytes) -> str:
+        """xt_addrtype's view of an address (inet_addr_type)."""
+        if self.is_broadcast_address(ip) and not self.is_local_address(ip):
+            return "BROADCAST"
+        return address_type_of(ip, self.is_local_address)
+
+    def _masquerade_source(self, out_dev: str, nexthop: bytes) -> bytes | None:
+        """MASQUERADE's source: inet_select_addr(out device, next hop, universe)."""
+        dev = self.devices.get(out_dev)
+        return None if dev is None else self.select_source(dev, nexthop)
 
     def source_for(self, route: Route) -> bytes | None:
         """fib_result_prefsrc: the route's `src`, else chosen on its device."""

@@ -26,7 +26,8 @@ Events (names and arguments are stable; new ones may be added):
 - ``hop(ns, dev, stage, verdict, evidence)``: one stage of the kernel took a
   decision about the packet in hand. `ns` is the Namespace, `dev` the device
   it concerns (or None), `stage` one of STAGES, `verdict` one of
-  "forwarded", "delivered", "flooded", "sent", "queued", "consumed", "checked", "error" or
+  "forwarded", "delivered", "flooded", "sent", "queued", "consumed", "checked", "error",
+  "accepted" (a netfilter hook let the packet go on) or
   "dropped:REASON" (REASON as in stats.json), `evidence` a string in
   iproute2's words (``route 10.244.2.0/24 via 10.244.2.0 dev flannel.1
   onlink``, ``fdb 0a:58:0a:f4:02:02 dev flannel.1 dst 172.18.0.12 self
@@ -66,6 +67,7 @@ STAGES = (
     "tun",           # a TUN device handed a packet to its program / got one written
     "flanneld",      # flanneld's udp-backend proxy (above emu.net)
     "fault",         # an injected fault (emu.net.fault) looked at the frame
+    "netfilter",     # an NF_HOOK: conntrack, nat and filter chains (evidence: hook, rule, NAT)
 )
 
 

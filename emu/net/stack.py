@@ -39,15 +39,22 @@ from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, eth
 from emu.wire.icmp import IcmpMessage, IcmpRepr
 from emu.wire.ipv4 import (FLAG_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, decrement_ttl,
                            ipv4_header)
+from emu.wire.tcp import RST as TCP_RST
+from emu.wire.tcp import TcpSegment, reset_for
 from emu.wire.udp import UdpDatagram
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
     from emu.net.namespace import Namespace
+    from emu.net.netfilter.hooks import HookResult, PacketState
     from emu.net.route import Route
     from emu.net.tcp import TcpLayer
 
 PMTU_EXPIRES_NS = 600 * NS_PER_SECOND
+REJECT_CODES = {"icmp-net-unreachable": icmp.NET_UNREACHABLE, "icmp-host-unreachable": icmp.HOST_UNREACHABLE,
+                "icmp-proto-unreachable": icmp.PROTOCOL_UNREACHABLE, "icmp-port-unreachable": icmp.PORT_UNREACHABLE,
+                "icmp-net-prohibited": 9, "icmp-host-prohibited": 10, "icmp-admin-prohibited": 13}
+"""iptables' --reject-with names -> ICMP destination unreachable codes (RFC 1812's 9, 10, 13)."""
 MIN_PMTU = 552
 BROADCAST_IP = b"\xff\xff\xff\xff"
 
@@ -137,6 +144,11 @@ class Ipv4Stack:
             dev.drop("IP_CSUM")
             return
         packet = bytes(data[:header.total_length])
+        nf_state = None
+        if self.ns.netfilter.active:
+            packet, nf_state = self._nf_prerouting(dev, packet)
+            if packet is None:
+                return
         src, dst = packet[12:16], packet[16:20]
         if src[0] >= 224 or src == BROADCAST_IP or (src[0] == 127 and dev is not self.ns.lo):
             self.ns.drop("IP_INVALID_SOURCE")
@@ -144,7 +156,7 @@ class Ipv4Stack:
         if self.ns.is_local_address(dst) or self.ns.is_broadcast_address(dst):
             if self.ns.sim.observer is not None:
                 self._hop(dev, "ip_rcv", "delivered", f"local {ip_to_str(dst)} from {ip_to_str(src)}")
-            self.local_deliver(dev, packet, l2_broadcast or self.ns.is_broadcast_address(dst))
+            self.local_deliver(dev, packet, l2_broadcast or self.ns.is_broadcast_address(dst), nf_state)
         elif dst[0] >= 224:
             self.ns.drop("MULTICAST_UNSUPPORTED")
         elif not self.ns.ip_forward:
@@ -154,11 +166,12 @@ class Ipv4Stack:
         else:
             if self.ns.sim.observer is not None:
                 self._hop(dev, "ip_rcv", "forwarded", f"{ip_to_str(src)} > {ip_to_str(dst)} ip_forward 1")
-            self.forward(dev, packet)
+            self.forward(dev, packet, nf_state)
 
     # == forwarding =============================================================
-    def forward(self, in_dev: "NetDevice", packet: bytes) -> None:
-        """ip_forward."""
+    def forward(self, in_dev: "NetDevice", packet: bytes, nf_state: "PacketState | None" = None) -> None:
+        """ip_forward; netfilter's FORWARD hook after the TTL decrement and
+        the redirect, as NF_HOOK(FORWARD) ends ip_forward."""
         dst = packet[16:20]
         route = self.ns.routes.lookup(dst)
         if route is None:
@@ -183,11 +196,17 @@ class Ipv4Stack:
         if route.dev is in_dev and self._redirect_wanted(packet):
             self.send_error(bytes(buf), REDIRECT, REDIRECT_HOST,
                             int.from_bytes(route.gateway or dst, "big"))
+        packet = bytes(buf)
+        if nf_state is not None:
+            packet = self._nf_verdict(route.dev, "FORWARD", packet, buf,
+                                      self.ns.netfilter.forward(buf, nf_state, route.dev.name), nf_state)
+            if packet is None:
+                return
         self.ns.forwarded += 1
         if self.ns.sim.observer is not None:
             self._hop(route.dev, "ip_forward", "forwarded", f"route {route}")
-        self.output_on(route.dev, route.gateway or dst, bytes(buf), mtu,
-                       on_error=self._unreachable_report)
+        self.output_on(route.dev, route.gateway or dst, packet, mtu,
+                       on_error=self._unreachable_report, nf_state=nf_state)
 
     def _redirect_wanted(self, packet: bytes) -> bool:
         """ip_route_input_slow's IPSKB_DOREDIRECT: the source is reachable
@@ -202,11 +221,22 @@ class Ipv4Stack:
     # == output =================================================================
     def output_on(self, dev: "NetDevice", nexthop: bytes, packet: bytes, mtu: int,
                   on_error: Callable[[bytes], None] | None = None, confirm: bool = False,
-                  process: bool = False) -> None:
-        """ip_finish_output: fragment if needed, then hand to the neighbour layer.
+                  process: bool = False, nf_state: "PacketState | None" = None) -> None:
+        """ip_output: netfilter's POSTROUTING hook (`nf_state` given: the
+        namespace has netfilter), then ip_finish_output: fragment if needed,
+        then hand to the neighbour layer.
 
         From process context (`process`), fragments after the first are sent
         one by one as process work (see `send`)."""
+        if nf_state is not None:
+            netfilter = self.ns.netfilter
+            buf = bytearray(packet)
+            result = netfilter.postrouting(buf, nf_state, dev.name, nexthop, self.ns.sim.now_ns)
+            packet = self._nf_verdict(dev, "POSTROUTING", packet, buf, result, nf_state)
+            if packet is None:
+                return
+            if dev is self.ns.lo:
+                netfilter.loop(packet, nf_state)
         if len(packet) <= mtu or gso.fits(self.ns.sim, packet, mtu):
             self.neigh_xmit(dev, nexthop, packet, on_error, confirm)
             return
@@ -272,7 +302,8 @@ class Ipv4Stack:
     def send(self, dst: bytes, protocol: int, payload: bytes, src: bytes | None = None,
              ttl: int | None = None, tos: int = 0, pmtudisc: str = "want",
              oif: "NetDevice | None" = None, confirm: bool = False,
-             process: bool = False, ident: int | None = None, seg_len: int = 0) -> bytes:
+             process: bool = False, ident: int | None = None, seg_len: int = 0,
+             nf_related: "PacketState | None" = None) -> bytes:
         """Send a locally generated datagram; returns the source address used.
 
         `process` marks a send from an application's system call: its
@@ -282,7 +313,11 @@ class Ipv4Stack:
         processing packets (ICMP, encapsulation) fragment in one go.
         `ident` is the IP id a socket chose (TCP); `seg_len` marks a GSO
         super-packet whose segments are that long (see emu.net.gso): it
-        leaves whole when they fit the MTU.
+        leaves whole when they fit the MTU. `nf_related`: the netfilter state
+        of the packet this one answers for netfilter (REJECT's reset).
+        Netfilter's OUTPUT hook runs once the packet is built (a DNAT routes
+        it again, as ip_route_me_harder); a drop there is EPERM for a
+        process, silent for the kernel's own sends.
         Raises SendError for what the kernel refuses at send time. An
         offload (`Scheduler.offload`, the flow cache) may serve a process
         send itself, with the same effects.
@@ -316,13 +351,23 @@ class Ipv4Stack:
         packet = header + bytes(payload)
         if seg_len and total > mtu:
             gso.mark(self.ns.sim, packet, seg_len)
-        self.ns.sent += 1
         if self.ns.sim.observer is not None:
             self._hop(route.dev, "ip_output", "sent",
                       f"route {route} ({ip_to_str(src)} > {ip_to_str(dst)} protocol {protocol})")
+        nf_state = None
+        if self.ns.netfilter.active:
+            hooked = self._nf_local_out(packet, route, oif, nf_related)
+            if hooked is None:
+                if process:
+                    raise SendError("EPERM", "Operation not permitted")
+                return src
+            packet, route, local, nf_state = hooked
+            dst = bytes(packet[16:20])
+            mtu = route.dev.mtu if local else self.path_mtu(route, dst)
+        self.ns.sent += 1
         nexthop = dst if local else (route.gateway or dst)
         self.output_on(route.dev, nexthop, packet, mtu, on_error=self._unreachable_report,
-                       confirm=confirm, process=process)
+                       confirm=confirm, process=process, nf_state=nf_state)
         return src
 
     # == ICMP errors ============================================================
@@ -366,13 +411,98 @@ class Ipv4Stack:
     def _reassembly_timeout(self, first_fragment: bytes) -> None:
         self.send_error(first_fragment, icmp.TIME_EXCEEDED, icmp.REASSEMBLY_TIME_EXCEEDED)
 
+    # == netfilter ==============================================================
+    def _nf_prerouting(self, dev: "NetDevice", packet: bytes) -> tuple[bytes | None, "PacketState"]:
+        """NF_INET_PRE_ROUTING, before the local/forward decision (a DNAT
+        changes it). A packet looping back through lo keeps its state."""
+        netfilter = self.ns.netfilter
+        if dev is self.ns.lo:
+            state = netfilter.unloop(packet)
+            if state is not None:
+                return packet, state
+        buf = bytearray(packet)
+        result, state = netfilter.prerouting(buf, dev.name, self.ns.sim.now_ns)
+        return self._nf_verdict(dev, "PREROUTING", packet, buf, result, state), state
+
+    def _nf_local_out(self, packet: bytes, route: "Route", oif: "NetDevice | None",
+                      related: "PacketState | None") -> tuple | None:
+        """NF_INET_LOCAL_OUT; a changed destination is routed again
+        (ip_route_me_harder). Returns (packet, route, local, state) or None."""
+        buf = bytearray(packet)
+        result, state = self.ns.netfilter.local_out(buf, route.dev.name, self.ns.sim.now_ns, related)
+        out = self._nf_verdict(route.dev, "OUTPUT", packet, buf, result, state)
+        if out is None:
+            return None
+        local = self.ns.is_local_address(bytes(packet[16:20]))
+        if out[16:20] != packet[16:20]:
+            route, local = self.ns.route_output(bytes(out[16:20]), oif)
+            if route is None:
+                self.ns.drop("IP_OUTNOROUTES")
+                return None
+        return out, route, local, state
+
+    def _nf_verdict(self, dev: "NetDevice | None", hook: str, packet: bytes, buf: bytearray,
+                    result: "HookResult", state: "PacketState") -> bytes | None:
+        """Act on a hook's result: the packet to go on with (`buf`, rewritten
+        in place, keeping a super-packet's gso_size), or None when it was
+        dropped (a REJECT answers first, as ipt_REJECT does)."""
+        if self.ns.sim.observer is not None:
+            verdict = "accepted" if result.verdict == "ACCEPT" else "dropped:NETFILTER_DROP"
+            self._hop(dev, "netfilter", verdict, f"{hook}: {result.evidence}")
+        if result.verdict == "ACCEPT":
+            if buf == packet:
+                return packet
+            rewritten = bytes(buf)
+            seg_len = gso.segment_len(self.ns.sim, packet)
+            if seg_len:
+                gso.mark(self.ns.sim, rewritten, seg_len)
+            return rewritten
+        if result.verdict == "REJECT":
+            self._reject(packet, result.reject_with, state)
+        self.ns.drop("NETFILTER_DROP")
+        return None
+
+    def _reject(self, packet: bytes, reject_with: str, state: "PacketState") -> None:
+        """ipt_REJECT: an ICMP destination unreachable (nf_send_unreach is
+        icmp_send), or for tcp-reset the RST nf_send_reset builds: addresses
+        and ports swapped, seq from the ACK or else an ACK of the segment,
+        window 0, IP id 0, DF, TOS 0, attached to the connection (RELATED)."""
+        if reject_with != "tcp-reset":
+            self.send_error(packet, icmp.DEST_UNREACHABLE, REJECT_CODES[reject_with])
+            return
+        header_len = (packet[0] & 0x0F) * 4
+        if packet[9] != PROTO_TCP or ((packet[6] << 8) | packet[7]) & 0x1FFF:
+            return
+        src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+        try:
+            segment = TcpSegment(memoryview(packet)[header_len:])
+        except WireError:
+            return
+        if segment.flags & TCP_RST or not segment.checksum_ok(src, dst):
+            return
+        reset = reset_for(segment.src_port, segment.dst_port, segment.seq, segment.ack, segment.flags,
+                          len(segment.payload))
+        try:
+            self.send(src, PROTO_TCP, reset.build(b"", dst, src), src=dst, pmtudisc="do", ident=0,
+                      nf_related=state)
+        except SendError:
+            self.ns.drop("TCP_RESET_UNSENDABLE")
+
     # == local delivery ========================================================
-    def local_deliver(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
+    def local_deliver(self, dev: "NetDevice", packet: bytes, broadcast: bool,
+                      nf_state: "PacketState | None" = None) -> None:
+        """ip_local_deliver: reassembly, netfilter's INPUT hook, then the protocol."""
         if ((packet[6] << 8) | packet[7]) & 0x3FFF:
             whole = self.reassembler.add(packet)
             if whole is None:
                 return
             packet = whole
+        if nf_state is not None:
+            buf = bytearray(packet)
+            result = self.ns.netfilter.local_in(buf, nf_state, self.ns.sim.now_ns)
+            packet = self._nf_verdict(dev, "INPUT", packet, buf, result, nf_state)
+            if packet is None:
+                return
         self.ns.delivered += 1
         protocol = packet[9]
         if protocol == PROTO_ICMP:

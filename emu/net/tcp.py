@@ -57,7 +57,7 @@ from emu.sim import Event
 from emu.wire.errors import WireError
 from emu.wire.ipv4 import PROTO_TCP
 from emu.wire.tcp import (ACK, FIN, OPT_MSS, OPT_NOP, OPT_SACK_PERM, OPT_TIMESTAMP, OPT_WSCALE,
-                          PSH, RST, SYN, TcpRepr, TcpSegment)
+                          PSH, RST, SYN, TcpRepr, TcpSegment, reset_for)
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
@@ -214,11 +214,7 @@ class TcpLayer:
         """tcp_v4_send_reset: never for a RST; seq from the ACK, else ACK it."""
         if seg.flags & RST:
             return
-        if seg.flags & ACK:
-            repr_ = TcpRepr(seg.dport, seg.sport, seg.ack, 0, RST, 0)
-        else:
-            ack = seg.seq + len(seg.data) + bool(seg.flags & SYN) + bool(seg.flags & FIN)
-            repr_ = TcpRepr(seg.dport, seg.sport, 0, ack, RST | ACK, 0)
+        repr_ = reset_for(seg.sport, seg.dport, seg.seq, seg.ack, seg.flags, len(seg.data))
         try:
             self.ns.stack.send(seg.src, PROTO_TCP, repr_.build(b"", seg.dst, seg.src), src=seg.dst,
                                pmtudisc="do", ident=0)

@@ -185,3 +185,14 @@ class TcpRepr:
         segment[16] = checksum >> 8
         segment[17] = checksum & 0xFF
         return bytes(segment)
+
+
+def reset_for(src_port: int, dst_port: int, seq: int, ack: int, flags: int, data_len: int) -> TcpRepr:
+    """The RST answering a segment (RFC 9293 3.10.7.1), as tcp_v4_send_reset
+    and netfilter's nf_send_reset build it: ports swapped; if the segment
+    carried an ACK, seq = its ack and no ACK; otherwise seq 0 and an ACK of
+    everything it occupied (data, SYN, FIN); window 0, no options."""
+    if flags & ACK:
+        return TcpRepr(dst_port, src_port, ack, 0, RST, 0)
+    end = seq + data_len + bool(flags & SYN) + bool(flags & FIN)
+    return TcpRepr(dst_port, src_port, 0, end & 0xFFFFFFFF, RST | ACK, 0)

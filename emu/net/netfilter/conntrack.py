@@ -160,14 +160,15 @@ class Conntrack:
 
     # -- after the hooks ---------------------------------------------------
 
-    def seen(self, tracked: Tracked, packet: bytes | bytearray | memoryview, now_ns: int) -> None:
+    def seen(self, tracked: Tracked, packet: bytes | bytearray | memoryview, now_ns: int) -> bool:
         """The per-protocol update once a packet passed (timeouts, SEEN_REPLY,
-        ASSURED, TCP state), and confirmation of a new connection."""
+        ASSURED, TCP state), and confirmation of a new connection; False when
+        the confirmation clashed (the packet is to be dropped)."""
         connection = tracked.connection
         if connection is None or tracked.state == "RELATED":
-            return
-        if "CONFIRMED" not in connection.status:
-            self.confirm(connection)
+            return True
+        if "CONFIRMED" not in connection.status and not self.confirm(connection):
+            return False
         if tracked.direction == REPLY:
             connection.status.add("SEEN_REPLY")
         protocol = connection.original.protocol
@@ -185,6 +186,7 @@ class Conntrack:
             connection.expires_ns = now_ns + TCP_TIMEOUTS_NS[connection.tcp_state]
         else:
             connection.expires_ns = now_ns + GENERIC_TIMEOUT_NS
+        return True
 
     def confirm(self, connection: Connection) -> bool:
         """Insert a new connection under both of its tuples (__nf_conntrack_confirm);
@@ -299,7 +301,7 @@ class Conntrack:
         if connection is None:
             return
         target = connection.reply.inverse() if tracked.direction == ORIGINAL else connection.original.inverse()
-        if tracked.state == "RELATED":
+        if tracked.related_to is not None:
             if manip == DST:
                 wire_nat.rewrite(packet, dst=target.dst)
                 wire_nat.rewrite_icmp_error_inner(packet, src=target.dst, sport=_port(target, "d"))

@@ -55,6 +55,7 @@ class Verdict:
     action: str
     reject_with: str | None = None
     nat: Target | None = None
+    decided_by: str = ""  # the rule's text, or "policy ACCEPT" of the built-in chain
 
 
 @dataclass
@@ -92,7 +93,7 @@ class Evaluator:
                 continue
             name = target.name
             if name in ("ACCEPT", "DROP"):
-                return Verdict(name)
+                return Verdict(name, decided_by=rule.text)
             if name == "RETURN":
                 if stack:
                     current, index = stack.pop()
@@ -103,20 +104,21 @@ class Evaluator:
                 packet.mark = ((packet.mark & ~mask) ^ value) & 0xFFFFFFFF
                 continue
             if name == "REJECT":
-                return Verdict("DROP", reject_with=target.option("reject-with"))
+                return Verdict("DROP", reject_with=target.option("reject-with"), decided_by=rule.text)
             if name in ("DNAT", "SNAT", "MASQUERADE"):
-                return Verdict("ACCEPT", nat=target)
+                return Verdict("ACCEPT", nat=target, decided_by=rule.text)
             if not target.goto:
                 stack.append((current, index))
                 if len(stack) > MAX_JUMPS:
-                    return Verdict("DROP", reject_with=None)
+                    return Verdict("DROP", decided_by=f"{rule.text} (more than {MAX_JUMPS} nested jumps)")
             current, index = chains[name], 0
 
     @staticmethod
     def _policy(chain: Chain, packet: PacketInfo) -> Verdict:
         chain.packets += 1
         chain.bytes += packet.length
-        return Verdict(chain.policy or "ACCEPT")
+        policy = chain.policy or "ACCEPT"
+        return Verdict(policy, decided_by=f"policy {policy}")
 
     def _matches(self, match: Match, rule: Rule, packet: PacketInfo) -> bool:
         return self._test(match, rule, packet) != match.negated
