@@ -24,8 +24,10 @@ from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
 from emu.net import Namespace, Ping, veth_pair
+from emu.net.nc import Netcat
 from emu.net.netfilter.listing import save_lines
 from emu.net.raw import send_hdrinc
+from emu.scenario.traffic import parse_command
 from emu.sim import Scheduler
 from emu.wire.addr import ip_from_str, mac_from_str
 
@@ -33,7 +35,8 @@ from helpers_net import collect
 
 HERE = Path(__file__).resolve().parent / "kernel-netfilter"
 CASES = sorted(path.name for path in HERE.iterdir() if (path / "case.json").exists())
-assert len(CASES) >= 8, "the kernel recordings are missing"
+assert len(CASES) >= 12, "the kernel recordings are missing"
+FRAMES = {case: json.loads((HERE / case / "case.json").read_text()).get("frames", True) for case in CASES}
 MAC_C = "02:00:00:00:01:02"
 
 
@@ -115,7 +118,15 @@ def run_case(case: str):
     spec = json.loads((HERE / case / "case.json").read_text())
     sim, namespaces, taps = lab(spec.get("r1_mtu", 1500))
     namespaces["R"].netfilter.load(spec["rules"])
-    if spec["from"] == "C":
+    if "emulated" in spec:
+        programs = spec["emulated"]
+        if "server" in spec:
+            server = parse_command(spec["server"], "server")[0]
+            Netcat(namespaces["S"], server.options).start(lambda result: None)
+        client = parse_command(programs["client"], "client")[0]
+        sim.call_process_at(1_000_000, Netcat(namespaces["C"], client.options, client.destination,
+                                              programs["stdin"].encode()).start, lambda result: None)
+    elif spec["from"] == "C":
         sent = [(t, frame) for t, frame in kernel_frames(case, "C")
                 if Ether(frame).src == MAC_C and Ether(frame).type == 0x0800]
         start = sent[0][0]
@@ -124,11 +135,11 @@ def run_case(case: str):
                                  fixed_checksums(frame[14:]))
     else:
         Ping(namespaces["R"], "10.0.9.9", 1, timeout_s=1).start(lambda result: None)
-    sim.run(until_ns=3_000_000_000)
+    sim.run(until_ns=round((spec.get("wait", 1.5) + 1.5) * 1e9))
     return spec, namespaces, taps
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [case for case in CASES if FRAMES[case]])
 def test_frames_match_the_kernel(case):
     spec, namespaces, taps = run_case(case)
     own_ping = spec["from"] == "R"

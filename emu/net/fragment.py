@@ -95,6 +95,7 @@ class _Queue:
     first_packet: bytes | None = None
     total_len: int | None = None
     timer: Event | None = None
+    max_size: int = 0  # the largest fragment's IPv4 length (inet_frag_queue.max_size)
 
 
 class Reassembler:
@@ -109,6 +110,13 @@ class Reassembler:
 
     def add(self, packet: bytes) -> bytes | None:
         """Take a fragment; return the whole datagram when it is complete."""
+        whole = self.add_sized(packet)
+        return None if whole is None else whole[0]
+
+    def add_sized(self, packet: bytes) -> tuple[bytes, int] | None:
+        """`add`, returning with the whole datagram the IPv4 length of its
+        largest fragment (IPCB(skb)->frag_max_size, which refragmentation
+        of a datagram netfilter reassembled keeps to: ip_do_fragment)."""
         header_len = (packet[0] & 0x0F) * 4
         total = (packet[2] << 8) | packet[3]
         flags_offset = (packet[6] << 8) | packet[7]
@@ -144,6 +152,7 @@ class Reassembler:
             self._discard(key, "FRAG_BEYOND_END")
             return None
         queue.fragments[offset] = data
+        queue.max_size = max(queue.max_size, header_len + len(data))
         if offset == 0:
             queue.first_header = bytes(packet[:header_len])
             queue.first_packet = bytes(packet[:total])
@@ -162,7 +171,7 @@ class Reassembler:
         value = ((header[6] << 8) | header[7]) & ~(OFFSET_MASK | FLAG_MF)
         header[6:8] = value.to_bytes(2, "big")
         self._forget(key)
-        return _with_checksum(header) + payload
+        return _with_checksum(header) + payload, queue.max_size
 
     def _forget(self, key: tuple) -> None:
         queue = self.queues.pop(key, None)

@@ -74,6 +74,8 @@ class Ipv4Stack:
     def __init__(self, ns: "Namespace") -> None:
         self.ns = ns
         self.reassembler = Reassembler(ns.sim, self._reassembly_timeout, ns.drop)
+        # nf_defrag_ipv4's queues (IP_DEFRAG_CONNTRACK_IN), apart from local delivery's
+        self.nf_reassembler = Reassembler(ns.sim, self._nf_reassembly_timeout, ns.drop)
         # One inet_peer table for ICMP errors, no-route errors and redirects,
         # as Linux shares it (see emu.net.icmp_errors).
         self.peers = PeerLimits()
@@ -223,8 +225,9 @@ class Ipv4Stack:
                   on_error: Callable[[bytes], None] | None = None, confirm: bool = False,
                   process: bool = False, nf_state: "PacketState | None" = None) -> None:
         """ip_output: netfilter's POSTROUTING hook (`nf_state` given: the
-        namespace has netfilter), then ip_finish_output: fragment if needed,
-        then hand to the neighbour layer.
+        namespace has netfilter), then ip_finish_output: fragment if needed
+        (a datagram conntrack reassembled into fragments no larger than its
+        largest one), then hand to the neighbour layer.
 
         From process context (`process`), fragments after the first are sent
         one by one as process work (see `send`)."""
@@ -237,6 +240,8 @@ class Ipv4Stack:
                 return
             if dev is self.ns.lo:
                 netfilter.loop(packet, nf_state)
+            if nf_state.frag_max_size:
+                mtu = min(mtu, nf_state.frag_max_size)  # ip_do_fragment keeps the fragments' size
         if len(packet) <= mtu or gso.fits(self.ns.sim, packet, mtu):
             self.neigh_xmit(dev, nexthop, packet, on_error, confirm)
             return
@@ -411,17 +416,35 @@ class Ipv4Stack:
     def _reassembly_timeout(self, first_fragment: bytes) -> None:
         self.send_error(first_fragment, icmp.TIME_EXCEEDED, icmp.REASSEMBLY_TIME_EXCEEDED)
 
+    def _nf_reassembly_timeout(self, first_fragment: bytes) -> None:
+        """ip_expire for conntrack's queues: only an end host answers
+        (frag_expire_skip_icmp unless the destination is local)."""
+        if self.ns.is_local_address(bytes(first_fragment[16:20])):
+            self._reassembly_timeout(first_fragment)
+
     # == netfilter ==============================================================
     def _nf_prerouting(self, dev: "NetDevice", packet: bytes) -> tuple[bytes | None, "PacketState"]:
         """NF_INET_PRE_ROUTING, before the local/forward decision (a DNAT
-        changes it). A packet looping back through lo keeps its state."""
+        changes it). A packet looping back through lo keeps its state.
+        When conntrack runs, nf_defrag_ipv4 first reassembles fragments (a
+        fragment waits in its queue, neither dropped nor passed on); the
+        datagram remembers its largest fragment for refragmentation."""
         netfilter = self.ns.netfilter
         if dev is self.ns.lo:
             state = netfilter.unloop(packet)
             if state is not None:
                 return packet, state
+        frag_max_size = 0
+        if netfilter.tracking and ((packet[6] << 8) | packet[7]) & 0x3FFF:
+            whole = self.nf_reassembler.add_sized(packet)
+            if whole is None:
+                if self.ns.sim.observer is not None:
+                    self._hop(dev, "netfilter", "queued", "PREROUTING: nf_defrag_ipv4: fragment queued")
+                return None, None
+            packet, frag_max_size = whole
         buf = bytearray(packet)
         result, state = netfilter.prerouting(buf, dev.name, self.ns.sim.now_ns)
+        state.frag_max_size = frag_max_size
         return self._nf_verdict(dev, "PREROUTING", packet, buf, result, state), state
 
     def _nf_local_out(self, packet: bytes, route: "Route", oif: "NetDevice | None",

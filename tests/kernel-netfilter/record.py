@@ -6,6 +6,10 @@ server's eth0, then `iptables-save -c` and `conntrack -L` of the router.
 
     C eth0 10.0.1.2/24 -- r0 10.0.1.1/24 [R] r1 10.0.2.1/24 -- eth0 10.0.2.2/24 S
 
+A case with `"frames": False` runs real programs on both ends in the
+emulator too (`emulated`: the nc lines), and only counters and conntrack
+entries are compared (TCP's sequence numbers are the kernel's draw).
+
 Writes tests/kernel-netfilter/<case>/{C_eth0.pcap, S_eth0.pcap,
 iptables-save.txt, conntrack.txt, case.json}. tests/test_netfilter_kernel.py
 replays the client's (and, for output-dnat, the router's) packets into the
@@ -53,6 +57,15 @@ CASES = {
                     "run": "ping -c 1 -W 1 10.0.9.9"},
     "dnat-fragments": {"rules": nat("-A PREROUTING -d 10.0.9.9/32 -j DNAT --to-destination 10.0.2.2\n"),
                        "from": "C", "run": "ping -c 1 -W 1 -s 2000 10.0.9.9", "r1_mtu": 1000},
+    "masquerade-tcp": {"rules": nat("-A POSTROUTING -o r1 -j MASQUERADE\n"), "from": "C", "frames": False,
+                       "server": "nc -l -p 8080", "run": "echo hello | nc -N -w 1 -p 40004 10.0.2.2 8080",
+                       "emulated": {"client": "nc -N -w 1 -p 40004 10.0.2.2 8080", "stdin": "hello\n"}},
+    "masquerade-tcp-refused": {"rules": nat("-A POSTROUTING -o r1 -j MASQUERADE\n"), "from": "C", "frames": False,
+                               "run": "nc -w 1 -p 40006 10.0.2.2 8081",
+                               "emulated": {"client": "nc -w 1 -p 40006 10.0.2.2 8081", "stdin": ""}},
+    "defrag-timeout": {"rules": nat("-A PREROUTING -d 10.0.9.9/32 -j DNAT --to-destination 10.0.2.2\n"),
+                       "from": "C", "wait": 33,
+                       "run": f"python3 {HERE}/first_fragments.py 10.0.9.9 10.0.1.1"},
 }
 
 
@@ -103,11 +116,15 @@ def record(name: str, case: dict) -> None:
         dumps = [subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-n", "-w",
                                    str(out / f"{label}_eth0.pcap")], stderr=subprocess.DEVNULL)
                  for ns, label in ((C, "C"), (S, "S"))]
+        server = None
+        if "server" in case:
+            server = subprocess.Popen(["ip", "netns", "exec", S, "sh", "-c", case["server"]],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
         ns = {"C": C, "R": R, "S": S}[case["from"]]
         sh(ns, f"sh -c '{case['run']}'", check=False)
-        time.sleep(1.5)
-        for dump in dumps:
+        time.sleep(case.get("wait", 1.5))
+        for dump in dumps + ([server] if server is not None else []):
             dump.terminate()
             dump.wait()
         (out / "iptables-save.txt").write_text(

@@ -169,9 +169,15 @@ class Conntrack:
             return True
         if "CONFIRMED" not in connection.status and not self.confirm(connection):
             return False
+        protocol = connection.original.protocol
+        if protocol == PROTO_TCP and tracked.direction == REPLY and "SEEN_REPLY" not in connection.status \
+                and _tcp_flags(packet) & 0x04:
+            # nf_conntrack_tcp_packet: "If only reply is a RST, we can consider
+            # ourselves not to have an established connection" -- deleted at once.
+            self._forget(connection)
+            return True
         if tracked.direction == REPLY:
             connection.status.add("SEEN_REPLY")
-        protocol = connection.original.protocol
         if protocol == PROTO_UDP:
             timeout = UDP_TIMEOUT_NS
             if "SEEN_REPLY" in connection.status:
@@ -212,8 +218,7 @@ class Conntrack:
     @staticmethod
     def _tcp_update(connection: Connection, direction: int, packet: bytes | bytearray | memoryview) -> None:
         """A coarse nf_conntrack_proto_tcp state machine (SYN, SYN-ACK, ACK, FIN, RST)."""
-        ihl = (packet[0] & 0x0F) * 4
-        flags = packet[ihl + 13] if len(packet) > ihl + 13 else 0
+        flags = _tcp_flags(packet)
         syn, ack, fin, rst = flags & 0x02, flags & 0x10, flags & 0x01, flags & 0x04
         state = connection.tcp_state
         if rst:
@@ -327,6 +332,11 @@ class Conntrack:
                 continue
             lines.append(_listing_line(connection, now_ns))
         return lines
+
+
+def _tcp_flags(packet: bytes | bytearray | memoryview) -> int:
+    ihl = (packet[0] & 0x0F) * 4
+    return packet[ihl + 13] if len(packet) > ihl + 13 else 0
 
 
 def _port(key: Tuple, side: str) -> int | None:

@@ -51,6 +51,7 @@ class PacketState:
     in_dev: str | None = None
     bridged: bool = False
     confirmed: bool = False  # conntrack's update done (a looped-back packet is not counted twice)
+    frag_max_size: int = 0  # reassembled by nf_defrag_ipv4: its largest fragment's length
 
 
 @dataclass(frozen=True)
