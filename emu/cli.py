@@ -85,7 +85,7 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
         etcd_prefix: str | None, with_report: bool) -> None:
     """Run SCENARIO (a YAML/JSON file; default: the built-in reference cluster)
     and write a pcap per interface, all.pcapng and stats.json."""
-    from emu.scenario.run import LARGE_CLUSTER_NODES, run_scenario
+    from emu.scenario.run import LARGE_CLUSTER_NODES, netfilter_summary, run_scenario
 
     loaded = _with_etcd(_load(scenario), etcd_endpoints, etcd_prefix)
     target = Path(out_dir) if out_dir else Path("pcaps") / loaded.name
@@ -135,6 +135,8 @@ def run(scenario: str | None, out_dir: str | None, quiet: bool, etcd_endpoints: 
                   for reason, n in entry["stack"]["drops"].items()})
     if drops:
         console.print("drops: " + ", ".join(f"{k}={v}" for k, v in sorted(drops.items())), markup=False)
+    for line in netfilter_summary(result.stats):
+        console.print(f"netfilter {line} (stats.json)", markup=False)
     pcaps = sum(name.endswith(".pcap") for name in result.written)
     others = [name for name in result.written if not name.endswith(".pcap")]
     console.print(f"wrote {pcaps} pcap{'s' if pcaps != 1 else ''}"

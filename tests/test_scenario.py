@@ -392,16 +392,18 @@ def test_validation_error(edits, message):
 
 
 UNKNOWN_KEYS = [
-    ((), "", "name, seed, start, net-conf, underlay, cni, nodes, traffic, events, linger, etcd, faults"),
+    ((), "", "name, seed, start, net-conf, underlay, cni, nodes, traffic, events, linger, etcd, faults, "
+             "kube-proxy, services, flannel, forward-policy, bridge-nf-call-iptables"),
     (("net-conf",), "net-conf.", "Network, SubnetLen, SubnetMin, SubnetMax, Backend"),
     (("net-conf", "Backend"), "net-conf.Backend.", "Type, VNI, Port, DirectRouting"),
     (("underlay",), "underlay.", "subnet, mtu, latency"),
     (("cni",), "cni.", "bridge, mtu, hairpinMode"),
-    (N1, "nodes[1].", "name, ip, mac, subnet, cni-mac, vtep-mac, pods"),
+    (N1, "nodes[1].", "name, ip, mac, subnet, cni-mac, vtep-mac, pods, forward-policy, iptables"),
     (("nodes", 1, "pods", 0), "nodes[1].pods[0].", POD_KEYS),
     (("traffic", 1), "traffic[1].", "from, run, at, stdin"),
     (("events", 0), "events[0].", "at, add-node, remove-node"),
-    (("events", 1, "add-node"), "events[1].add-node.", "name, ip, mac, subnet, cni-mac, vtep-mac, pods"),
+    (("events", 1, "add-node"), "events[1].add-node.",
+     "name, ip, mac, subnet, cni-mac, vtep-mac, pods, forward-policy, iptables"),
 ]
 
 

@@ -3,11 +3,13 @@
 With --ip-masq (kube-flannel's default): FLANNEL-POSTRTG in nat POSTROUTING
 leaves kube-proxy's marked packets and pod-network-internal traffic alone and
 masquerades pod traffic leaving the pod network (and host traffic entering
-it), with --random-fully; and always FLANNEL-FWD in filter FORWARD accepting
+it), with --random-fully; and FLANNEL-FWD (--iptables-forward-rules, on by
+default) in filter FORWARD accepting
 the pod network both ways, so a FORWARD policy of DROP (as Docker sets it)
 does not break cross-node pod traffic (flannel-io/flannel#872). flanneld
 appends its jumps (`iptables -A`), after the ones kube-proxy inserts.
-The rules are the ones flannel's own e2e test expects (`iptables -S`).
+The rules and their order are masqRules and forwardRules of flannel's
+pkg/trafficmngr/iptables/iptables.go (v0.28).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ KUBE_PROXY_MARK = "0x4000/0x4000"
 
 
 def flannel_rules(network: IPv4Network, pod_subnet: IPv4Network, ip_masq: bool = True,
-                  random_fully: bool = True) -> str:
-    """iptables-restore text of flanneld's masquerade and forward rules for one node."""
+                  random_fully: bool = True, forward: bool = True) -> str:
+    """iptables-restore text of flanneld's masquerade (--ip-masq) and forward
+    (--iptables-forward-rules, flanneld's default) rules for one node."""
     masquerade = "MASQUERADE --random-fully" if random_fully else "MASQUERADE"
     comment = '-m comment --comment "flanneld masq"'
     lines = []
@@ -33,10 +36,11 @@ def flannel_rules(network: IPv4Network, pod_subnet: IPv4Network, ip_masq: bool =
                   f"-A FLANNEL-POSTRTG -s {network} ! -d 224.0.0.0/4 {comment} -j {masquerade}",
                   f"-A FLANNEL-POSTRTG ! -s {network} -d {network} {comment} -j {masquerade}",
                   "COMMIT"]
-    forward = '-m comment --comment "flanneld forward"'
-    lines += ["*filter", ":FLANNEL-FWD - [0:0]",
-              f"-A FORWARD {forward} -j FLANNEL-FWD",
-              f"-A FLANNEL-FWD -s {network} {forward} -j ACCEPT",
-              f"-A FLANNEL-FWD -d {network} {forward} -j ACCEPT",
-              "COMMIT"]
-    return "\n".join(lines) + "\n"
+    if forward:
+        comment = '-m comment --comment "flanneld forward"'
+        lines += ["*filter", ":FLANNEL-FWD - [0:0]",
+                  f"-A FORWARD {comment} -j FLANNEL-FWD",
+                  f"-A FLANNEL-FWD -s {network} {comment} -j ACCEPT",
+                  f"-A FLANNEL-FWD -d {network} {comment} -j ACCEPT",
+                  "COMMIT"]
+    return "\n".join(lines) + ("\n" if lines else "")

@@ -113,6 +113,8 @@ class NetnsExport:
     interfaces: dict[str, list[str]]
     hosts: dict[str, str] = field(default_factory=dict)
     events: list[ExportedEvent] = field(default_factory=list)
+    # nodes whose namespace gets iptables rules (at time 0 or by an event)
+    netfilter_nodes: list[str] = field(default_factory=list)
 
 
 class _Shell(str):
@@ -174,6 +176,8 @@ def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
         _node(body, emulated, node, f"ul{next(switch_ports)}")
     for node in nodes:
         _remotes(body, emulated, node)
+    for node in nodes:
+        _netfilter(body, emulated, node)
     _wait_ready(body, emulated, nodes)
     _all_neighbour_params(body, emulated, nodes)
     _faults(body, scenario)
@@ -188,7 +192,7 @@ def export_netns(scenario: Scenario, prefix: str | None = None) -> NetnsExport:
         events.append(exported)
         functions.append((exported.function, function))
     script = _render(scenario, prefix, namespaces, body, functions)
-    return NetnsExport(prefix, script, namespaces, interfaces, hosts, events)
+    return NetnsExport(prefix, script, namespaces, interfaces, hosts, events, list(emulated.iptables))
 
 
 def _interfaces(nodes: list[Node]) -> dict[str, list[str]]:
@@ -205,6 +209,7 @@ def _hosts(emulated: EmulatedCluster) -> dict[str, str]:
     cluster = emulated.cluster
     hosts = {name: str(node.ip) for name, node in cluster.nodes.items()}
     hosts.update({name: str(pod.ip) for name, pod in cluster.pods.items()})
+    hosts.update({service.name: str(service.cluster_ip) for service in emulated.scenario.netfilter.services})
     return hosts
 
 
@@ -269,6 +274,7 @@ def _event(body: _Script, emulated: EmulatedCluster, event: EventSpec, function:
             _namespace(body, ns.name)
         _node(body, emulated, node, f"ul{next(switch_ports)}")
         _remotes(body, emulated, node)
+        _netfilter(body, emulated, node)
     stayed = [node for name, node in cluster.nodes.items() if name in before_nodes]
     restarted = [node for node in stayed if isinstance(emulated.flanneld[node.name].backend, UdpBackend)
                  and before[node.name][1] != after[node.name][1]]
@@ -362,6 +368,25 @@ def _node(body: _Script, emulated: EmulatedCluster, node: Node, switch_port: str
         body.ip(pod.name, "addr", "add", f"{pod.ip}/{plugin.subnet.prefixlen}", "dev", "eth0")
         body.ip(pod.name, "link", "set", "eth0", "up")
         body.ip(pod.name, "route", "add", "default", "via", plugin.gateway, "dev", "eth0")
+
+
+def _netfilter(body: _Script, emulated: EmulatedCluster, node: Node) -> None:
+    """The node's iptables, the very text the emulator loaded, through
+    iptables-restore; br_netfilter's bridge-nf-call-iptables as the scenario
+    says (a new namespace has 1 once the module is loaded)."""
+    netfilter = emulated.scenario.netfilter
+    if not netfilter.enabled:
+        return
+    body.comment(f"node {node.name}: netfilter (br_netfilter, then iptables-restore)")
+    body.line('[ -e /proc/sys/net/bridge ] || { echo "emu: br_netfilter is not loaded (modprobe br_netfilter)" >&2; '
+              "false; }")
+    body.exec(node.name, "sysctl", "-qw",
+              f"net.bridge.bridge-nf-call-iptables={int(netfilter.bridge_nf_call_iptables)}")
+    text = emulated.iptables.get(node.name)
+    if text:
+        body.line(f"ip netns exec {_netns(node.name)} iptables-restore <<'EMU_IPTABLES'")
+        body.lines.extend(text.rstrip("\n").split("\n"))
+        body.lines.append("EMU_IPTABLES")
 
 
 def _backend_device(body: _Script, emulated: EmulatedCluster, node: Node) -> None:

@@ -57,6 +57,7 @@ from emu.kernel.processes import REALTIME, Background, CommandRun, run_foregroun
 from emu.kernel.schedule import ScheduleCancelled, WallSchedule
 from emu.scenario.model import Scenario, TrafficSpec
 from emu.verify import Report, compare_dirs
+from emu.verify.netfilter import compare_netfilter
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -262,6 +263,9 @@ class KernelRun:
     commands: list[CommandRun] = field(default_factory=list)
     events: list[EventRun] = field(default_factory=list)
     capture_counts: dict[str, int] = field(default_factory=dict)
+    # node -> {"iptables_save": `iptables-save -c`, "conntrack": `conntrack -L` lines}
+    # after the traffic, for the nodes with rules
+    netfilter: dict[str, dict] = field(default_factory=dict)
 
 
 def _script(export: NetnsExport, action: str) -> subprocess.CompletedProcess:
@@ -400,6 +404,10 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
     tear it down; the captures land in `out_dir` (`<ns>_<ifname>.pcap`)."""
     if scenario.faults and shutil.which("nft") is None:
         raise KernelError("faults: need nft in the kernel run (Debian: apt-get install nftables)")
+    missing = [tool for tool in ("iptables-restore", "iptables-save", "conntrack") if shutil.which(tool) is None]
+    if scenario.netfilter.enabled and missing:
+        raise KernelError(f"netfilter: needs {', '.join(missing)} in the kernel run "
+                          "(Debian: apt-get install iptables conntrack)")
     export = export_netns(scenario, prefix)
     target = Path(out_dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -425,6 +433,7 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
             raise events.error
         check_event_timing(run)
         time.sleep(SETTLE_S + scenario.linger)  # the emulator keeps running `linger` too
+        run.netfilter = read_netfilter(export.prefix, export.netfilter_nodes)
     finally:
         if events is not None:  # no event may build anything after `down`
             events.schedule.cancel()
@@ -433,6 +442,23 @@ def run_kernel(scenario: Scenario, out_dir: str | Path, prefix: str | None = Non
         _script(export, "down")
     run.capture_counts = captures.counts()
     return run
+
+
+def read_netfilter(prefix: str, nodes: list[str]) -> dict[str, dict]:
+    """`iptables-save -c` and `conntrack -L` of each node namespace still there."""
+    state = {}
+    for node in nodes:
+        namespace = f"{prefix}{node}"
+        if not Path(f"/run/netns/{namespace}").exists():
+            continue
+        saved = subprocess.run(["ip", "netns", "exec", namespace, "iptables-save", "-c"], capture_output=True,
+                               text=True)
+        listed = subprocess.run(["ip", "netns", "exec", namespace, "conntrack", "-L"], capture_output=True,
+                                text=True)
+        if saved.returncode != 0 or listed.returncode != 0:
+            raise KernelError(f"reading netfilter of {namespace} failed: {(saved.stderr or listed.stderr).strip()}")
+        state[node] = {"iptables_save": saved.stdout, "conntrack": listed.stdout.splitlines()}
+    return state
 
 
 def shifted_scenario(scenario: Scenario, run: KernelRun) -> Scenario:
@@ -472,5 +498,7 @@ def verify_kernel(scenario: Scenario, kernel_out: str | Path | None = None,
         kernel_dir = Path(kernel_out) if kernel_out is not None else Path(scratch) / "kernel"
         run = run_kernel(scenario, kernel_dir, prefix)
         emu_dir = Path(scratch) / "emu"
-        run_scenario(shifted_scenario(scenario, run), emu_dir)
-        return compare_dirs(kernel_dir, emu_dir, **scenario_ports(scenario)), run
+        result = run_scenario(shifted_scenario(scenario, run), emu_dir)
+        report = compare_dirs(kernel_dir, emu_dir, **scenario_ports(scenario))
+        report.points.extend(compare_netfilter(run.netfilter, result.stats))
+        return report, run

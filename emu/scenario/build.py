@@ -28,6 +28,7 @@ from emu.flannel.udp_backend import UdpBackend
 from emu.flannel.vxlan_backend import VxlanBackend
 from emu.k8s import BridgePlugin, Cluster, IpamError, Node
 from emu.net.fault import DropNth
+from emu.net.netfilter import RulesError
 from emu.net.veth import Veth
 from emu.scenario.errors import ScenarioError
 
@@ -36,6 +37,7 @@ try:  # the fast path is an optional layer: without it every datagram walks the 
 except ImportError:  # pragma: no cover - exercised by removing emu/fastpath
     flow_cache = None
 from emu.scenario.model import FaultSpec, NodeSpec, Scenario
+from emu.scenario.node_rules import node_rules
 from emu.sim import Scheduler
 from emu.wire.addr import mac_to_str
 
@@ -55,6 +57,9 @@ class EmulatedCluster:
     # Called with a node's name and a note when it joins or leaves outside the
     # scenario's own events (a lease another etcd writer added or deleted).
     node_listeners: list = field(default_factory=list)
+    # Each node's iptables-restore text as loaded (emu.scenario.node_rules);
+    # absent: the node has no rule.
+    iptables: dict[str, str] = field(default_factory=dict)
 
 
 def default_vtep_mac(seed: int, node: str) -> bytes:
@@ -123,6 +128,8 @@ def _build(scenario: Scenario) -> EmulatedCluster:
         start_node(emulated, spec)
     for spec in scenario.nodes:
         add_pods(emulated, spec)
+    for spec in scenario.nodes:
+        install_rules(emulated, spec)
     for fault in scenario.faults:
         attach_fault(emulated, fault)
     if isinstance(store, EtcdStore):
@@ -255,7 +262,7 @@ def start_node(emulated: EmulatedCluster, spec: NodeSpec) -> Node:
     _claim_mac(emulated, spec.mac, f"{spec.path}.mac")
     node = emulated.cluster.add_node(spec.name, spec.ip, spec.mac)
     flanneld = Flanneld(node.ns, emulated.manager, make_backend(emulated, node, spec), str(spec.ip),
-                        requested_subnet=spec.subnet)
+                        requested_subnet=spec.subnet, ipmasq=scenario.netfilter.ip_masq)
     try:
         lease = flanneld.start()
     except (LeaseError, ValueError) as error:
@@ -288,10 +295,31 @@ def add_pods(emulated: EmulatedCluster, spec: NodeSpec) -> None:
         _claim_mac(emulated, created.mac, f"{pod.path}.mac")
 
 
+def install_rules(emulated: EmulatedCluster, spec: NodeSpec) -> None:
+    """Load the node's iptables (kube-proxy's, flanneld's, the FORWARD policy,
+    the node's own `iptables:`) into its namespace, as they would be once
+    the node is up; a merged text that does not parse names the node."""
+    scenario = emulated.scenario
+    netfilter = scenario.netfilter
+    if not netfilter.enabled:
+        return
+    node = emulated.cluster.nodes[spec.name]
+    node.ns.bridge_nf_call_iptables = netfilter.bridge_nf_call_iptables
+    text = node_rules(netfilter, spec, emulated.cluster, node.cni.subnet, scenario.net_conf.network)
+    if not text:
+        return
+    try:
+        node.ns.netfilter.load(text)
+    except RulesError as error:
+        raise ScenarioError(f"{spec.path}.iptables", f"with kube-proxy's and flannel's rules: {error}") from None
+    emulated.iptables[spec.name] = text
+
+
 def add_node_later(emulated: EmulatedCluster, spec: NodeSpec) -> Node:
     """The `add-node` event: a node joins a running cluster."""
     node = start_node(emulated, spec)
     add_pods(emulated, spec)
+    install_rules(emulated, spec)
     return node
 
 

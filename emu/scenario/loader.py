@@ -46,11 +46,13 @@ from emu.scenario.model import (
     is_object_name,
 )
 from emu.scenario.faults import check_faults, read_fault
+from emu.scenario.netfilter import NODE_KEYS as NODE_NETFILTER_KEYS, TOP_KEYS as NETFILTER_KEYS
+from emu.scenario.netfilter import forward_policy, iptables_text, read_netfilter
 from emu.scenario.traffic import check_listeners, parse_command, read_stdin
 from emu.scenario.yamlsafe import load_yaml
 
 _TOP_KEYS = ("name", "seed", "start", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger",
-             "etcd", "faults")
+             "etcd", "faults", *NETFILTER_KEYS)
 _NET_CONF_KEYS = ("Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend")
 _NET_CONF_FLANNEL_ONLY = (
     "EnableIPv4", "EnableIPv6", "IPv6Network", "IPv6SubnetLen",
@@ -62,7 +64,7 @@ _BACKEND_TYPES = ("vxlan", "host-gw", "udp")
 _UNDERLAY_KEYS = ("subnet", "mtu", "latency")
 _ETCD_KEYS = ("endpoints", "prefix")
 _CNI_KEYS = ("bridge", "mtu", "hairpinMode")
-_NODE_KEYS = ("name", "ip", "mac", "subnet", "cni-mac", "vtep-mac", "pods")
+_NODE_KEYS = ("name", "ip", "mac", "subnet", "cni-mac", "vtep-mac", "pods", *NODE_NETFILTER_KEYS)
 _NODES_FORM_KEYS = ("count", "pods-per-node")
 _MAX_GENERATED_NODES = 65536
 _POD_KEYS = ("name", "ip", "mac", "host-veth", "host-veth-mac", "containers")
@@ -519,10 +521,13 @@ class _NodeDraft:
     vtep_mac: bytes | None
     pods: tuple[PodSpec, ...]
     path: str
+    forward_policy: str | None = None
+    iptables: str = ""
 
     def finish(self, ip: IPv4Address) -> NodeSpec:
         mac = self.mac if self.mac is not None else bytes.fromhex("0242") + ip.packed
-        return NodeSpec(self.name, ip, mac, self.subnet, self.cni_mac, self.vtep_mac, self.pods, self.path)
+        return NodeSpec(self.name, ip, mac, self.subnet, self.cni_mac, self.vtep_mac, self.pods, self.path,
+                        self.forward_policy, self.iptables)
 
 
 class _Unique:
@@ -579,6 +584,8 @@ class _Builder:
         self._check_unique(nodes)
         initial = tuple(nodes[: len(drafts)])
         events = self._events(event_fields, {node.path: node for node in nodes}, [node.name for node in initial])
+        netfilter = read_netfilter(top, self.net_conf.network, self.underlay.subnet, nodes, list(initial))
+        self.services = {service.name for service in netfilter.services}
         traffic = tuple(self._traffic(value, path, nodes) for value, path in top.items("traffic"))
         backend = self.net_conf.backend
         check_listeners(traffic, nodes, backend.type, backend.port)
@@ -588,7 +595,7 @@ class _Builder:
         faults = tuple(read_fault(value, path, nodes) for value, path in top.items("faults"))
         check_faults(faults)
         return Scenario(name, seed, self.net_conf, self.underlay, self.cni, initial, traffic, events, self.source,
-                        linger, etcd, start, faults)
+                        linger, etcd, start, faults, netfilter)
 
     # Nodes and pods.
 
@@ -640,6 +647,8 @@ class _Builder:
             vtep_mac=fields.read("vtep-mac", _mac, default=None),
             pods=pods,
             path=path,
+            forward_policy=fields.read("forward-policy", forward_policy, default=None),
+            iptables=fields.read("iptables", iptables_text, default=""),
         )
 
     def _check_node_ip(self, ip: IPv4Address, path: str) -> None:
@@ -779,9 +788,11 @@ class _Builder:
         program, background = parse_command(fields.read("run", _string), fields.path_of("run"))
         if isinstance(program.destination, str):
             node_names, pods = self._names(nodes)
-            if program.destination not in node_names and program.destination not in pods:
+            if program.destination not in node_names and program.destination not in pods \
+                    and program.destination not in self.services:
                 raise ScenarioError(fields.path_of("run"), f"destination {_shorten(program.destination)!r} "
-                                    "is not an IPv4 address, node or pod")
+                                    "is not an IPv4 address, node" +
+                                    (", pod or Service" if self.services else " or pod"))
         stdin = fields.read("stdin", read_stdin, self.source, default=b"")
         return TrafficSpec(source, container, program, fields.read("at", _seconds, default=None), path,
                            background, stdin)

@@ -111,6 +111,11 @@ class NodeSpec:
     vtep_mac: bytes | None
     pods: tuple[PodSpec, ...]
     path: str
+    # The node's netfilter: `forward-policy` (None: the scenario's) and the
+    # raw `iptables:` text (iptables-restore, appended after kube-proxy's and
+    # flannel's rules).
+    forward_policy: str | None = None
+    iptables: str = ""
 
 
 @dataclass(frozen=True)
@@ -221,6 +226,63 @@ class FaultSpec:
 
 
 @dataclass(frozen=True)
+class ServicePortSpec:
+    """One port of a Service: ``port`` on the ClusterIP, ``target_port`` on
+    the endpoints, ``node_port`` (NodePort Services) on every node."""
+
+    port: int
+    target_port: int
+    protocol: str          # TCP or UDP
+    node_port: int | None
+    name: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A Service: ``cluster_ip`` given or allocated in order from
+    kube-proxy's service-cidr; ``endpoints`` are pod names."""
+
+    name: str
+    type: str              # ClusterIP or NodePort
+    cluster_ip: IPv4Address
+    ports: tuple[ServicePortSpec, ...]
+    endpoints: tuple[str, ...]
+    path: str
+
+
+@dataclass(frozen=True)
+class NetfilterSpec:
+    """Every node's iptables as the scenario asks for it.
+
+    ``enabled`` False (no netfilter key at all): nodes without any rule, as
+    the kernel reference captures were taken. ``kube_proxy`` None: no
+    kube-proxy rules. ``ip_masq`` / ``forward_rules``: flanneld's --ip-masq
+    and --iptables-forward-rules. ``forward_policy``: the filter FORWARD
+    policy of nodes that do not set their own. ``bridge_nf_call_iptables``:
+    net.bridge.bridge-nf-call-iptables of the nodes (br_netfilter).
+    """
+
+    enabled: bool = False
+    kube_proxy: "KubeProxySpec | None" = None
+    services: tuple[ServiceSpec, ...] = ()
+    ip_masq: bool = False
+    forward_rules: bool = False
+    forward_policy: str = "ACCEPT"
+    bridge_nf_call_iptables: bool = True
+
+
+@dataclass(frozen=True)
+class KubeProxySpec:
+    """kube-proxy's settings (iptables mode)."""
+
+    service_cidr: IPv4Network
+    cluster_cidr: IPv4Network
+    masquerade_all: bool = False
+    mode: str = "iptables"
+
+
+@dataclass(frozen=True)
 class Scenario:
     """A whole scenario file. ``traffic`` is in file order; ``events`` are
     sorted by ``at`` (file order among equal times); ``source`` names the
@@ -245,6 +307,7 @@ class Scenario:
     # runs byte-identical.
     start_ns: int = 1_767_225_600 * 1_000_000_000  # 2026-01-01T00:00:00Z
     faults: tuple[FaultSpec, ...] = ()
+    netfilter: NetfilterSpec = NetfilterSpec()
 
 
 # Name rules, shared by the loader and the ping parser.

@@ -47,7 +47,8 @@ def describe_node(emulated: EmulatedCluster, name: str) -> str:
 
 def resolve_destination(emulated: EmulatedCluster, destination) -> str | None:
     """A ping destination as an address: node names give their eth0 address,
-    pod names their pod address; None for a name that does not exist (now)."""
+    pod names their pod address, Service names their ClusterIP (as a pod's
+    DNS lookup would); None for a name that does not exist (now)."""
     if not isinstance(destination, str):
         return str(destination)
     cluster = emulated.cluster
@@ -55,6 +56,9 @@ def resolve_destination(emulated: EmulatedCluster, destination) -> str | None:
         return str(cluster.nodes[destination].ip)
     if destination in cluster.pods:
         return str(cluster.pods[destination].ip)
+    for service in emulated.scenario.netfilter.services:
+        if service.name == destination:
+            return str(service.cluster_ip)
     return None
 
 

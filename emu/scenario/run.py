@@ -252,6 +252,8 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
                      for line in dev.fdb_show()]
         if vxlan_fdb:
             entry["vxlan_fdb"] = vxlan_fdb
+        if ns.name in emulated.iptables:
+            entry.update(ns.netfilter.show(ns.sim.now_ns))  # iptables -L -v -n -x, conntrack -L
         namespaces[ns.name] = entry
     now = emulated.sim.now_ns
     stats = {
@@ -275,6 +277,20 @@ def collect_stats(emulated: EmulatedCluster, result: RunResult) -> dict:
         stats["captures"] = result.capture_counts
         stats["quiet_namespaces"] = quiet
     return stats
+
+
+def netfilter_summary(stats: dict) -> list[str]:
+    """One line per node with rules for the run summary: how many rules
+    matched how many packets, and the connections conntrack still lists."""
+    lines = []
+    for name, entry in stats["namespaces"].items():
+        if "iptables" not in entry:
+            continue
+        rules = [rule for table in entry["iptables"].values() for chain in table.values() for rule in chain["rules"]]
+        matched = sum(1 for rule in rules if rule["packets"])
+        lines.append(f"{name}: {len(rules)} rules ({matched} matched), {len(entry['conntrack'])} conntrack "
+                     f"entr{'y' if len(entry['conntrack']) == 1 else 'ies'}")
+    return lines
 
 
 def lease_table(emulated: EmulatedCluster, now: int) -> dict:

@@ -44,6 +44,7 @@ class PointResult:
     kernel_frames: int
     emu_frames: int
     problems: list[str]
+    unit: str = "frames"  # what the counts count (a netfilter point: rules, entries)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Report:
         lines = []
         for point in points:
             if point.ok:
-                status, detail = "ok", f"{point.emu_frames}/{point.kernel_frames} frames"
+                status, detail = "ok", f"{point.emu_frames}/{point.kernel_frames} {point.unit}"
             else:
                 status, detail = "FAIL", point.problems[0] if point.problems else "mismatch"
                 if len(point.problems) > 1:
