@@ -77,3 +77,17 @@ def test_conntrack_entries_compare_without_timeouts_ephemeral_ports_and_ids():
 def test_the_mask_keeps_service_and_endpoint_ports():
     key = conntrack_key(KERNEL_CT[0])
     assert "dport=80" in key and "sport=8080" in key and "40312" not in key and " 118 " not in key
+
+
+def test_nat_random_ports_are_compared_by_role_and_named_ports_stay_exact():
+    """MASQUERADE --random-fully picks any port from 1024: such ports are
+    renamed by first appearance; the scenario's own ports are not."""
+    from emu.verify.ports import NAT_RANDOM_RANGE, EphemeralPorts
+
+    kernel, emu = EphemeralPorts(NAT_RANDOM_RANGE, frozenset({8080})), EphemeralPorts(NAT_RANDOM_RANGE,
+                                                                                      frozenset({8080}))
+    assert kernel.rename([("tcp.sport", 21146), ("tcp.dport", 8080)]) == [("tcp.sport", "ephemeral#1"),
+                                                                          ("tcp.dport", 8080)]
+    assert emu.rename([("tcp.sport", 5001), ("tcp.dport", 8080)]) == [("tcp.sport", "ephemeral#1"),
+                                                                      ("tcp.dport", 8080)]
+    assert EphemeralPorts().rename([("tcp.sport", 21146)]) == [("tcp.sport", 21146)]  # default: Linux's range

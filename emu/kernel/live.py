@@ -58,6 +58,7 @@ from emu.kernel.schedule import ScheduleCancelled, WallSchedule
 from emu.scenario.model import Scenario, TrafficSpec
 from emu.verify import Report, compare_dirs
 from emu.verify.netfilter import compare_netfilter
+from emu.verify.ports import NAT_RANDOM_RANGE
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -474,15 +475,33 @@ def shifted_scenario(scenario: Scenario, run: KernelRun) -> Scenario:
                    events=events + scenario.events[len(events):])
 
 
-def scenario_ports(scenario: Scenario) -> dict[str, tuple[int, ...]]:
-    """The UDP ports `compare_dirs` must decode as VXLAN / flannel udp."""
+def scenario_ports(scenario: Scenario) -> dict[str, object]:
+    """The UDP ports `compare_dirs` must decode as VXLAN / flannel udp, and
+    the ports the kernel draws at random (wider where netfilter may
+    translate ports at random, see emu.verify.ports)."""
     backend = scenario.net_conf.backend
-    ports = {"vxlan_ports": (8472,), "udp_ports": (8285,)}
+    ports: dict[str, object] = {"vxlan_ports": (8472,), "udp_ports": (8285,)}
     if backend.type == "vxlan":
         ports["vxlan_ports"] = (backend.port,)
     elif backend.type == "udp":
         ports["udp_ports"] = (backend.port,)
+    if scenario.netfilter.enabled:
+        ports["random_ports"] = (NAT_RANDOM_RANGE, named_ports(scenario))
     return ports
+
+
+def named_ports(scenario: Scenario) -> frozenset[int]:
+    """The ports a scenario names: flannel's, nc's listening and source
+    ports, every Service's port, target port and node port."""
+    named = {scenario.net_conf.backend.port}
+    for spec in scenario.traffic:
+        options = getattr(spec.program, "options", None)
+        named.update(port for port in (getattr(options, "port", None), getattr(options, "source_port", None))
+                     if port)
+    for service in scenario.netfilter.services:
+        for port in service.ports:
+            named.update(p for p in (port.port, port.target_port, port.node_port) if p)
+    return frozenset(named)
 
 
 def verify_kernel(scenario: Scenario, kernel_out: str | Path | None = None,

@@ -28,7 +28,7 @@ from emu.verify.fields import (
     checksum_problems,
     frame_fields,
 )
-from emu.verify.ports import EphemeralPorts
+from emu.verify.ports import LINUX_EPHEMERAL_RANGE, EphemeralPorts
 from emu.verify.sequences import TcpSequences
 
 MAX_PROBLEMS_PER_POINT = 10
@@ -190,6 +190,7 @@ def _compare_point(
     emu_path: Path | None,
     vxlan_ports: Collection[int],
     udp_ports: Collection[int],
+    random_ports: tuple[tuple[int, int], frozenset[int]],
 ) -> PointResult:
     problems: list[str] = []
     kernel_side = _read_side("kernel", kernel_path, problems)
@@ -204,7 +205,7 @@ def _compare_point(
     if emu_path is None:
         problems.append(f"missing in emulator output (kernel has {kernel_frames} frames)")
     if kernel_side and emu_side:
-        problems += _compare_captures(kernel_side, emu_side, vxlan_ports, udp_ports)
+        problems += _compare_captures(kernel_side, emu_side, vxlan_ports, udp_ports, random_ports)
     if len(problems) > MAX_PROBLEMS_PER_POINT:
         problems = problems[:MAX_PROBLEMS_PER_POINT] + ["... further differences not listed"]
     return PointResult(name, not problems, kernel_frames, emu_frames, problems)
@@ -215,6 +216,7 @@ def _compare_captures(
     emu: tuple[int, list[bytes]],
     vxlan_ports: Collection[int],
     udp_ports: Collection[int],
+    random_ports: tuple[tuple[int, int], frozenset[int]],
 ) -> list[str]:
     (kernel_linktype, kernel_frames), (emu_linktype, emu_frames) = kernel, emu
     if kernel_linktype != emu_linktype:
@@ -223,8 +225,8 @@ def _compare_captures(
     if len(kernel_frames) != len(emu_frames):
         problems.append(f"emulator has {len(emu_frames)} frames, kernel {len(kernel_frames)}")
     ports = {"vxlan_ports": vxlan_ports, "udp_ports": udp_ports}
-    kernel_fields = _numbered(kernel_frames, kernel_linktype, ports)
-    emu_fields = _numbered(emu_frames, kernel_linktype, ports)
+    kernel_fields = _numbered(kernel_frames, kernel_linktype, ports, random_ports)
+    emu_fields = _numbered(emu_frames, kernel_linktype, ports, random_ports)
     _align_late_acks(kernel_fields, emu_fields)
     for number, (kernel_list, emu_list, emu_frame) in enumerate(
             zip(kernel_fields, emu_fields, emu_frames), start=1):
@@ -236,10 +238,11 @@ def _compare_captures(
     return problems
 
 
-def _numbered(frames: list[bytes], linktype: int, ports: dict) -> list[list[Field]]:
+def _numbered(frames: list[bytes], linktype: int, ports: dict,
+              random_ports: tuple[tuple[int, int], frozenset[int]]) -> list[list[Field]]:
     """Every frame's fields, ephemeral ports renamed and TCP sequences made
     relative in capture order (one side at a time)."""
-    ephemeral, sequences = EphemeralPorts(), TcpSequences()
+    ephemeral, sequences = EphemeralPorts(*random_ports), TcpSequences()
     return [sequences.relative(ephemeral.rename(frame_fields(frame, linktype, **ports)))
             for frame in frames]
 
@@ -329,8 +332,12 @@ def compare_dirs(
     emu_dir: str | Path,
     vxlan_ports: Collection[int] = DEFAULT_VXLAN_PORTS,
     udp_ports: Collection[int] = DEFAULT_FLANNEL_UDP_PORTS,
+    random_ports: tuple[tuple[int, int], frozenset[int]] = (LINUX_EPHEMERAL_RANGE, frozenset()),
 ) -> Report:
     """Compare every capture point of two folders of ``<ns>_<ifname>.pcap`` files.
+
+    `random_ports`: the range of ports the kernel draws at random and the
+    ports inside it that stay exact (emu.verify.ports).
 
     Raises ValueError only when an argument is not a directory; everything
     wrong inside the folders ends up in the report.
@@ -340,7 +347,7 @@ def compare_dirs(
     return Report(
         [
             _compare_point(
-                name, kernel_pcaps.get(name), emu_pcaps.get(name), vxlan_ports, udp_ports
+                name, kernel_pcaps.get(name), emu_pcaps.get(name), vxlan_ports, udp_ports, random_ports
             )
             for name in sorted(kernel_pcaps.keys() | emu_pcaps.keys())
         ]
