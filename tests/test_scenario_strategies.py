@@ -42,6 +42,7 @@ def test_ping_traffic_is_drawn(document):
     ({"mtu": (100, 1500)}, "mtu"),
     ({"traffic": ["telnet"]}, "traffic"),
     ({"max_commands": 0}, "max_commands"),
+    ({"netfilter": True, "traffic": []}, "netfilter"),
 ])
 def test_impossible_arguments_are_refused(arguments, named):
     with pytest.raises(ValueError, match=f"^{named}"):
@@ -56,3 +57,19 @@ def test_nc_exchanges_are_drawn(document):
     assert clients and all(t.program.command.startswith("nc ") and 1 <= len(t.stdin) <= 200_000
                            for t in clients)
     assert all(t.program.options.listen for t in scenario.traffic if t.background)
+
+
+@settings(max_examples=15, deadline=None, database=None)
+@given(scenarios(backends=["vxlan", "host-gw"], min_pods=1, traffic=["ping"], max_commands=1, netfilter=True))
+def test_services_are_drawn_with_their_traffic(document):
+    """Each drawn Service has one endpoint (a pod), a listener on its target
+    port there and a client aiming at its name or a node's node port."""
+    scenario = load_scenario_text(scenario_yaml(document))
+    commands = [t.program.command for t in scenario.traffic]
+    for service in scenario.netfilter.services:
+        (port,), (endpoint,) = service.ports, service.endpoints
+        assert port.protocol == "UDP" and endpoint in {p.name for n in scenario.nodes for p in n.pods}
+        assert f"nc -u -l {port.target_port}" in commands
+        target = f"{service.name} {port.port}" if port.node_port is None else f" {port.node_port}"
+        assert any(command.startswith("nc -u -q 0 ") and command.endswith(target) for command in commands)
+    assert scenario.netfilter.enabled == ("kube-proxy" in document)

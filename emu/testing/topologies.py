@@ -16,7 +16,9 @@ or a -p pattern, with short -i and -W so that a live run stays quick and
 ends before the kernel's own timers fire); with ``traffic=("ping", "udp")``
 (what the kernel oracle draws) also nc UDP exchanges: a background
 listener where the destination lives or a closed port, 127.0.0.1 inside a
-pod now and then, 1 byte to 200 KB of stdin. The defaults draw the very same
+pod now and then, 1 byte to 200 KB of stdin; with ``netfilter=True`` also,
+in half the documents, kube-proxy with UDP Services of one endpoint, their
+traffic, and now and then a FORWARD policy of DROP. The defaults draw the very same
 documents for a given hypothesis seed as the strategy always has, so a
 verified seed stays verified. Addresses the emulator chooses (leased
 subnets, pod IPs) are not drawn: the strategy builds the cluster once to
@@ -59,6 +61,8 @@ MTU_RANGE = (576, 9000)
 TRAFFIC_KINDS = ("ping",)
 # What the kernel oracle draws; "tcp" joins once emu.verify compares TCP fields.
 ORACLE_TRAFFIC = ("ping", "udp")
+# Whether the kernel oracle draws Services and rules (emu.testing.topologies._services).
+ORACLE_NETFILTER = False
 # Intervals at least 10 ms away from the kernel's redirect backoff steps (40, 80 ms, ...),
 # and runs short enough (3 commands of at most 0.2 s + 1 s wait each) to end before the
 # first neighbour entry used leaves DELAY (5 s) and the kernel sends a unicast ARP probe
@@ -197,12 +201,49 @@ def _tcp(draw: st.DrawFn, source: str, owner: str, destination: str, number: int
 
 
 _COMMANDS = {"ping": _ping, "udp": _udp, "tcp": _tcp}
+SERVICE_PORT_BASE, TARGET_PORT_BASE, NODE_PORT_BASE = 80, 8080, 30080
+MAX_SERVICES = 2
+
+
+@st.composite
+def _services(draw: st.DrawFn, document: dict, sources: list[str]) -> None:
+    """Now and then, the node's netfilter: kube-proxy with up to two UDP
+    Services of one endpoint each (several endpoints: the kernel picks
+    among them at random), ClusterIP or NodePort, each with a listener on
+    its endpoint and an `nc -u -q 0` client towards the Service name (or a
+    node name and the node port), flannel's rules as kube-flannel runs them,
+    now and then a FORWARD policy of DROP (flannel's FORWARD rules keep
+    pod traffic flowing) and bridge-nf-call-iptables off. Drawn after
+    everything else, so the rest of a document is what the seed drew without it."""
+    if not draw(st.booleans()):
+        return
+    document["kube-proxy"] = {"mode": "iptables"}
+    if draw(st.booleans()):
+        document["forward-policy"] = "DROP"
+    document["bridge-nf-call-iptables"] = draw(st.booleans())
+    pods = [pod["name"] for node in document["nodes"] for pod in node["pods"]]
+    backend_port = document["net-conf"]["Backend"].get("Port")
+    services = []
+    for number in range(draw(st.integers(1, MAX_SERVICES)) if pods else 0):
+        endpoint = draw(st.sampled_from(pods))
+        port = {"port": SERVICE_PORT_BASE + number, "target-port": TARGET_PORT_BASE + number, "protocol": "UDP"}
+        name = f"svc{number}"
+        destination = f"{name} {port['port']}"
+        if draw(st.booleans()) and NODE_PORT_BASE + number != backend_port:
+            port["node-port"] = NODE_PORT_BASE + number
+            destination = f"{draw(st.sampled_from([node['name'] for node in document['nodes']]))} {port['node-port']}"
+        services.append({"name": name, "type": "NodePort" if "node-port" in port else "ClusterIP",
+                         "ports": [port], "endpoints": [endpoint]})
+        document["traffic"] += [{"from": endpoint, "run": f"nc -u -l {port['target-port']} &"},
+                                {"from": draw(st.sampled_from(sources)), "run": f"nc -u -q 0 {destination}",
+                                 "stdin": {"bytes": draw(st.integers(1, 1400))}}]
+    document["services"] = services
 
 
 @st.composite
 def _scenarios(draw: st.DrawFn, backends: tuple[str, ...], min_nodes: int, max_nodes: int,
                min_pods: int, max_pods: int, mtu: tuple[int, int], traffic: tuple[str, ...],
-               max_commands: int) -> dict:
+               max_commands: int, netfilter: bool = False) -> dict:
     pods_per_node = draw(st.lists(st.integers(min_pods, max_pods), min_size=min_nodes, max_size=max_nodes))
     nodes = []
     for index, count in enumerate(pods_per_node, start=1):
@@ -237,13 +278,15 @@ def _scenarios(draw: st.DrawFn, backends: tuple[str, ...], min_nodes: int, max_n
             backend = {"Port": 0, **document["net-conf"]["Backend"]}
             commands.extend(draw(_COMMANDS[kind](source, owner, destination, len(commands), backend)))
     document["traffic"] = commands
+    if netfilter:
+        draw(_services(document, sources))
     return document
 
 
 def scenarios(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes: int = MAX_NODES,
               min_pods: int = 0, max_pods: int = MAX_PODS, mtu: tuple[int, int] = MTU_RANGE,
               traffic: Sequence[str] = TRAFFIC_KINDS,
-              max_commands: int = MAX_COMMANDS) -> SearchStrategy[dict]:
+              max_commands: int = MAX_COMMANDS, netfilter: bool = False) -> SearchStrategy[dict]:
     """Random valid scenario documents (the mapping a YAML file would hold).
 
     `backends`: flannel backends to draw from ("vxlan", "host-gw", "udp");
@@ -252,19 +295,25 @@ def scenarios(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes:
     range of the underlay MTU and of an overridden pod MTU; `traffic`: the
     kinds of traffic command to draw ("ping"; "udp", "tcp": an nc exchange,
     see `_udp`, `_tcp`), or () for no traffic at all
-    (a cluster to drive from Python); up to `max_commands` commands.
+    (a cluster to drive from Python); up to `max_commands` commands;
+    `netfilter`: now and then kube-proxy, UDP Services and their traffic,
+    a FORWARD policy (see `_services`; needs `traffic`).
     Raises ValueError naming the argument when no valid scenario fits.
     """
     backends, traffic = tuple(backends), tuple(traffic)
     _check_arguments(backends, min_nodes, max_nodes, min_pods, max_pods, tuple(mtu), traffic)
     if max_commands < 1:
         raise ValueError(f"max_commands: need at least 1, got {max_commands}")
-    return _scenarios(backends, min_nodes, max_nodes, min_pods, max_pods, tuple(mtu), traffic, max_commands)
+    if netfilter and not traffic:
+        raise ValueError("netfilter: Services come with their traffic; give traffic kinds too")
+    return _scenarios(backends, min_nodes, max_nodes, min_pods, max_pods, tuple(mtu), traffic, max_commands,
+                      netfilter)
 
 
 def scenario_documents() -> SearchStrategy[dict]:
-    """What the kernel oracle draws: `scenarios()` with pings and UDP exchanges."""
-    return scenarios(traffic=ORACLE_TRAFFIC)
+    """What the kernel oracle draws: `scenarios()` with pings and UDP exchanges
+    (and, once ORACLE_NETFILTER, Services and the node's rules)."""
+    return scenarios(traffic=ORACLE_TRAFFIC, netfilter=ORACLE_NETFILTER)
 
 
 def clusters(backends: Sequence[str] = BACKENDS, min_nodes: int = 1, max_nodes: int = MAX_NODES,
