@@ -183,3 +183,19 @@ def test_emu_check_exits_2_with_the_same_line(tmp_path):
                               capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2, proc.stderr
         assert "services[0].ports[0].port: integer 70000 is out of range" in proc.stderr
+
+
+def test_stats_json_and_the_summary_show_each_node_with_rules(tmp_path):
+    from emu.scenario.run import netfilter_summary, run_scenario
+
+    result = run_scenario(load(), tmp_path)
+    namespaces = result.stats["namespaces"]
+    assert {name for name, entry in namespaces.items() if "iptables" in entry} == {"n1", "n2"}
+    chains = namespaces["n2"]["iptables"]["filter"]
+    assert chains["FORWARD"]["policy"] == "DROP"
+    assert chains["INPUT"]["rules"][-1]["rule"] == "-A INPUT -p udp --dport 9 -j DROP"
+    assert isinstance(namespaces["n1"]["conntrack"], list)
+    lines = netfilter_summary(result.stats)
+    rules = sum(len(chain["rules"]) for table in namespaces["n1"]["iptables"].values() for chain in table.values())
+    assert lines[0].startswith(f"n1: {rules} rules (") and len(lines) == 2
+    assert any(line.startswith("service web ClusterIP 10.96.0.2 80/TCP -> 8080: p2a") for line in result.nodes)

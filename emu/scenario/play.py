@@ -45,6 +45,18 @@ def describe_node(emulated: EmulatedCluster, name: str) -> str:
     return f"{name} {node.ip} subnet {subnet}: {pods}"
 
 
+def describe_services(emulated: EmulatedCluster) -> list[str]:
+    """One line per Service for the run summary: the addresses and ports it got."""
+    lines = []
+    for service in emulated.scenario.netfilter.services:
+        ports = ", ".join(f"{port.port}/{port.protocol}" + (f" (node port {port.node_port})" if port.node_port
+                                                            else "") + f" -> {port.target_port}"
+                          for port in service.ports)
+        endpoints = ", ".join(service.endpoints) or "no endpoints"
+        lines.append(f"service {service.name} {service.type} {service.cluster_ip} {ports}: {endpoints}")
+    return lines
+
+
 def resolve_destination(emulated: EmulatedCluster, destination) -> str | None:
     """A ping destination as an address: node names give their eth0 address,
     pod names their pod address, Service names their ClusterIP (as a pod's
@@ -78,6 +90,7 @@ class Player:
         self.results: list[TrafficResult] = []
         self.notes: list[str] = list(emulated.notes)
         self.nodes: list[str] = [describe_node(emulated, name) for name in emulated.cluster.nodes]
+        self.nodes += describe_services(emulated)
         self.on_nodes_changed: list[Callable[[], None]] = []
         self.on_command_done: list[Callable[[TrafficResult], None]] = []
         self._pending_commands = 0
