@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import dpkt
 
 from emu.wire.addr import ip_to_str, mac_to_str
+from emu.wire.vxlan import VxlanHeader
 
 LINKTYPE_RAW = 101
 ICMP_NAMES = {0: "echo reply", 3: "unreachable", 8: "echo request", 11: "time exceeded"}
@@ -59,7 +60,7 @@ def _ip_layer(ip: dpkt.ip.IP, tunnel_ports: dict[int, str], depth: int) -> tuple
                 layers, innermost = inner
                 vni = ""
                 if tunnel == "vxlan" and len(payload.data) >= 8:
-                    vni = f" vni {int.from_bytes(bytes(payload.data)[4:7], 'big')}"
+                    vni = f" vni {VxlanHeader(payload.data).vni}"
                 outer = f"{tunnel.upper()} {src}:{payload.sport} > {dst}:{payload.dport}{vni}"
                 return [outer, *layers], innermost
         text = f"UDP {src}:{payload.sport} > {dst}:{payload.dport} len {len(payload.data)}{fragment}"

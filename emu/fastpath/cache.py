@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from emu.fastpath.errors import Unsupported
 from emu.fastpath.recorder import Recorder
 from emu.fastpath.replay import FlowEntry, Replay
+from emu.fastpath.templates import ICMP_CHECKSUM, ICMP_HEADER, UDP_CHECKSUM, UDP_HEADER
 from emu.net.namespace import namespaces_of
 from emu.net.observe import attach, detach
 from emu.wire.icmp import IcmpMessage
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 
 SERVICE = "flow-cache"
 # protocol -> (bytes before the payload, how many of them are constant for a flow)
-SEGMENT_HEADERS = {PROTO_UDP: (8, 6), PROTO_ICMP: (4, 2)}
+SEGMENT_HEADERS = {PROTO_UDP: (UDP_HEADER, UDP_CHECKSUM), PROTO_ICMP: (ICMP_HEADER, ICMP_CHECKSUM)}
 MAX_REPLAY = 8192  # datagrams per replay step: bounds the frame matrices a huge burst builds
 
 
@@ -119,11 +120,11 @@ class FlowCache:
         replay the flow's walk, or send it under a recorder; False: the caller
         sends it (the cache is off, recording, or the protocol is not one it
         knows)."""
-        header = SEGMENT_HEADERS.get(protocol)
+        sizes = SEGMENT_HEADERS.get(protocol)
         if (not self.enabled or not self.sim.in_process or self.sim.context is not None
-                or header is None or len(segment) < header[0]):
+                or sizes is None or len(segment) < sizes[0]):
             return False  # a send from packet processing (a proxy) is part of another walk
-        size, constant = header
+        size, constant = sizes
         payload = bytes(segment[size:])
         key = ("send", stack, dst, protocol, bytes(segment[:constant]), len(segment), options)
         entry = self.flows.get(key)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from emu.fastpath.errors import Unsupported
 from emu.fastpath.replay import SENDABLE_STATES, FlowEntry, Read
-from emu.fastpath.templates import FrameTemplate, IdentSource
+import emu.wire.ipv4 as ipv4
+from emu.fastpath.templates import ICMP_HEADER, FrameTemplate, IdentSource
 from emu.net.observe import Observer
 
 if TYPE_CHECKING:
@@ -187,8 +188,8 @@ class Recorder(Observer):
         if not self._mine():
             return
         self.read("namespace", stack.ns)
-        header_len = (packet[0] & 0x0F) * 4
-        if bytes(packet[header_len + 4:]) != self.payload:
+        header_len = ipv4.header_length(packet)
+        if bytes(packet[header_len + ICMP_HEADER:]) != self.payload:
             self.unsupported("payload-rewritten")
         self._deliveries.append(("echo", handler, bytes(packet), header_len))
 

@@ -13,16 +13,18 @@ emu.wire.partial_checksum: `build` for M datagrams at once (numpy),
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import emu.wire.icmp as icmp
+import emu.wire.ipv4 as ipv4
+import emu.wire.udp as udp
 from emu.fastpath.errors import Unsupported
 from emu.wire.checksum import pseudo_header_sum
 from emu.wire.errors import WireError
 from emu.wire.ethernet import ETHERTYPE_IPV4, EthernetFrame
 from emu.wire.ipv4 import PROTO_ICMP, PROTO_UDP, Ipv4Packet
-from emu.wire.partial_checksum import checksums, constant_sum, on_even_offsets, write_u16_rows
+from emu.wire.partial_checksum import checksums, constant_sum, on_even_offsets, write_u16, write_u16_rows
 from emu.wire.udp import UdpDatagram
 from emu.wire.vxlan import FLAG_I, HEADER_LEN as VXLAN_LEN, VxlanHeader
 
@@ -32,9 +34,11 @@ if TYPE_CHECKING:
     from emu.fastpath.replay import Replay
     from emu.net.stack import Ipv4Stack
 
-IPV4_IDENT, IPV4_CHECKSUM, UDP_CHECKSUM, ICMP_CHECKSUM = 4, 10, 6, 2  # field offsets in their headers
-UDP_HEADER, ICMP_HEADER = 8, 4  # what precedes the payload
-_U16 = struct.Struct("!H")
+# Field offsets in their headers, from the codecs.
+IPV4_IDENT, IPV4_CHECKSUM = ipv4.IDENT.start, ipv4.CHECKSUM.start
+UDP_CHECKSUM, ICMP_CHECKSUM = udp.CHECKSUM.start, icmp.CHECKSUM.start
+# What precedes the payload: the UDP header; ICMP's type, code and checksum.
+UDP_HEADER, ICMP_HEADER = udp.HEADER_LEN, icmp.CHECKSUM.stop
 
 
 @dataclass(frozen=True)
@@ -194,7 +198,7 @@ class FrameTemplate:
         start = self.payload_offset
         buf[start:start + len(payload)] = payload
         inner = payload_sum
-        pack = _U16.pack_into
+        pack = write_u16
         for layer, (ip_sum, l4_sum) in zip(reversed(self.layers), reversed(self._constant_sums)):
             source = layer.ident
             ident = (bases[source.stack] + source.index) & 0xFFFF

@@ -27,15 +27,16 @@ from emu.flannel.leases import Lease
 from emu.net import Namespace, Tun, UdpSocket
 from emu.net.device import NetDevice
 from emu.net.route import SCOPE_UNIVERSE
+import emu.wire.ipv4 as ipv4
 from emu.net.stack import SendError
+from emu.wire.addr import ip_from_str, ip_to_int, ip_to_str
 from emu.wire.icmp import DEST_UNREACHABLE, NET_UNREACHABLE, IcmpRepr
-from emu.wire.addr import ip_from_str, ip_to_str
 from emu.wire.ipv4 import PROTO_ICMP, Ipv4Repr, decrement_ttl
 
 DEVICE_NAME = "flannel0"
 UDP_OVERHEAD = 28
 NET_UNREACHABLE_TTL = 8
-MIN_PACKET = 20  # an IPv4 header without options
+MIN_PACKET = ipv4.MIN_HEADER_LEN  # an IPv4 header without options
 DROP_SHORT = "FLANNELD_SHORT_PACKET"
 
 
@@ -94,7 +95,7 @@ class UdpBackend:
             return
         next_hop = lease_public_ip(self.routes, packet)
         if next_hop is None:
-            self._hop("dropped:FLANNELD_NO_LEASE", f"no lease for {ip_to_str(packet[16:20])}")
+            self._hop("dropped:FLANNELD_NO_LEASE", f"no lease for {ip_to_str(ipv4.dst(packet))}")
             self.device.drop("FLANNELD_NO_LEASE")
             reply = net_unreachable(packet, self.own_subnet.network_address.packed)
             if reply is not None:
@@ -105,7 +106,7 @@ class UdpBackend:
             self.device.drop(aged)
             return
         if self.ns.sim.observer is not None:  # what flanneld decided (emu.net.observe)
-            self._hop("sent", f"lease for {ip_to_str(packet[16:20])}: udp to {ip_to_str(next_hop)}:{self.port}")
+            self._hop("sent", f"lease for {ip_to_str(ipv4.dst(packet))}: udp to {ip_to_str(next_hop)}:{self.port}")
         try:
             self.socket.sendto(aged, (next_hop, self.port))
         except SendError as error:
@@ -131,7 +132,7 @@ class UdpBackend:
 def lease_public_ip(routes: Mapping[IPv4Network, bytes], packet: bytes) -> bytes | None:
     """proxy.c's find_route: the public IP of the lease holding the packet's
     destination (None: no lease, the packet is unroutable)."""
-    value = int.from_bytes(packet[16:20], "big")
+    value = ip_to_int(ipv4.dst(packet))
     for subnet, public_ip in routes.items():
         if value & int(subnet.netmask) == int(subnet.network_address):
             return public_ip
@@ -144,7 +145,7 @@ def proxy_ttl(packet: bytes) -> bytes | str:
     (too short for an IPv4 header, or a TTL that would reach 0)."""
     if len(packet) < MIN_PACKET:
         return DROP_SHORT
-    if packet[8] <= 1:
+    if ipv4.ttl(packet) <= 1:
         return "FLANNELD_TTL_ZERO"
     buf = bytearray(packet)
     decrement_ttl(buf)
@@ -156,13 +157,13 @@ def net_unreachable(offender: bytes, tun_address: bytes) -> bytes | None:
     into flannel0 for a packet no lease holds (from flannel0's address, TTL 8,
     quoting the header + 8 bytes), or None where proxy.c stays silent (the
     offender is ICMP, a non-first fragment, or has a 60-byte header)."""
-    header_len = (offender[0] & 0x0F) * 4
-    if header_len >= 60 or offender[9] == PROTO_ICMP:
+    header_len = ipv4.header_length(offender)
+    if header_len >= ipv4.MAX_HEADER_LEN or ipv4.protocol(offender) == PROTO_ICMP:
         return None
-    if ((offender[6] << 8) | offender[7]) & 0x1FFF:
+    if ipv4.flags_offset(offender) & ipv4.OFFSET_MASK:
         return None
     quoted = bytes(offender[:header_len + 8]).ljust(header_len + 8, b"\x00")
     message = IcmpRepr(DEST_UNREACHABLE, NET_UNREACHABLE, 0, quoted).build()
-    header = Ipv4Repr(src=tun_address, dst=bytes(offender[12:16]), protocol=PROTO_ICMP,
+    header = Ipv4Repr(src=tun_address, dst=ipv4.src(offender), protocol=PROTO_ICMP,
                       payload_len=len(message), ttl=NET_UNREACHABLE_TTL)
     return header.header() + message

@@ -27,11 +27,14 @@ from typing import Sequence
 import numpy as np
 
 from emu.net.device import NetDevice
-from emu.wire.addr import ZERO_MAC, mac_to_str
-from emu.wire.ethernet_batch import HEADER_LEN, header_rows, mac_keys
-from emu.wire.packed import PackedFrames
 from emu.net.fdb import DEFAULT_AGEING_NS, Fdb
 from emu.sim import Scheduler
+import emu.wire.ethernet as ethernet
+import emu.wire.ethernet_batch as batch
+from emu.wire.addr import BROADCAST_MAC, ZERO_MAC, is_multicast_mac, mac_to_str
+from emu.wire.ethernet import HEADER_LEN, VLAN_TAG_LEN
+from emu.wire.ethernet_batch import header_rows
+from emu.wire.packed import PackedFrames
 
 VECTOR_MIN = 64  # below this many frames numpy's per-call cost outweighs its speed (measured: equal at 64)
 MAX_PLANS = 4  # fresh batch decisions per batch before the rest goes frame by frame
@@ -84,24 +87,23 @@ class Bridge(NetDevice):
     # -- data path ----------------------------------------------------------
     def handle_port_frame(self, port: NetDevice, frame: bytes) -> None:
         """A frame received on one of our ports (the bridge rx_handler)."""
-        if len(frame) < 14:
+        if len(frame) < ethernet.HEADER_LEN:
             port.drop("PKT_TOO_SMALL")
             return
-        src = frame[6:12]
-        if src[0] & 1 or src == b"\x00" * 6:
+        src = frame[ethernet.SRC]
+        if is_multicast_mac(src) or src == ZERO_MAC:
             port.drop("MAC_INVALID_SOURCE")
             return
         now = self.sim.now_ns
         self.fdb.learn(src, port, now)
-        dst = frame[0:6]
+        dst = frame[ethernet.DST]
         observer = self.sim.observer
         if observer is not None:
             observer.fdb_learn(self.fdb, src, port)
         local_rcv = self._promiscuous
-        observer = self.sim.observer
-        if dst[0] & 1:
+        if is_multicast_mac(dst):
             if observer is not None:
-                self._hop(observer, port, "flooded", "flood: broadcast" if dst == b"\xff" * 6
+                self._hop(observer, port, "flooded", "flood: broadcast" if dst == BROADCAST_MAC
                           else "flood: multicast")
             self._flood(frame, port)
             local_rcv = True
@@ -180,12 +182,12 @@ class Bridge(NetDevice):
         now = self.sim.now_ns
         fdb = self.fdb
         lengths, headers = header_rows(frames)
-        dst_keys, src_keys = mac_keys(headers, 0), mac_keys(headers, 6)
-        valid_source = (lengths >= HEADER_LEN) & ((headers[:, 6] & 1) == 0) & (src_keys != 0)
+        dst_keys, src_keys = batch.dst_keys(headers), batch.src_keys(headers)
+        valid_source = (lengths >= HEADER_LEN) & ~batch.group_src(headers) & (src_keys != 0)
         egress, local, src_slots = fdb.lookup_batch(dst_keys, src_keys, valid_source, port, now)
         layout = fdb.layout
-        plain = valid_source & ((headers[:, 0] & 1) == 0) & (egress >= 0) & ~local
-        vlan = (headers[:, 12] == 0x81) & (headers[:, 13] == 0)
+        plain = valid_source & ~batch.group_dst(headers) & (egress >= 0) & ~local
+        vlan = batch.vlan_tagged(headers)
         others = np.flatnonzero(~plain).tolist()
         start = 0
         for index in [*others, len(frames)]:
@@ -216,7 +218,7 @@ class Bridge(NetDevice):
                 send &= ~same
         self.forwarded += int(send.sum())
         limits = np.array([0 if dev is None else dev.mtu + HEADER_LEN for dev in devices], np.int64)
-        too_big = send & (lengths > limits[egress] + 4 * vlan)
+        too_big = send & (lengths > limits[egress] + VLAN_TAG_LEN * vlan)
         if too_big.any():
             for number, count in zip(*np.unique(egress[too_big], return_counts=True)):
                 devices[number].drop("PKT_TOO_BIG", int(count))
@@ -247,11 +249,11 @@ class Bridge(NetDevice):
         run: list[bytes] = []
         run_port: NetDevice | None = None
         for frame in frames:
-            if len(frame) >= 14 and not frame[0] & 1 and not frame[6] & 1:
-                src = frame[6:12]
-                if src != ZERO_MAC:
+            if len(frame) >= HEADER_LEN:
+                src, dst = ethernet.src(frame), ethernet.dst(frame)
+                if not is_multicast_mac(dst) and not is_multicast_mac(src) and src != ZERO_MAC:
                     learn(src, port, now)
-                    found = lookup(frame[0:6], now)
+                    found = lookup(dst, now)
                     if found is not None and not found[1] and found[0] is not port:
                         if found[0] is not run_port:
                             if run:
@@ -276,11 +278,11 @@ class Bridge(NetDevice):
 
     def _xmit(self, frame: bytes) -> None:
         """The bridge device transmits (br_dev_xmit): forward by FDB or flood."""
-        dst = frame[0:6]
+        dst = frame[ethernet.DST]
         observer = self.sim.observer
-        if dst[0] & 1:
+        if is_multicast_mac(dst):
             if observer is not None:
-                self._hop(observer, None, "flooded", "flood: broadcast" if dst == b"\xff" * 6
+                self._hop(observer, None, "flooded", "flood: broadcast" if dst == BROADCAST_MAC
                           else "flood: multicast")
             self._flood(frame, None)
             return

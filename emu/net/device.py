@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 
 import emu.net.gso as gso
+import emu.wire.ethernet as ethernet
 from emu.net.fault import DROP_REASON
 from emu.sim import Scheduler
 
@@ -240,10 +241,10 @@ class NetDevice:
 
     def fits_mtu(self, frame: bytes) -> bool:
         """Linux's is_skb_forwardable: L3 length within MTU (+ one VLAN tag)."""
-        limit = self.mtu + 14
-        if len(frame) >= 14 and frame[12] == 0x81 and frame[13] == 0x00:
-            limit += 4
+        limit = self.mtu + ethernet.HEADER_LEN
         if len(frame) <= limit:
             return True
-        offset = 14 if self.has_l2 else 0
+        if ethernet.ethertype(frame) == ethernet.ETHERTYPE_VLAN and len(frame) <= limit + ethernet.VLAN_TAG_LEN:
+            return True
+        offset = ethernet.HEADER_LEN if self.has_l2 else 0
         return gso.fits(self.sim, memoryview(frame)[offset:], self.mtu)  # skb_is_gso

@@ -16,7 +16,7 @@ from typing import Callable
 
 from emu.sim import NS_PER_SECOND, Event, Scheduler
 from emu.sim.timer_wheel import fire_time_ns
-from emu.wire.checksum import internet_checksum
+import emu.wire.ipv4 as ipv4
 from emu.wire.ipv4 import FLAG_DF, FLAG_MF, OFFSET_MASK
 
 IPFRAG_TIME_NS = 30 * NS_PER_SECOND
@@ -26,8 +26,7 @@ IPOPT_COPY = 0x80
 
 
 def _with_checksum(header: bytearray) -> bytes:
-    header[10:12] = b"\x00\x00"
-    header[10:12] = internet_checksum(header).to_bytes(2, "big")
+    ipv4.fill_checksum(header)
     return bytes(header)
 
 
@@ -58,10 +57,9 @@ def fragment(packet: bytes, mtu: int) -> list[bytes]:
     of 8 bytes; the rest goes into one last fragment as soon as it fits the
     MTU whole, even when that is not a multiple of 8 (MTU 613: 592 + 593
     bytes of data, not 592 + 592 + 1)."""
-    header_len = (packet[0] & 0x0F) * 4
-    total = (packet[2] << 8) | packet[3]
-    payload = packet[header_len:total]
-    flags_offset = (packet[6] << 8) | packet[7]
+    header_len = ipv4.header_length(packet)
+    payload = packet[header_len:ipv4.total_length(packet)]
+    flags_offset = ipv4.flags_offset(packet)
     base_offset = (flags_offset & OFFSET_MASK) * 8
     original_mf = flags_offset & FLAG_MF
     room = mtu - header_len
@@ -69,7 +67,7 @@ def fragment(packet: bytes, mtu: int) -> list[bytes]:
     if chunk <= 0:
         raise ValueError(f"MTU {mtu} too small for a {header_len}-byte header")
     fragments = []
-    later_options = _options_for_later_fragments(packet[20:header_len])
+    later_options = _options_for_later_fragments(ipv4.options(packet))
     position = 0
     while position < len(payload):
         remaining = len(payload) - position
@@ -77,12 +75,11 @@ def fragment(packet: bytes, mtu: int) -> list[bytes]:
         last = position + len(data) >= len(payload)
         header = bytearray(packet[:header_len])
         if position:
-            header[20:header_len] = later_options
-        length = header_len + len(data)
-        header[2:4] = length.to_bytes(2, "big")
+            ipv4.set_options(header, later_options)
+        ipv4.set_total_length(header, header_len + len(data))
         mf = original_mf if last else FLAG_MF
-        value = (flags_offset & ~(OFFSET_MASK | FLAG_MF | FLAG_DF)) | mf | ((base_offset + position) // 8)
-        header[6:8] = value.to_bytes(2, "big")
+        ipv4.set_flags_offset(header, (flags_offset & ~(OFFSET_MASK | FLAG_MF | FLAG_DF)) | mf
+                              | ((base_offset + position) // 8))
         fragments.append(_with_checksum(header) + bytes(data))
         position += len(data)
     return fragments
@@ -117,13 +114,12 @@ class Reassembler:
         """`add`, returning with the whole datagram the IPv4 length of its
         largest fragment (IPCB(skb)->frag_max_size, which refragmentation
         of a datagram netfilter reassembled keeps to: ip_do_fragment)."""
-        header_len = (packet[0] & 0x0F) * 4
-        total = (packet[2] << 8) | packet[3]
-        flags_offset = (packet[6] << 8) | packet[7]
+        header_len = ipv4.header_length(packet)
+        flags_offset = ipv4.flags_offset(packet)
         offset = (flags_offset & OFFSET_MASK) * 8
         more = bool(flags_offset & FLAG_MF)
-        data = bytes(packet[header_len:total])
-        key = (bytes(packet[12:16]), bytes(packet[16:20]), packet[4:6], packet[9])
+        data = bytes(ipv4.payload(packet))
+        key = (ipv4.src(packet), ipv4.dst(packet), ipv4.ident(packet), ipv4.protocol(packet))
         queue = self.queues.get(key)
         if queue is None:
             queue = self.queues[key] = _Queue()
@@ -154,8 +150,8 @@ class Reassembler:
         queue.fragments[offset] = data
         queue.max_size = max(queue.max_size, header_len + len(data))
         if offset == 0:
-            queue.first_header = bytes(packet[:header_len])
-            queue.first_packet = bytes(packet[:total])
+            queue.first_header = ipv4.header(packet)
+            queue.first_packet = bytes(packet[:ipv4.total_length(packet)])
         if queue.total_len is None or queue.first_header is None:
             return None
         covered = 0
@@ -167,9 +163,8 @@ class Reassembler:
             return None
         payload = b"".join(queue.fragments[o] for o in sorted(queue.fragments))
         header = bytearray(queue.first_header)
-        header[2:4] = (len(header) + len(payload)).to_bytes(2, "big")
-        value = ((header[6] << 8) | header[7]) & ~(OFFSET_MASK | FLAG_MF)
-        header[6:8] = value.to_bytes(2, "big")
+        ipv4.set_total_length(header, len(header) + len(payload))
+        ipv4.set_flags_offset(header, ipv4.flags_offset(header) & ~(OFFSET_MASK | FLAG_MF))
         self._forget(key)
         return _with_checksum(header) + payload, queue.max_size
 

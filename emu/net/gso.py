@@ -18,6 +18,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+import emu.wire.ipv4 as ipv4
+import emu.wire.tcp as tcp
+from emu.wire.ipv4 import Ipv4Repr
+
 if TYPE_CHECKING:
     from emu.sim import Scheduler
 
@@ -29,9 +33,8 @@ def _key(packet: bytes | memoryview) -> tuple:
     """What no hop changes: addresses, IP id, and the next 4 bytes of the
     transport header after the ports (TCP: the sequence number; the outer
     UDP of an encapsulated super-packet: its length and checksum)."""
-    header_len = (packet[0] & 0x0F) * 4
-    return (bytes(packet[12:20]), bytes(packet[4:6]),
-            bytes(packet[header_len + 4:header_len + 8]))
+    transport = packet[ipv4.header_length(packet):]
+    return (ipv4.addresses(packet), ipv4.ident(packet), bytes(transport[tcp.SEQ]))
 
 
 def _table(sim: "Scheduler") -> OrderedDict:
@@ -61,10 +64,10 @@ def segment_len(sim: "Scheduler", packet: bytes | memoryview) -> int:
 def gso_size(sim: "Scheduler", packet: bytes | memoryview) -> int:
     """The data bytes per segment of a TCP super-packet (0: not one)."""
     seg_len = segment_len(sim, packet)
-    if not seg_len or packet[9] != 6:
+    if not seg_len or ipv4.protocol(packet) != ipv4.PROTO_TCP:
         return 0
-    header_len = (packet[0] & 0x0F) * 4
-    return seg_len - header_len - (packet[header_len + 12] >> 4) * 4
+    header_len = ipv4.header_length(packet)
+    return seg_len - header_len - tcp.header_length(packet[header_len:])
 
 
 def fits(sim: "Scheduler", packet: bytes | memoryview, mtu: int) -> bool:
@@ -77,26 +80,22 @@ def segments(packet: bytes, size: int) -> list[bytes]:
     """Software GSO (tcp_gso_segment): the segments of a super-packet, each
     with its own IP id (+1 each), length, sequence number and checksums;
     PSH and FIN only on the last, as Linux sets them."""
-    from emu.wire.ipv4 import Ipv4Repr
-    from emu.wire.tcp import FIN, PSH, tcp_checksum
-
-    header_len = (packet[0] & 0x0F) * 4
-    tcp_len = (packet[header_len + 12] >> 4) * 4
+    header_len = ipv4.header_length(packet)
     ip = Ipv4Repr.parse(packet)
-    tcp_header = packet[header_len:header_len + tcp_len]
-    data = packet[header_len + tcp_len:]
-    seq = int.from_bytes(tcp_header[4:8], "big")
+    transport = packet[header_len:]
+    tcp_len = tcp.header_length(transport)
+    tcp_header = transport[:tcp_len]
+    data = transport[tcp_len:]
+    seq = tcp.seq(tcp_header)
     out = []
     for index, offset in enumerate(range(0, len(data), size)):
         chunk = data[offset:offset + size]
         last = offset + size >= len(data)
-        header = bytearray(tcp_header)
-        header[4:8] = ((seq + offset) & 0xFFFFFFFF).to_bytes(4, "big")
+        segment = bytearray(tcp_header + chunk)
+        tcp.set_seq(segment, seq + offset)
         if not last:
-            header[13] &= ~(PSH | FIN) & 0xFF
-        header[16:18] = b"\0\0"
-        segment = bytearray(header + chunk)
-        segment[16:18] = tcp_checksum(ip.src, ip.dst, segment).to_bytes(2, "big")
+            tcp.set_flags(segment, tcp.flags(segment) & ~(tcp.PSH | tcp.FIN) & 0xFF)
+        tcp.fill_checksum(segment, ip.src, ip.dst)
         piece = Ipv4Repr(src=ip.src, dst=ip.dst, protocol=ip.protocol, payload_len=len(segment),
                          ttl=ip.ttl, tos=ip.tos, ident=(ip.ident + index) & 0xFFFF,
                          df=ip.df).header()

@@ -38,8 +38,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+import emu.wire.ipv4 as ipv4
 from emu.sim import NS_PER_SECOND
 from emu.wire import icmp
+from emu.wire.addr import ipv4_is_class_d_or_e
 from emu.wire.icmp import IcmpRepr
 
 ICMP_ERROR_MAX_LEN = 576
@@ -64,31 +66,28 @@ def may_send_error(packet: bytes, l2_broadcast: bool) -> bool:
     """The icmp_send preconditions about the offending packet."""
     if l2_broadcast:
         return False
-    if len(packet) < 20:
+    if len(packet) < ipv4.MIN_HEADER_LEN:
         return False
-    flags_offset = (packet[6] << 8) | packet[7]
-    if flags_offset & 0x1FFF:
+    if ipv4.flags_offset(packet) & ipv4.OFFSET_MASK:
         return False
-    src, dst = packet[12:16], packet[16:20]
-    if src == b"\x00\x00\x00\x00" or src[0] >= 224 or dst[0] >= 224 or dst == b"\xff" * 4:
+    src, dst = ipv4.src(packet), ipv4.dst(packet)
+    if src == bytes(4) or ipv4_is_class_d_or_e(src) or ipv4_is_class_d_or_e(dst):
         return False
-    if packet[9] == 1:
-        header_len = (packet[0] & 0x0F) * 4
-        if len(packet) > header_len and packet[header_len] not in (
-                icmp.ECHO_REPLY, icmp.ECHO_REQUEST, 13, 14, 15, 16, 17, 18):
+    if ipv4.protocol(packet) == ipv4.PROTO_ICMP:
+        header_len = ipv4.header_length(packet)
+        if len(packet) > header_len and icmp.message_type(packet[header_len:]) not in icmp.QUERY_TYPES:
             return False  # never an error about an error (or an unknown type)
     return True
 
 
 def error_tos(packet: bytes) -> int:
-    return (packet[1] & IPTOS_TOS_MASK) | IPTOS_PREC_INTERNETCONTROL
+    return (ipv4.tos(packet) & IPTOS_TOS_MASK) | IPTOS_PREC_INTERNETCONTROL
 
 
 def build_error(packet: bytes, icmp_type: int, code: int, rest: int, route_mtu: int) -> bytes:
     """The ICMP error message quoting `packet` (the datagram as received)."""
-    room = min(route_mtu, ICMP_ERROR_MAX_LEN) - 20 - 8
-    total = (packet[2] << 8) | packet[3]
-    quoted = bytes(packet[:min(total, len(packet), room)])
+    room = min(route_mtu, ICMP_ERROR_MAX_LEN) - ipv4.MIN_HEADER_LEN - icmp.HEADER_LEN
+    quoted = bytes(packet[:min(ipv4.total_length(packet), len(packet), room)])
     return IcmpRepr(icmp_type, code, rest, quoted).build()
 
 

@@ -33,7 +33,9 @@ from typing import TYPE_CHECKING, Callable
 from emu.net.drops import wire_reason
 from emu.sim import NS_PER_SECOND, Event
 from emu.sim.timer_wheel import fire_time_ns
-from emu.wire.addr import BROADCAST_MAC, ZERO_MAC, ip_to_str, mac_to_str
+import emu.wire.ipv4 as ipv4
+from emu.wire.addr import (BROADCAST_MAC, ZERO_MAC, ip_to_str, ipv4_is_class_d_or_e, ipv4_is_loopback,
+                           is_multicast_mac, mac_to_str)
 from emu.wire.arp import OP_REPLY, OP_REQUEST, ArpRepr
 from emu.wire.ethernet import ETHERTYPE_ARP, ethernet_header
 
@@ -280,8 +282,8 @@ class NeighbourTable:
         """arp_solicit: broadcast while unresolved, unicast when probing."""
         n.probes += 1
         saddr = None
-        if packet is not None and len(packet) >= 20:
-            candidate = bytes(packet[12:16])
+        if packet is not None and len(packet) >= ipv4.MIN_HEADER_LEN:
+            candidate = ipv4.src(packet)
             if self.ns.is_local_address(candidate):
                 saddr = candidate
         if saddr is None:
@@ -399,10 +401,10 @@ def arp_input(ns: "Namespace", dev: "NetDevice", payload: bytes, to_us: bool) ->
     if arp.op not in (OP_REQUEST, OP_REPLY):
         dev.drop("ARP_UNKNOWN_OP")
         return
-    if arp.tpa[0] >= 224 or arp.tpa[0] == 127 or arp.spa[0] >= 224:
+    if ipv4_is_class_d_or_e(arp.tpa) or ipv4_is_loopback(arp.tpa) or ipv4_is_class_d_or_e(arp.spa):
         dev.drop("ARP_BAD_ADDRESS")
         return
-    if arp.sha[0] & 1:
+    if is_multicast_mac(arp.sha):
         dev.drop("ARP_BAD_SENDER_MAC")
         return
     table = ns.neighbours(dev)

@@ -25,6 +25,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+import emu.wire.ipv4 as ipv4
 from emu.net.stack import SendError
 from emu.sim import NS_PER_SECOND, Event
 from emu.wire import icmp
@@ -114,10 +115,10 @@ def echo_data(size: int, pattern: bytes | None = None) -> bytes:
 def _payload(data: bytes, now_ns: int) -> bytes:
     """The data with the send time (struct timeval) over its first 16
     bytes, when it has that many (iputils' `timing`)."""
-    if len(data) < 16:
+    if len(data) < icmp.ECHO_TIMEVAL_LEN:
         return data
     seconds, rest = divmod(now_ns, NS_PER_SECOND)
-    return struct.pack("<qq", seconds, rest // 1000) + data[16:]
+    return icmp.echo_timeval(seconds, rest // 1000) + data[icmp.ECHO_TIMEVAL_LEN:]
 
 
 def _rtt_text(triptime_us: int) -> str:
@@ -266,7 +267,7 @@ class Ping:
             self._unread.append((kind, packet, message))
             return
         now = self.ns.sim.now_ns
-        src = ip_to_str(packet[12:16])
+        src = ip_to_str(ipv4.src(packet))
         if kind == "reply":
             seq = message.echo_seq
             if seq not in self._sent_at:
@@ -274,7 +275,7 @@ class Ping:
             about = f"{self._stamp()}{len(message)} bytes from {src}: icmp_seq={seq}"
             if self.verbose:
                 about += f" ident={self.ident}"
-            about += f" ttl={packet[8]}"
+            about += f" ttl={ipv4.ttl(packet)}"
             if seq in self._replied:
                 self.result.duplicates += 1
                 self._line(f"{about} (DUP!)")
@@ -283,7 +284,7 @@ class Ping:
             self._replied.add(seq)
             self.result.received += 1
             self._confirm = True
-            if len(self._data) >= 16:  # iputils' `timing`: microseconds, as timevals subtract
+            if len(self._data) >= icmp.ECHO_TIMEVAL_LEN:  # iputils' `timing`: microseconds, as timevals subtract
                 clock = self.ns.sim.realtime_ns
                 triptime_us = clock(now) // 1000 - clock(self._sent_at[seq]) // 1000
                 about += f" time={_rtt_text(triptime_us)} ms"
@@ -291,7 +292,7 @@ class Ping:
         else:
             try:
                 quoted = Ipv4Packet(message.payload, allow_truncated=True)
-                seq = (quoted.payload[6] << 8) | quoted.payload[7]
+                seq = IcmpMessage(quoted.payload).echo_seq
             except (ValueError, IndexError):
                 return
             if seq not in self._sent_at:

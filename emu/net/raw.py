@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import emu.wire.ipv4 as ipv4
 from emu.net.stack import SendError
-from emu.wire.checksum import internet_checksum
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
     from emu.net.namespace import Namespace
-
-MIN_HEADER_LEN = 20
 
 
 def send_hdrinc(ns: "Namespace", packet: bytes, oif: "NetDevice | None" = None) -> bytes:
@@ -30,27 +28,26 @@ def send_hdrinc(ns: "Namespace", packet: bytes, oif: "NetDevice | None" = None) 
     it went to the neighbour layer. Raises ValueError for a packet that is
     not IPv4 with a whole header, SendError for what the kernel refuses."""
     packet = bytearray(packet)
-    if len(packet) < MIN_HEADER_LEN or packet[0] >> 4 != 4:
+    if len(packet) < ipv4.MIN_HEADER_LEN or ipv4.version(packet) != 4:
         raise ValueError("packet: not an IPv4 packet (version 4, at least 20 bytes)")
-    header_len = (packet[0] & 0x0F) * 4
-    if header_len < MIN_HEADER_LEN or header_len > len(packet):
+    header_len = ipv4.header_length(packet)
+    if header_len < ipv4.MIN_HEADER_LEN or header_len > len(packet):
         raise ValueError(f"packet: header length {header_len} does not fit the {len(packet)}-byte packet")
-    dst = bytes(packet[16:20])
+    dst = ipv4.dst(packet)
     route, local = ns.route_output(dst, oif)
     if route is None:
         raise SendError("ENETUNREACH", "Network is unreachable")
     if len(packet) > route.dev.mtu:
         raise SendError("EMSGSIZE", "Message too long", route.dev.mtu)
-    if packet[12:16] == bytes(4):
+    if ipv4.src(packet) == bytes(4):
         src = ns.source_for(route)
         if src is None:
             raise SendError("EADDRNOTAVAIL", "Cannot assign requested address")
-        packet[12:16] = src
-    packet[2:4] = len(packet).to_bytes(2, "big")
-    if packet[4:6] == bytes(2):
-        packet[4:6] = ns.stack.next_ident().to_bytes(2, "big")
-    packet[10:12] = bytes(2)
-    packet[10:12] = internet_checksum(bytes(packet[:header_len])).to_bytes(2, "big")
+        ipv4.set_src(packet, src)
+    ipv4.set_total_length(packet, len(packet))
+    if ipv4.ident(packet) == 0:
+        ipv4.set_ident(packet, ns.stack.next_ident())
+    ipv4.fill_checksum(packet)
     ns.sent += 1
     nexthop = dst if local else (route.gateway or dst)
     # arp_error_report: an unresolved next hop answers the sender with host unreachable.

@@ -32,12 +32,18 @@ from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, Global
                                   PeerLimits, build_error, error_tos, may_send_error)
 from emu.net.neighbour import arp_input
 from emu.sim import NS_PER_SECOND
+import emu.wire.ethernet as ethernet
+import emu.wire.ipv4 as ipv4
+import emu.wire.udp as udp
 from emu.wire import icmp
-from emu.wire.addr import ip_to_str
+from emu.wire.addr import (CLASS_D_FIRST, LOOPBACK_FIRST, LOOPBACK_LAST, ip_to_int, ip_to_str,
+                           is_multicast_mac)
 from emu.wire.errors import WireError
-from emu.wire.ethernet import ETHERTYPE_ARP, ETHERTYPE_IPV4, ETHERTYPE_VLAN, ethernet_header
+from emu.wire.ethernet import DST as ETH_DST, HEADER_LEN as ETH_HEADER_LEN
+from emu.wire.ethernet import ETHERTYPE_IPV4, ethernet_header
 from emu.wire.icmp import IcmpMessage, IcmpRepr
-from emu.wire.ipv4 import (FLAG_DF, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, decrement_ttl,
+from emu.wire.ipv4 import DST as IP_DST, PROTOCOL as IP_PROTOCOL, SRC as IP_SRC, TTL as IP_TTL
+from emu.wire.ipv4 import (PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, decrement_ttl,
                            ipv4_header)
 from emu.wire.tcp import RST as TCP_RST
 from emu.wire.tcp import TcpSegment, reset_for
@@ -117,20 +123,20 @@ class Ipv4Stack:
         if len(frame) < 14:
             dev.drop("PKT_TOO_SMALL")
             return
-        dst = frame[0:6]
+        dst = frame[ETH_DST]
         if dst == dev.mac:
             to_us, l2_broadcast = True, False
-        elif dst[0] & 1:
+        elif is_multicast_mac(dst):
             to_us, l2_broadcast = False, True
         else:
             dev.drop("OTHERHOST")
             return
-        ethertype = (frame[12] << 8) | frame[13]
-        if ethertype == ETHERTYPE_IPV4:
-            self.ip_input(dev, memoryview(frame)[14:], l2_broadcast)
-        elif ethertype == ETHERTYPE_ARP:
-            arp_input(self.ns, dev, bytes(frame[14:]), to_us)
-        elif ethertype == ETHERTYPE_VLAN:
+        ethertype = frame[ethernet.TYPE]
+        if ethertype == ethernet.TYPE_IPV4:
+            self.ip_input(dev, memoryview(frame)[ETH_HEADER_LEN:], l2_broadcast)
+        elif ethertype == ethernet.TYPE_ARP:
+            arp_input(self.ns, dev, bytes(ethernet.payload(frame)), to_us)
+        elif ethertype == ethernet.TYPE_VLAN:
             dev.drop("VLAN_UNSUPPORTED")
         else:
             dev.drop("UNHANDLED_PROTO")
@@ -151,15 +157,15 @@ class Ipv4Stack:
             packet, nf_state = self._nf_prerouting(dev, packet)
             if packet is None:
                 return
-        src, dst = packet[12:16], packet[16:20]
-        if src[0] >= 224 or src == BROADCAST_IP or (src[0] == 127 and dev is not self.ns.lo):
+        src, dst = packet[IP_SRC], packet[IP_DST]
+        if src >= CLASS_D_FIRST or (LOOPBACK_FIRST <= src <= LOOPBACK_LAST and dev is not self.ns.lo):
             self.ns.drop("IP_INVALID_SOURCE")
             return
         if self.ns.is_local_address(dst) or self.ns.is_broadcast_address(dst):
             if self.ns.sim.observer is not None:
                 self._hop(dev, "ip_rcv", "delivered", f"local {ip_to_str(dst)} from {ip_to_str(src)}")
             self.local_deliver(dev, packet, l2_broadcast or self.ns.is_broadcast_address(dst), nf_state)
-        elif dst[0] >= 224:
+        elif dst >= CLASS_D_FIRST:
             self.ns.drop("MULTICAST_UNSUPPORTED")
         elif not self.ns.ip_forward:
             self.ns.drop("IP_INADDRERRORS")
@@ -174,21 +180,22 @@ class Ipv4Stack:
     def forward(self, in_dev: "NetDevice", packet: bytes, nf_state: "PacketState | None" = None) -> None:
         """ip_forward; netfilter's FORWARD hook after the TTL decrement and
         the redirect, as NF_HOOK(FORWARD) ends ip_forward."""
-        dst = packet[16:20]
+        dst = packet[IP_DST]
         route = self.ns.routes.lookup(dst)
         if route is None:
             self._hop(in_dev, "ip_forward", "dropped:IP_INNOROUTES", f"no route to {ip_to_str(dst)}")
-            if self.peers.route_error_allow(bytes(packet[12:16]), self.ns.sim.now_ns):
+            if self.peers.route_error_allow(ipv4.src(packet), self.ns.sim.now_ns):
                 self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.NET_UNREACHABLE)
             self.ns.drop("IP_INNOROUTES")
             return
-        if packet[8] <= 1:
-            self._hop(in_dev, "ip_forward", "dropped:IP_INHDR", f"route {route} ttl {packet[8]}")
+        ttl = packet[IP_TTL]
+        if ttl <= 1:
+            self._hop(in_dev, "ip_forward", "dropped:IP_INHDR", f"route {route} ttl {ttl}")
             self.send_error(packet, icmp.TIME_EXCEEDED, icmp.TTL_EXCEEDED_IN_TRANSIT)
             self.ns.drop("IP_INHDR")
             return
         mtu = route.dev.mtu
-        if len(packet) > mtu and packet[6] & (FLAG_DF >> 8) and not gso.fits(self.ns.sim, packet, mtu):
+        if len(packet) > mtu and ipv4.dont_fragment(packet) and not gso.fits(self.ns.sim, packet, mtu):
             self._hop(in_dev, "ip_forward", "dropped:PKT_TOO_BIG", f"route {route} mtu {mtu} DF")
             self.send_error(packet, icmp.DEST_UNREACHABLE, icmp.FRAGMENTATION_NEEDED, mtu)
             self.ns.drop("PKT_TOO_BIG")
@@ -197,7 +204,7 @@ class Ipv4Stack:
         decrement_ttl(buf)
         if route.dev is in_dev and self._redirect_wanted(packet):
             self.send_error(bytes(buf), REDIRECT, REDIRECT_HOST,
-                            int.from_bytes(route.gateway or dst, "big"))
+                            ip_to_int(route.gateway or dst))
         packet = bytes(buf)
         if nf_state is not None:
             packet = self._nf_verdict(route.dev, "FORWARD", packet, buf,
@@ -214,7 +221,7 @@ class Ipv4Stack:
         """ip_route_input_slow's IPSKB_DOREDIRECT: the source is reachable
         without a gateway (fib_validate_source > 0); then ip_rt_send_redirect's
         backoff, kept in the source's inet_peer entry."""
-        src = bytes(packet[12:16])
+        src = ipv4.src(packet)
         reverse = self.ns.routes.lookup(src)
         if reverse is None or reverse.gateway is not None:
             return False
@@ -367,7 +374,7 @@ class Ipv4Stack:
                     raise SendError("EPERM", "Operation not permitted")
                 return src
             packet, route, local, nf_state = hooked
-            dst = bytes(packet[16:20])
+            dst = ipv4.dst(packet)
             mtu = route.dev.mtu if local else self.path_mtu(route, dst)
         self.ns.sent += 1
         nexthop = dst if local else (route.gateway or dst)
@@ -382,8 +389,8 @@ class Ipv4Stack:
         if not may_send_error(packet, l2_broadcast):
             return
         if self.ns.sim.observer is not None:
-            self._hop(None, "icmp_send", "sent", f"type {icmp_type} code {code} to {ip_to_str(packet[12:16])}")
-        orig_src, orig_dst = bytes(packet[12:16]), bytes(packet[16:20])
+            self._hop(None, "icmp_send", "sent", f"type {icmp_type} code {code} to {ip_to_str(ipv4.src(packet))}")
+        orig_src, orig_dst = ipv4.src(packet), ipv4.dst(packet)
         route, local = self.ns.route_output(orig_src, None)
         if route is None:
             self.ns.drop("IP_OUTNOROUTES")
@@ -419,7 +426,7 @@ class Ipv4Stack:
     def _nf_reassembly_timeout(self, first_fragment: bytes) -> None:
         """ip_expire for conntrack's queues: only an end host answers
         (frag_expire_skip_icmp unless the destination is local)."""
-        if self.ns.is_local_address(bytes(first_fragment[16:20])):
+        if self.ns.is_local_address(ipv4.dst(first_fragment)):
             self._reassembly_timeout(first_fragment)
 
     # == netfilter ==============================================================
@@ -435,7 +442,7 @@ class Ipv4Stack:
             if state is not None:
                 return packet, state
         frag_max_size = 0
-        if netfilter.tracking and ((packet[6] << 8) | packet[7]) & 0x3FFF:
+        if netfilter.tracking and ipv4.is_fragment(packet):
             whole = self.nf_reassembler.add_sized(packet)
             if whole is None:
                 if self.ns.sim.observer is not None:
@@ -456,9 +463,9 @@ class Ipv4Stack:
         out = self._nf_verdict(route.dev, "OUTPUT", packet, buf, result, state)
         if out is None:
             return None
-        local = self.ns.is_local_address(bytes(packet[16:20]))
-        if out[16:20] != packet[16:20]:
-            route, local = self.ns.route_output(bytes(out[16:20]), oif)
+        local = self.ns.is_local_address(ipv4.dst(packet))
+        if ipv4.dst(out) != ipv4.dst(packet):
+            route, local = self.ns.route_output(ipv4.dst(out), oif)
             if route is None:
                 self.ns.drop("IP_OUTNOROUTES")
                 return None
@@ -493,10 +500,10 @@ class Ipv4Stack:
         if reject_with != "tcp-reset":
             self.send_error(packet, icmp.DEST_UNREACHABLE, REJECT_CODES[reject_with])
             return
-        header_len = (packet[0] & 0x0F) * 4
-        if packet[9] != PROTO_TCP or ((packet[6] << 8) | packet[7]) & 0x1FFF:
+        header_len = ipv4.header_length(packet)
+        if ipv4.protocol(packet) != PROTO_TCP or ipv4.flags_offset(packet) & 0x1FFF:
             return
-        src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+        src, dst = ipv4.src(packet), ipv4.dst(packet)
         try:
             segment = TcpSegment(memoryview(packet)[header_len:])
         except WireError:
@@ -515,7 +522,7 @@ class Ipv4Stack:
     def local_deliver(self, dev: "NetDevice", packet: bytes, broadcast: bool,
                       nf_state: "PacketState | None" = None) -> None:
         """ip_local_deliver: reassembly, netfilter's INPUT hook, then the protocol."""
-        if ((packet[6] << 8) | packet[7]) & 0x3FFF:
+        if ipv4.is_fragment(packet):
             whole = self.reassembler.add(packet)
             if whole is None:
                 return
@@ -527,7 +534,7 @@ class Ipv4Stack:
             if packet is None:
                 return
         self.ns.delivered += 1
-        protocol = packet[9]
+        protocol = packet[IP_PROTOCOL]
         if protocol == PROTO_ICMP:
             self.icmp_input(dev, packet, broadcast)
         elif protocol == PROTO_UDP:
@@ -540,7 +547,7 @@ class Ipv4Stack:
             self.ns.drop("IP_NOPROTO")
 
     def icmp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
-        header_len = (packet[0] & 0x0F) * 4
+        header_len = ipv4.header_length(packet)
         try:
             message = IcmpMessage(packet[header_len:])
         except WireError as error:
@@ -575,12 +582,12 @@ class Ipv4Stack:
             self.ns.drop("ICMP_TYPE_UNHANDLED")
 
     def _echo_reply(self, packet: bytes, request: IcmpMessage) -> None:
-        src = bytes(packet[16:20])
+        src = ipv4.dst(packet)
         if not self.ns.is_local_address(src):
             src = None  # the request went to a broadcast address
         reply = IcmpRepr(icmp.ECHO_REPLY, 0, request.rest, bytes(request.payload)).build()
         try:
-            self.send(bytes(packet[12:16]), PROTO_ICMP, reply, src=src, tos=packet[1],
+            self.send(ipv4.src(packet), PROTO_ICMP, reply, src=src, tos=ipv4.tos(packet),
                       pmtudisc="dont")
         except SendError:
             self.ns.drop("ICMP_REPLY_UNSENDABLE")
@@ -596,22 +603,20 @@ class Ipv4Stack:
             self.learn_pmtu(quoted.dst, message.next_hop_mtu)
         if (quoted.protocol == PROTO_UDP and not quoted.frag_offset and len(quoted.payload) >= 4
                 and self.ns.is_local_address(quoted.src)):
-            inner = quoted.payload
-            sock = self.udp_socket_for((bytes(quoted.src), (inner[0] << 8) | inner[1]),
-                                       (bytes(quoted.dst), (inner[2] << 8) | inner[3]))
+            sport, dport = udp.ports(quoted.payload)
+            sock = self.udp_socket_for((quoted.src, sport), (quoted.dst, dport))
             if sock is not None:
                 self._hop(None, "udp_rcv", "error", f"icmp type {message.type} code {message.code} "
-                          f"to the socket of {ip_to_str(quoted.src)}:{(inner[0] << 8) | inner[1]}")
+                          f"to the socket of {ip_to_str(quoted.src)}:{sport}")
                 sock.icmp_error(message.type, message.code)
                 return
         if (quoted.protocol == PROTO_TCP and self.tcp is not None
                 and self.tcp.icmp_error(bytes(message.payload), message.type, message.code)):
             return
         if quoted.protocol == PROTO_ICMP and len(quoted.payload) >= 8:
-            inner = quoted.payload
-            if inner[0] == icmp.ECHO_REQUEST:
-                ident = (inner[4] << 8) | inner[5]
-                handler = self.echo_handlers.get(ident)
+            inner = IcmpMessage(quoted.payload)
+            if inner.type == icmp.ECHO_REQUEST:
+                handler = self.echo_handlers.get(inner.echo_id)
                 if handler is not None:
                     self._hop(None, "icmp_rcv", "delivered", f"icmp type {message.type} code {message.code}")
                     handler("error", packet, message)
@@ -636,8 +641,8 @@ class Ipv4Stack:
         self.ns.changed()
 
     def udp_input(self, dev: "NetDevice", packet: bytes, broadcast: bool) -> None:
-        header_len = (packet[0] & 0x0F) * 4
-        src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+        header_len = ipv4.header_length(packet)
+        src, dst = packet[IP_SRC], packet[IP_DST]
         try:
             datagram = UdpDatagram(packet[header_len:])
         except WireError as error:

@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import emu.net.gso as gso
+import emu.wire.ipv4 as ipv4
+import emu.wire.tcp as tcp
 from emu.net.stack import SendError
 from emu.net.tcp_params import (DEFAULT_SCALING_RATIO, GSO_MAX_SIZE, MAX_QUICKACKS,
                                 RMEM_TO_WIN_SCALE, SKB_HEAD_TRUESIZE, TCP_INIT_CWND,
@@ -181,10 +183,9 @@ class TcpLayer:
     # -- input ------------------------------------------------------------------
     def input(self, dev: "NetDevice", packet: bytes) -> None:
         """tcp_v4_rcv: a segment for a local address."""
-        header_len = (packet[0] & 0x0F) * 4
-        src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+        src, dst = ipv4.src(packet), ipv4.dst(packet)
         try:
-            segment = TcpSegment(memoryview(packet)[header_len:])
+            segment = TcpSegment(memoryview(packet)[ipv4.header_length(packet):])
         except WireError as error:
             self.ns.drop(error.reason)
             return
@@ -223,12 +224,11 @@ class TcpLayer:
 
     def icmp_error(self, quoted: bytes, icmp_type: int, code: int) -> bool:
         """tcp_v4_err: an ICMP error quoting one of our segments; True if a socket took it."""
-        header_len = (quoted[0] & 0x0F) * 4
-        if len(quoted) < header_len + 8:
+        header_len = ipv4.header_length(quoted)
+        if len(quoted) < header_len + 8:  # the 8 bytes every ICMP error quotes
             return False
-        src, dst = bytes(quoted[12:16]), bytes(quoted[16:20])
-        sport = int.from_bytes(quoted[header_len:header_len + 2], "big")
-        dport = int.from_bytes(quoted[header_len + 2:header_len + 4], "big")
+        src, dst = ipv4.src(quoted), ipv4.dst(quoted)
+        sport, dport = tcp.ports(quoted[header_len:])
         sock = self.connections.get((src, sport, dst, dport))
         if sock is None:
             return False

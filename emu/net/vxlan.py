@@ -26,9 +26,13 @@ from emu.net.stack import SendError
 from emu.net.udp import UdpSocket
 from emu.sim import Scheduler
 from emu.wire.addr import ip_to_str, mac_to_str
-from emu.wire.ipv4 import PROTO_UDP
+import emu.wire.ethernet as ethernet
+import emu.wire.ipv4 as ipv4
+import emu.wire.udp as udp
+from emu.wire.addr import is_multicast_mac
+from emu.wire.ipv4 import PROTO_TCP, PROTO_UDP
 from emu.wire.udp import udp_segment
-from emu.wire.vxlan import FLAG_I, HEADER_LEN, vxlan_header
+from emu.wire.vxlan import FLAG_I, HEADER_LEN, header_fields, vxlan_header
 
 if TYPE_CHECKING:
     from emu.net.namespace import Namespace
@@ -47,19 +51,17 @@ def flow_source_port(inner_frame: bytes, low: int = PORT_MIN, high: int = PORT_M
     their MAC pair.
     """
     key: bytes
-    if len(inner_frame) >= 34 and inner_frame[12:14] == b"\x08\x00":
-        ip = inner_frame[14:]
-        header_len = (ip[0] & 0x0F) * 4
-        a, b = sorted((bytes(ip[12:16]), bytes(ip[16:20])))
-        proto = ip[9]
-        extra = b""
-        transport = ip[header_len:header_len + 8]
-        is_fragment = ((ip[6] << 8) | ip[7]) & 0x3FFF
-        if proto in (6, 17) and not is_fragment and len(transport) >= 4:
-            extra = b"".join(sorted((bytes(transport[0:2]), bytes(transport[2:4]))))
-        key = a + b + bytes([proto]) + extra
+    if len(inner_frame) >= ethernet.HEADER_LEN + ipv4.MIN_HEADER_LEN and ethernet.is_ipv4(inner_frame):
+        ip = memoryview(inner_frame)[ethernet.HEADER_LEN:]
+        _, _, _, _, flags_offset, _, proto, _, src, dst = ipv4.fixed_fields(ip)
+        key = (src + dst if src <= dst else dst + src) + bytes((proto,))
+        transport = ip[ipv4.header_length(ip):]
+        if (proto in (PROTO_TCP, PROTO_UDP) and not flags_offset & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
+                and len(transport) >= 4):
+            low, high = sorted(udp.ports(transport))
+            key += low.to_bytes(2, "big") + high.to_bytes(2, "big")
     else:
-        key = b"".join(sorted((bytes(inner_frame[0:6]), bytes(inner_frame[6:12]))))
+        key = b"".join(sorted((ethernet.dst(inner_frame), ethernet.src(inner_frame))))
     value = zlib.crc32(key)
     return low + ((value * (high - low)) >> 32)
 
@@ -83,14 +85,10 @@ class VxlanSocket(UdpSocket):
         if len(data) < HEADER_LEN:
             self.ns.drop("VXLAN_INVALID_HDR")
             return
-        flags = data[0]
-        if not flags & FLAG_I:
+        flags, reserved1, vni, reserved2 = header_fields(data)
+        if flags != FLAG_I or reserved1 or reserved2:
             self.ns.drop("VXLAN_INVALID_HDR")
             return
-        if flags & ~FLAG_I or data[1:4] != b"\x00\x00\x00" or data[7]:
-            self.ns.drop("VXLAN_INVALID_HDR")
-            return
-        vni = (data[4] << 16) | (data[5] << 8) | data[6]
         device = self.devices.get(vni)
         if device is None:
             self.ns.drop("VXLAN_VNI_NOT_FOUND")
@@ -156,22 +154,25 @@ class Vxlan(NetDevice):
 
     # -- data path --------------------------------------------------------------
     def _xmit(self, frame: bytes) -> None:
-        remote = self.fdb.get(bytes(frame[0:6]))
+        dst_mac = bytes(frame[ethernet.DST])
+        remote = self.fdb.get(dst_mac)
         observer = self.sim.observer
         if remote is None:
             if observer is not None:
                 observer.hop(self.namespace, self, "vxlan_xmit", "dropped:VXLAN_NO_REMOTE",
-                             f"no fdb entry for {mac_to_str(frame[0:6])}")
+                             f"no fdb entry for {mac_to_str(dst_mac)}")
             self.drop("VXLAN_NO_REMOTE")
             return
         if observer is not None:
             observer.hop(self.namespace, self, "vxlan_xmit", "sent",
-                         f"fdb {self.fdb_line(bytes(frame[0:6]), remote)}")
-        inner_tos = frame[15] if len(frame) >= 16 and frame[12:14] == b"\x08\x00" else 0
+                         f"fdb {self.fdb_line(dst_mac, remote)}")
+        inner = memoryview(frame)[ethernet.HEADER_LEN:]
+        # The inner TOS byte, when the frame is IPv4 and long enough to hold it.
+        inner_tos = ipv4.tos(inner) if len(inner) >= 2 and ethernet.is_ipv4(frame) else 0
         payload = vxlan_header(self.vni) + bytes(frame)
         segment = udp_segment(flow_source_port(frame), self.port, payload, self.local_ip, remote,
                               with_checksum=self.udp_checksum)
-        inner_seg_len = gso.segment_len(self.sim, memoryview(frame)[14:])
+        inner_seg_len = gso.segment_len(self.sim, inner)
         try:
             # A GSO inner frame stays one super-packet outside (UDP tunnel GSO).
             self.namespace.stack.send(remote, PROTO_UDP, segment, src=self.local_ip,
@@ -182,14 +183,14 @@ class Vxlan(NetDevice):
 
     def decapsulated(self, inner: bytes) -> None:
         """An inner frame that arrived for our VNI."""
-        if len(inner) < 14:
+        if len(inner) < ethernet.HEADER_LEN:
             self.drop("PKT_TOO_SMALL")
             return
-        if inner[6:12] == self.mac:
+        if inner[ethernet.SRC] == self.mac:
             self.drop("VXLAN_INVALID_SMAC")
             return
-        dst = inner[0:6]
-        if dst != self.mac and not dst[0] & 1:
+        dst = inner[ethernet.DST]
+        if dst != self.mac and not is_multicast_mac(dst):
             self._tap(inner)
             self.drop("OTHERHOST")
             return

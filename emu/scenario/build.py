@@ -39,7 +39,7 @@ except ImportError:  # pragma: no cover - exercised by removing emu/fastpath
 from emu.scenario.model import FaultSpec, NodeSpec, Scenario
 from emu.scenario.node_rules import node_rules
 from emu.sim import Scheduler
-from emu.wire.addr import mac_to_str
+from emu.wire.addr import local_unicast_mac, mac_to_str
 
 
 @dataclass
@@ -66,9 +66,7 @@ def default_vtep_mac(seed: int, node: str) -> bytes:
     """A locally administered unicast MAC, as the kernel would pick at random,
     but drawn from the scenario seed so runs are reproducible."""
     rng = random.Random(f"{seed}/vtep/{node}")
-    raw = bytearray(rng.randbytes(6))
-    raw[0] = (raw[0] & 0xFE) | 0x02
-    return bytes(raw)
+    return local_unicast_mac(rng.randbytes(6))
 
 
 def open_store(scenario: Scenario) -> KeyValueStore:

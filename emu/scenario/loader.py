@@ -50,6 +50,7 @@ from emu.scenario.netfilter import NODE_KEYS as NODE_NETFILTER_KEYS, TOP_KEYS as
 from emu.scenario.netfilter import forward_policy, iptables_text, read_netfilter
 from emu.scenario.traffic import check_listeners, parse_command, read_stdin
 from emu.scenario.yamlsafe import load_yaml
+from emu.wire.addr import is_multicast_mac, local_unicast_mac
 
 _TOP_KEYS = ("name", "seed", "start", "net-conf", "underlay", "cni", "nodes", "traffic", "events", "linger",
              "etcd", "faults", *NETFILTER_KEYS)
@@ -294,7 +295,7 @@ def _mac(value: object, path: str) -> bytes:
     if not _MAC.fullmatch(value):
         raise ScenarioError(path, f"{_shorten(value)} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")
     mac = bytes.fromhex(value.replace(":", ""))
-    if mac[0] & 0x01:
+    if is_multicast_mac(mac):
         raise ScenarioError(path, f"{value} is a multicast MAC (must be unicast)")
     if mac == bytes(6):
         raise ScenarioError(path, f"{value} is the all-zero MAC")
@@ -690,7 +691,7 @@ class _Builder:
             ip=ip,
             mac=fields.read("mac", _mac, default=None),
             host_veth=host_veth,
-            host_veth_mac=fields.read("host-veth-mac", _mac, default=bytes([(digest[0] | 0x02) & 0xFE]) + digest[1:6]),
+            host_veth_mac=fields.read("host-veth-mac", _mac, default=local_unicast_mac(digest)),
             containers=tuple(containers),
             path=path,
         )

@@ -102,3 +102,31 @@ def ip_to_int(ip: bytes) -> int:
 def int_to_ip(value: int) -> bytes:
     """The 4-byte form of a 32-bit integer address."""
     return value.to_bytes(4, "big")
+
+
+# Bounds for address classes, comparable with 4-byte addresses as they are
+# (bytes order is numeric order): the hot path compares without a call.
+LOOPBACK_FIRST, LOOPBACK_LAST = b"\x7f\x00\x00\x00", b"\x7f\xff\xff\xff"
+CLASS_D_FIRST = b"\xe0\x00\x00\x00"
+
+
+def ipv4_is_loopback(ip: bytes) -> bool:
+    """127.0.0.0/8."""
+    return ip[0] == 127
+
+
+def ipv4_is_class_d_or_e(ip: bytes) -> bool:
+    """224.0.0.0 and above: multicast (class D) or reserved (class E, broadcast
+    included), never a unicast host (the kernel's martian checks)."""
+    return ip[0] >= 224
+
+
+def ipv4_is_multicast(ip: bytes) -> bool:
+    """224.0.0.0/4 (class D)."""
+    return 224 <= ip[0] <= 239
+
+
+def local_unicast_mac(raw: bytes) -> bytes:
+    """6 (random) bytes made a locally administered unicast MAC: the U/L bit
+    set, the I/G bit clear, as the kernel's eth_random_addr does."""
+    return bytes([(raw[0] | 0x02) & 0xFE]) + bytes(raw[1:6])

@@ -20,6 +20,11 @@ ETHERTYPE_VLAN = 0x8100
 HEADER_LEN = 14
 VLAN_TAG_LEN = 4
 
+# The EtherType field as it appears in a frame (compared without a parse).
+TYPE_IPV4 = ETHERTYPE_IPV4.to_bytes(2, "big")
+TYPE_ARP = ETHERTYPE_ARP.to_bytes(2, "big")
+TYPE_VLAN = ETHERTYPE_VLAN.to_bytes(2, "big")
+
 DST = slice(0, 6)
 SRC = slice(6, 12)
 TYPE = slice(12, 14)
@@ -116,3 +121,33 @@ class EthernetRepr:
 def ethernet_header(dst: bytes, src: bytes, ethertype: int) -> bytes:
     """The 14-byte untagged header, for the hot path that glues bytes together."""
     return _HEADER.pack(dst, src, ethertype)
+
+
+# -- field accessors (the header at the start of `buf`, at least 14 bytes) -----
+
+def dst(buf: bytes | bytearray | memoryview) -> bytes:
+    return bytes(buf[DST])
+
+
+def src(buf: bytes | bytearray | memoryview) -> bytes:
+    return bytes(buf[SRC])
+
+
+def ethertype(buf: bytes | bytearray | memoryview) -> int:
+    """The EtherType field as written (0x8100 for a tagged frame: no tag skipped)."""
+    return (buf[12] << 8) | buf[13]
+
+
+def addresses(buf: bytes | bytearray | memoryview) -> bytes:
+    """Destination and source MAC, 12 bytes."""
+    return bytes(buf[:12])
+
+
+def payload(buf: bytes | bytearray | memoryview) -> memoryview:
+    """What follows an untagged header."""
+    return memoryview(buf)[HEADER_LEN:]
+
+
+def is_ipv4(buf: bytes | bytearray | memoryview) -> bool:
+    """An untagged frame long enough for its EtherType, carrying IPv4."""
+    return len(buf) >= HEADER_LEN and buf[TYPE] == TYPE_IPV4

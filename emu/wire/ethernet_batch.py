@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from emu.wire.ethernet import HEADER_LEN
+from emu.wire.ethernet import DST, ETHERTYPE_VLAN, HEADER_LEN, SRC, TYPE
 from emu.wire.packed import PackedFrames
 
 
@@ -49,3 +49,28 @@ def mac_keys(rows: np.ndarray, column: int) -> np.ndarray:
     padded = np.zeros((len(rows), 8), np.uint8)
     padded[:, 2:] = rows[:, column:column + 6]
     return padded.view(">u8").ravel().astype(np.uint64)
+
+
+def dst_keys(rows: np.ndarray) -> np.ndarray:
+    """`mac_keys` of every row's destination MAC."""
+    return mac_keys(rows, DST.start)
+
+
+def src_keys(rows: np.ndarray) -> np.ndarray:
+    """`mac_keys` of every row's source MAC."""
+    return mac_keys(rows, SRC.start)
+
+
+def group_dst(rows: np.ndarray) -> np.ndarray:
+    """Rows whose destination is a group address (I/G bit: multicast, broadcast)."""
+    return (rows[:, DST.start] & 1) != 0
+
+
+def group_src(rows: np.ndarray) -> np.ndarray:
+    """Rows whose source MAC has the I/G bit set (never a valid source)."""
+    return (rows[:, SRC.start] & 1) != 0
+
+
+def vlan_tagged(rows: np.ndarray) -> np.ndarray:
+    """Rows whose EtherType is 802.1Q (one tag, VLAN_TAG_LEN more bytes)."""
+    return (rows[:, TYPE.start] == ETHERTYPE_VLAN >> 8) & (rows[:, TYPE.start + 1] == ETHERTYPE_VLAN & 0xFF)

@@ -30,7 +30,10 @@ TTL_EXCEEDED_IN_TRANSIT = 0
 REASSEMBLY_TIME_EXCEEDED = 1
 
 ERROR_TYPES = frozenset({DEST_UNREACHABLE, TIME_EXCEEDED, 4, 5, 12})
+# Queries that carry an identifier: echo, timestamp, information, address mask.
+QUERY_TYPES = frozenset({ECHO_REPLY, ECHO_REQUEST, 13, 14, 15, 16, 17, 18})
 HEADER_LEN = 8
+CHECKSUM = slice(2, 4)  # after type and code; the rest of the header follows
 
 _HEADER = struct.Struct("!BBHI")
 
@@ -146,3 +149,23 @@ class IcmpRepr:
         raw = self.build()
         buf[offset:offset + len(raw)] = raw
         return offset + len(raw)
+
+
+def message_type(buf: bytes | bytearray | memoryview) -> int:
+    """The type byte of the message at the start of `buf` (1+ bytes)."""
+    return buf[0]
+
+
+def message_code(buf: bytes | bytearray | memoryview) -> int:
+    """The code byte of the message at the start of `buf` (2+ bytes)."""
+    return buf[1]
+
+
+ECHO_TIMEVAL_LEN = 16
+_TIMEVAL = struct.Struct("<qq")
+
+
+def echo_timeval(seconds: int, microseconds: int) -> bytes:
+    """The send time iputils' ping writes at the start of its echo data (a
+    struct timeval as x86_64 lays it out: two little-endian 64-bit words)."""
+    return _TIMEVAL.pack(seconds, microseconds)

@@ -28,6 +28,7 @@ OFFSET_MASK = 0x1FFF
 
 TTL = 8
 PROTOCOL = 9
+IDENT = slice(4, 6)
 CHECKSUM = slice(10, 12)
 SRC = slice(12, 16)
 DST = slice(16, 20)
@@ -233,3 +234,112 @@ def decrement_ttl(packet: bytearray, offset: int = 0) -> int:
     packet[offset + 10] = new >> 8
     packet[offset + 11] = new & 0xFF
     return ttl - 1
+
+
+# -- field accessors ------------------------------------------------------------
+# One field of the (already length-checked) header at the start of `buf`, read or
+# written in place without building a view: the data path's per-hop reads and the
+# few rewrites the kernel does (raw sockets, fragmentation, reassembly). Field
+# offsets live here and nowhere else.
+
+def fixed_fields(buf: bytes | bytearray | memoryview) -> tuple:
+    """All ten fields of the fixed header in one unpack: (version_ihl, tos,
+    total_length, ident, flags_offset, ttl, protocol, checksum, src, dst)."""
+    return _FIXED.unpack_from(buf)
+
+
+def version(buf: bytes | bytearray | memoryview) -> int:
+    return buf[0] >> 4
+
+
+def header_length(buf: bytes | bytearray | memoryview) -> int:
+    """IHL in bytes."""
+    return (buf[0] & 0x0F) * 4
+
+
+def tos(buf: bytes | bytearray | memoryview) -> int:
+    return buf[1]
+
+
+def total_length(buf: bytes | bytearray | memoryview) -> int:
+    return (buf[2] << 8) | buf[3]
+
+
+def ident(buf: bytes | bytearray | memoryview) -> int:
+    return (buf[4] << 8) | buf[5]
+
+
+def flags_offset(buf: bytes | bytearray | memoryview) -> int:
+    """The flags and fragment offset word (FLAG_* | offset in 8-byte units)."""
+    return (buf[6] << 8) | buf[7]
+
+
+def dont_fragment(buf: bytes | bytearray | memoryview) -> bool:
+    return bool(buf[6] & (FLAG_DF >> 8))
+
+
+def is_fragment(buf: bytes | bytearray | memoryview) -> bool:
+    """MF set or a non-zero offset: any piece of a fragmented datagram."""
+    return bool(((buf[6] << 8) | buf[7]) & (FLAG_MF | OFFSET_MASK))
+
+
+def ttl(buf: bytes | bytearray | memoryview) -> int:
+    return buf[TTL]
+
+
+def protocol(buf: bytes | bytearray | memoryview) -> int:
+    return buf[PROTOCOL]
+
+
+def src(buf: bytes | bytearray | memoryview) -> bytes:
+    return bytes(buf[SRC])
+
+
+def dst(buf: bytes | bytearray | memoryview) -> bytes:
+    return bytes(buf[DST])
+
+
+def addresses(buf: bytes | bytearray | memoryview) -> bytes:
+    """Source and destination, 8 bytes (a key no hop changes)."""
+    return bytes(buf[12:20])
+
+
+def header(buf: bytes | bytearray | memoryview) -> bytes:
+    """The header bytes, options included."""
+    return bytes(buf[:header_length(buf)])
+
+
+def options(buf: bytes | bytearray | memoryview) -> bytes:
+    return bytes(buf[MIN_HEADER_LEN:header_length(buf)])
+
+
+def payload(buf: bytes | bytearray | memoryview) -> memoryview:
+    """What follows the header, up to the total length."""
+    return memoryview(buf)[header_length(buf):total_length(buf)]
+
+
+def set_total_length(buf: bytearray, value: int) -> None:
+    buf[2:4] = value.to_bytes(2, "big")
+
+
+def set_ident(buf: bytearray, value: int) -> None:
+    buf[4:6] = value.to_bytes(2, "big")
+
+
+def set_flags_offset(buf: bytearray, value: int) -> None:
+    buf[6:8] = value.to_bytes(2, "big")
+
+
+def set_src(buf: bytearray, address: bytes) -> None:
+    buf[SRC] = address
+
+
+def set_options(buf: bytearray, value: bytes) -> None:
+    """Replace the options area (same length) of the header in `buf`."""
+    buf[MIN_HEADER_LEN:header_length(buf)] = value
+
+
+def fill_checksum(buf: bytearray) -> None:
+    """Recompute the header checksum in place (over the IHL bytes)."""
+    buf[CHECKSUM] = b"\x00\x00"
+    buf[CHECKSUM] = internet_checksum(bytes(buf[:header_length(buf)])).to_bytes(2, "big")

@@ -66,3 +66,9 @@ def write_u16_rows(rows: "np.ndarray", offset: int, values: "np.ndarray") -> Non
 
     rows[:, offset] = values >> np.uint64(8)
     rows[:, offset + 1] = values & np.uint64(0xFF)
+
+
+def write_u16(buf: bytearray, offset: int, value: int) -> None:
+    """Store a big-endian 16-bit `value` at `offset` of one frame."""
+    buf[offset] = value >> 8
+    buf[offset + 1] = value & 0xFF

@@ -24,6 +24,9 @@ FIN, SYN, RST, PSH, ACK, URG, ECE, CWR = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x4
 OPT_END, OPT_NOP, OPT_MSS, OPT_WSCALE, OPT_SACK_PERM, OPT_SACK, OPT_TIMESTAMP = 0, 1, 2, 3, 4, 5, 8
 
 _HEADER = struct.Struct("!HHIIBBHHH")
+SEQ = slice(4, 8)
+FLAGS = 13
+_PORTS = struct.Struct("!HH")
 
 Option = tuple[int, object]
 
@@ -196,3 +199,37 @@ def reset_for(src_port: int, dst_port: int, seq: int, ack: int, flags: int, data
         return TcpRepr(dst_port, src_port, ack, 0, RST, 0)
     end = seq + data_len + bool(flags & SYN) + bool(flags & FIN)
     return TcpRepr(dst_port, src_port, 0, end & 0xFFFFFFFF, RST | ACK, 0)
+
+
+# -- field accessors (the header at the start of `buf`, length checked by the caller) --
+
+def ports(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(source, destination) port."""
+    return _PORTS.unpack_from(buf)
+
+
+def header_length(buf: bytes | bytearray | memoryview) -> int:
+    """The data offset in bytes."""
+    return (buf[12] >> 4) * 4
+
+
+def seq(buf: bytes | bytearray | memoryview) -> int:
+    return int.from_bytes(buf[SEQ], "big")
+
+
+def flags(buf: bytes | bytearray | memoryview) -> int:
+    return buf[FLAGS]
+
+
+def set_seq(buf: bytearray, value: int) -> None:
+    buf[SEQ] = (value & 0xFFFFFFFF).to_bytes(4, "big")
+
+
+def set_flags(buf: bytearray, value: int) -> None:
+    buf[FLAGS] = value
+
+
+def fill_checksum(buf: bytearray, src_ip: bytes, dst_ip: bytes) -> None:
+    """Recompute the checksum of the whole segment in `buf` in place."""
+    buf[16:18] = b"\0\0"
+    buf[16:18] = tcp_checksum(src_ip, dst_ip, buf).to_bytes(2, "big")

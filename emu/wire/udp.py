@@ -16,6 +16,7 @@ from emu.wire.frozen import build_frozen
 from emu.wire.ipv4 import PROTO_UDP
 
 HEADER_LEN = 8
+CHECKSUM = slice(6, 8)  # after the ports and the length: what a flow keeps constant
 
 _HEADER = struct.Struct("!HHHH")
 _PORTS = struct.Struct("!HH")
@@ -127,3 +128,8 @@ def udp_segment(src_port: int, dst_port: int, payload: bytes | bytearray | memor
         partial = pseudo_header_sum(src_ip, dst_ip, PROTO_UDP, length) + src_port + dst_port + length
         checksum = udp_checksum_field(~ones_sum(payload, partial) & 0xFFFF)
     return _HEADER.pack(src_port, dst_port, length, checksum) + bytes(payload)
+
+
+def ports(buf: bytes | bytearray | memoryview) -> tuple[int, int]:
+    """(source, destination) port of the header at the start of `buf` (4+ bytes)."""
+    return _PORTS.unpack_from(buf)

@@ -168,3 +168,10 @@ def decapsulate(frame: bytes | bytearray | memoryview) -> Decapsulated:
     vxlan = VxlanHeader(udp.payload)
     return build_frozen(Decapsulated, outer_ip=outer_ip, udp=udp.to_repr(), vxlan=vxlan.to_repr(),
                         inner_frame=bytes(vxlan.payload))
+
+
+def header_fields(buf: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
+    """(flags, reserved1, vni, reserved2) of the 8-byte header at the start
+    of `buf` in one unpack, for the receive path that only checks them."""
+    flags_reserved1, vni_reserved2 = _HEADER.unpack_from(buf)
+    return flags_reserved1 >> 24, flags_reserved1 & 0xFFFFFF, vni_reserved2 >> 8, vni_reserved2 & 0xFF

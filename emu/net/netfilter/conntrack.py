@@ -26,6 +26,9 @@ import random
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+import emu.wire.ipv4 as ipv4
+import emu.wire.tcp as tcp
+from emu.wire import icmp
 from emu.wire import nat as wire_nat
 from emu.wire.errors import WireError
 from emu.wire.ipv4 import PROTO_ICMP, PROTO_TCP, PROTO_UDP
@@ -91,13 +94,13 @@ def packet_tuple(packet: bytes | bytearray | memoryview) -> Tuple | None:
         ports = wire_nat.l4_ports(packet)
     except WireError:
         return None
-    protocol = packet[9]
-    src, dst = bytes(packet[12:16]), bytes(packet[16:20])
+    protocol = ipv4.protocol(packet)
+    src, dst = ipv4.src(packet), ipv4.dst(packet)
     if protocol == PROTO_ICMP:
         if ports is None:
             return None
-        ihl = (packet[0] & 0x0F) * 4
-        return Tuple(protocol, src, ports[0], dst, (packet[ihl] << 8) | packet[ihl + 1])
+        message = packet[ipv4.header_length(packet):]
+        return Tuple(protocol, src, ports[0], dst, (icmp.message_type(message) << 8) | icmp.message_code(message))
     if protocol in (PROTO_TCP, PROTO_UDP):
         if ports is None:
             return None  # a later fragment: Linux tracks reassembled packets only
@@ -335,8 +338,8 @@ class Conntrack:
 
 
 def _tcp_flags(packet: bytes | bytearray | memoryview) -> int:
-    ihl = (packet[0] & 0x0F) * 4
-    return packet[ihl + 13] if len(packet) > ihl + 13 else 0
+    segment = packet[ipv4.header_length(packet):]
+    return tcp.flags(segment) if len(segment) > tcp.FLAGS else 0
 
 
 def _port(key: Tuple, side: str) -> int | None:

@@ -21,6 +21,7 @@ from ipaddress import IPv4Address
 from typing import Callable
 
 from emu.net.netfilter.rules import Chain, Match, Rule, Ruleset, Target
+from emu.wire.addr import ipv4_is_multicast
 
 MAX_JUMPS = 512
 """A chain loop iptables-restore would refuse; a ruleset with a deeper jump
@@ -183,7 +184,7 @@ def address_type_of(address: bytes, local: Callable[[bytes], bool]) -> str:
         return "LOCAL"
     if address == b"\xff\xff\xff\xff":
         return "BROADCAST"
-    if 224 <= address[0] <= 239:
+    if ipv4_is_multicast(address):
         return "MULTICAST"
     if address == b"\x00\x00\x00\x00":
         return "UNSPEC"

@@ -35,6 +35,8 @@ from emu.net.netfilter.conntrack import DST, ORIGINAL, REPLY, SRC, Conntrack, Tr
 from emu.net.netfilter.engine import Evaluator, PacketInfo, Verdict
 from emu.net.netfilter.listing import list_table
 from emu.net.netfilter.rules import Ruleset, parse_rules
+import emu.wire.ipv4 as ipv4
+from emu.wire import icmp
 from emu.wire import nat as wire_nat
 from emu.wire.errors import WireError
 
@@ -165,9 +167,9 @@ class Netfilter:
         return [f"ct {tracked.state}"] if tracked is not UNTRACKED else []
 
     def _info(self, packet: bytes | bytearray, state: PacketState, out_dev: str | None) -> PacketInfo:
-        protocol = packet[9]
-        ihl = (packet[0] & 0x0F) * 4
-        info = PacketInfo(bytes(packet[12:16]), bytes(packet[16:20]), protocol, len(packet),
+        protocol = ipv4.protocol(packet)
+        ihl = ipv4.header_length(packet)
+        info = PacketInfo(ipv4.src(packet), ipv4.dst(packet), protocol, len(packet),
                           in_dev=state.in_dev, out_dev=out_dev, mark=state.mark, ctstate=state.tracked.state,
                           bridged=state.bridged)
         connection = state.tracked.connection
@@ -180,8 +182,9 @@ class Netfilter:
             ports = None
         if ports is not None and protocol in (TCP, UDP):
             info.sport, info.dport = ports
-        if protocol == ICMP and len(packet) >= ihl + 2 and packet[6] & 0x1F == 0 and packet[7] == 0:
-            info.icmp_type, info.icmp_code = packet[ihl], packet[ihl + 1]
+        if protocol == ICMP and len(packet) >= ihl + 2 and not ipv4.flags_offset(packet) & ipv4.OFFSET_MASK:
+            message = packet[ihl:]
+            info.icmp_type, info.icmp_code = icmp.message_type(message), icmp.message_code(message)
         return info
 
     def _filter(self, packet: bytearray, state: PacketState, chain: str, out_dev: str | None,
@@ -208,9 +211,9 @@ class Netfilter:
             if verdict.action != "ACCEPT":
                 return _result(verdict, f"nat/{chain}", steps)
             self._bind(connection, manip, verdict, out_dev, nexthop, packet)
-        before = (bytes(packet[12:20]), wire_nat.l4_ports(packet))
+        before = (ipv4.addresses(packet), wire_nat.l4_ports(packet))
         self.conntrack.translate(tracked, packet, manip)
-        after = (bytes(packet[12:20]), wire_nat.l4_ports(packet))
+        after = (ipv4.addresses(packet), wire_nat.l4_ports(packet))
         if after != before:
             steps.append(f"{'DNAT' if manip == DST else 'SNAT'} {_endpoints(before)} -> {_endpoints(after)}")
         return _result(Verdict("ACCEPT"), "", steps)
@@ -222,7 +225,7 @@ class Netfilter:
             self.conntrack.bind(connection, manip, None, None)
             return
         if target.name == "MASQUERADE":
-            source = self.masquerade_source(out_dev or "", nexthop if nexthop is not None else bytes(packet[16:20]))
+            source = self.masquerade_source(out_dev or "", nexthop if nexthop is not None else ipv4.dst(packet))
             ports = target.option("ports")
             self.conntrack.bind(connection, SRC, source, ports, random_fully=bool(target.option("random-fully")))
             return
