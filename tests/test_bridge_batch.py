@@ -7,6 +7,7 @@ counter and the FDB must come out the same.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -99,6 +100,12 @@ events = st.lists(st.one_of(
                        min_size=1, max_size=80)),
     # a user-added static entry for a host on some port (moves on learning, as in Linux)
     st.tuples(st.just("static"), st.integers(0, PORTS - 1), st.sampled_from(HOSTS)),
+    # an entry learned some time ago (a random FDB state, partly aged)
+    st.tuples(st.just("learned"), st.integers(0, PORTS - 1), st.sampled_from(HOSTS), st.integers(0, 80)),
+    # a port's settings: `bridge link set dev PORT hairpin .. learning .. state ..`
+    st.tuples(st.just("port"), st.integers(0, PORTS - 1), st.booleans(),
+              st.sampled_from([True, True, False]),
+              st.sampled_from(["forwarding", "forwarding", "learning", "blocking", "disabled"])),
 ), min_size=1, max_size=12)
 
 
@@ -107,6 +114,13 @@ def run_events(bridge_and_more, items, batched: bool, packed: bool = False):
     for item in items:
         if item[0] == "static":
             bridge.fdb.add_static(item[2], ports[item[1]])
+            continue
+        if item[0] == "learned":
+            bridge.fdb.learn(item[2], ports[item[1]], max(0, sim.now_ns - item[3]))
+            continue
+        if item[0] == "port":
+            settings = ports[item[1]].bridge_port
+            settings.hairpin, settings.learning, settings.state = item[2:]
             continue
         _, ingress, step, specs = item
         sim.now_ns += step
@@ -134,10 +148,12 @@ def build_short_ageing(hairpin: bool):
 @settings(max_examples=300, deadline=None)
 @given(events, st.booleans(), st.sampled_from([1, 2, 8, 32]), st.booleans())
 def test_planned_batches_equal_frame_by_frame(items, hairpin, vector_min, packed):
-    """The numpy plan (forced on from `vector_min` frames) against frame by
-    frame: learning within the batch, aging, static entries moving, local
-    MACs, refused sources, floods, MTU drops with and without a VLAN tag,
-    same-port drops and hairpin."""
+    """The numpy plan and the runs (forced on from `vector_min` frames)
+    against frame by frame, i.e. against `Bridge.decide`: learning within
+    the batch, random FDB states (entries learned at random ages), aging,
+    static entries moving, local MACs, refused sources, floods, MTU drops
+    with and without a VLAN tag, same-port drops, and per-port hairpin,
+    learning and STP state."""
     from emu.net import bridge as bridge_module
     saved = bridge_module.VECTOR_MIN
     bridge_module.VECTOR_MIN = vector_min
@@ -281,3 +297,57 @@ def test_transmit_interleaved_hands_one_class_its_whole_batch_and_runs_otherwise
     log.clear()
     NetDevice.transmit_interleaved(mixed, which, frames)
     assert Grouped.calls == [] and log == [(f"port{w}", frame) for w, frame in zip(which.tolist(), frames)]
+
+
+# -- the port object and the decision ------------------------------------------------
+def _frame(dst: bytes, src: bytes) -> bytes:
+    return ethernet_header(dst, src, ETHERTYPE_IPV4) + bytes(46)
+
+
+def test_port_settings_live_on_the_bridge_port_not_on_the_device():
+    sim, bridge, ports, log = build(hairpin=False)
+    port = ports[0].bridge_port
+    assert (port.bridge, port.dev, port.hairpin, port.learning, port.state) == (bridge, ports[0], False, True,
+                                                                                 "forwarding")
+    assert ports[0].master is bridge and not hasattr(ports[0], "hairpin")
+    with pytest.raises(ValueError, match="state"):
+        port.state = "sleeping"
+
+
+def test_decide_names_each_fate():
+    sim, bridge, ports, log = build(hairpin=False)
+    bridge.fdb.learn(HOSTS[1], ports[1], 0)
+    assert bridge.decide(ports[0], b"\xff" * 6, 0)[0] == "flood-group"
+    assert bridge.decide(ports[0], HOSTS[5], 0)[0] == "flood-unknown"
+    assert bridge.decide(ports[0], BRIDGE_MAC, 0)[0] == "local"
+    assert bridge.decide(ports[0], HOSTS[1], 0)[:2] == ("forward", ports[1])
+    assert bridge.decide(ports[1], HOSTS[1], 0) == ("drop", ports[1], "BRIDGE_SAME_PORT")
+    ports[1].bridge_port.hairpin = True
+    assert bridge.decide(ports[1], HOSTS[1], 0)[:2] == ("forward", ports[1])
+    ports[1].bridge_port.state = "blocking"
+    assert bridge.decide(ports[0], HOSTS[1], 0) == ("drop", ports[1], "BRIDGE_PORT_STATE")
+
+
+def test_a_learning_port_learns_then_drops_and_a_blocking_one_does_neither():
+    sim, bridge, ports, log = build(hairpin=False)
+    ports[0].bridge_port.state = "learning"
+    ports[1].bridge_port.state = "blocking"
+    bridge.handle_port_frame(ports[0], _frame(HOSTS[5], HOSTS[0]))
+    bridge.handle_port_frame(ports[1], _frame(HOSTS[5], HOSTS[1]))
+    assert HOSTS[0] in bridge.fdb and HOSTS[1] not in bridge.fdb
+    assert log == [] and ports[0].stats.drops["BRIDGE_PORT_STATE"] == 1
+    assert ports[1].stats.drops["BRIDGE_PORT_STATE"] == 1
+
+
+def test_a_flood_skips_ports_that_are_not_forwarding():
+    sim, bridge, ports, log = build(hairpin=False)
+    ports[2].bridge_port.state = "disabled"
+    bridge.handle_port_frame(ports[0], _frame(HOSTS[5], HOSTS[0]))
+    assert [name for name, _ in log] == ["port1"]
+
+
+def test_learning_off_keeps_the_source_out_of_the_fdb():
+    sim, bridge, ports, log = build(hairpin=False)
+    ports[0].bridge_port.learning = False
+    bridge.handle_port_frame(ports[0], _frame(HOSTS[5], HOSTS[0]))
+    assert HOSTS[0] not in bridge.fdb and len(log) == PORTS - 1

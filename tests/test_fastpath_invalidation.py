@@ -75,6 +75,12 @@ CHANGES = {
     "fdb ageing": (lambda run: setattr(_node(run).device("cni0").fdb, "ageing_ns", 1), "fdb-changed"),
     "bridge promiscuous": (lambda run: setattr(_node(run).device("cni0"), "promiscuous", True),
                            "namespace-changed"),
+    "bridge port state": (lambda run: setattr(_node(run).device("cni0").ports[0].bridge_port, "state",
+                                              "blocking"), "namespace-changed"),
+    "bridge port learning": (lambda run: setattr(_node(run, "n2").device("cni0").ports[0].bridge_port,
+                                                 "learning", False), "namespace-changed"),
+    "bridge port hairpin": (lambda run: setattr(_node(run).device("cni0").ports[0].bridge_port, "hairpin",
+                                                False), "namespace-changed"),
     "socket pmtudisc": (lambda run: setattr(_sender(run), "pmtudisc", "dont"), "socket-changed"),
     "socket checksum": (lambda run: setattr(_sender(run), "checksum", False), "socket-changed"),
     "neighbour removed": (lambda run: _node(run, "n2").neighbours(_node(run, "n2").device("cni0")).remove(

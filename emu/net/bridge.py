@@ -13,11 +13,16 @@ Follows br_handle_frame_finish / br_dev_xmit:
 The bridge device itself carries the pod gateway address; what the stack
 transmits on it is forwarded by the same FDB, without learning.
 
-Batches (`handle_port_batch`) take the same decisions for all their frames
-at once with numpy (`Fdb.lookup_batch`), and send the known-unicast frames
-to their ports in one `transmit_interleaved` call per stretch; any other
-frame (flood, local delivery, refused source) takes the per-frame path at
-its place in the batch, so every output keeps the per-frame order.
+Per-port settings (hairpin, learning, STP port state) live in the port's
+`BridgePort` (`dev.bridge_port`, Linux's net_bridge_port), not on devices.
+One function, `Bridge.decide`, gives a frame's fate (flood, up, forward,
+drop and why); the per-frame path and the runs of `_handle_runs` act on its
+answer. Large batches (`handle_port_batch`) are planned at once with numpy
+(`Fdb.lookup_batch`) and the known-unicast frames sent to their ports in one
+`transmit_interleaved` call per stretch; every other frame takes the
+per-frame path at its place, so every output keeps the per-frame order. The
+plan is proven equal to `decide` by property tests over random FDB states,
+port settings and frames (tests/test_bridge_batch.py).
 """
 
 from __future__ import annotations
@@ -40,6 +45,77 @@ VECTOR_MIN = 64  # below this many frames numpy's per-call cost outweighs its sp
 MAX_PLANS = 4  # fresh batch decisions per batch before the rest goes frame by frame
 
 
+# Port states (BR_STATE_*, `bridge link set dev DEV state N`): a port learns
+# in "learning" and "forwarding", and only a "forwarding" port passes frames.
+PORT_STATES = ("disabled", "listening", "learning", "forwarding", "blocking")
+
+# A frame's fate, as `decide` gives it.
+FLOOD_GROUP = "flood-group"  # broadcast/multicast: every port but the ingress, and up
+FLOOD_UNKNOWN = "flood-unknown"  # unicast the FDB does not know: every port but the ingress
+LOCAL = "local"  # for the bridge or one of its ports' own MACs: up
+FORWARD = "forward"  # known unicast: out of one port
+DROP = "drop"  # known unicast that may not leave by its port (reason given)
+
+
+class BridgePort:
+    """A device enslaved to a bridge and its per-port settings (Linux's
+    net_bridge_port): `bridge link set dev DEV hairpin on|off learning on|off
+    state STATE`. The settings change forwarding, so each setter counts as a
+    configuration change of the bridge's namespace (the flow cache rechecks)."""
+
+    __slots__ = ("bridge", "dev", "_hairpin", "_learning", "_state")
+
+    def __init__(self, bridge: "Bridge", dev: NetDevice, hairpin: bool = False, learning: bool = True,
+                 state: str = "forwarding") -> None:
+        self.bridge = bridge
+        self.dev = dev
+        self._hairpin = hairpin
+        self._learning = learning
+        self._state = _checked_state(state)
+
+    def __repr__(self) -> str:
+        return f"<BridgePort {self.dev.name} master {self.bridge.name} state {self._state}>"
+
+    @property
+    def hairpin(self) -> bool:
+        """Known unicast may go back out of the port it came in on (and floods too)."""
+        return self._hairpin
+
+    @hairpin.setter
+    def hairpin(self, value: bool) -> None:
+        self._hairpin = bool(value)
+        self.bridge.port_changed()
+
+    @property
+    def learning(self) -> bool:
+        """Source MACs of frames from this port are learned (BR_LEARNING)."""
+        return self._learning
+
+    @learning.setter
+    def learning(self, value: bool) -> None:
+        self._learning = bool(value)
+        self.bridge.port_changed()
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = _checked_state(value)
+        self.bridge.port_changed()
+
+    @property
+    def forwarding(self) -> bool:
+        return self._state == "forwarding"
+
+
+def _checked_state(state: str) -> str:
+    if state not in PORT_STATES:
+        raise ValueError(f"state: expected one of {', '.join(PORT_STATES)}, got {state!r}")
+    return state
+
+
 class Bridge(NetDevice):
     kind = "bridge"
 
@@ -50,6 +126,7 @@ class Bridge(NetDevice):
         self.fdb = Fdb(ageing_ns)
         self.fdb.add_static(mac, None, local=True)
         self._promiscuous = False
+        self._plain_ports = True  # every port forwarding and learning: batches may be planned
         self.flooded = 0
         self.forwarded = 0
         self.delivered_local = 0
@@ -65,78 +142,130 @@ class Bridge(NetDevice):
         self._config_changed()
 
     # -- configuration ------------------------------------------------------
-    def add_port(self, port: NetDevice, hairpin: bool = False) -> None:
-        """Enslave `port` (`ip link set PORT master BRIDGE`).
+    def add_port(self, port: NetDevice, hairpin: bool = False) -> BridgePort:
+        """Enslave `port` (`ip link set PORT master BRIDGE`); returns its
+        BridgePort (`port.bridge_port`), where the per-port settings live.
 
         Linux adds new ports at the head of its port list, so floods visit
         the newest port first; we keep the same order.
         """
-        if port.master is not None:
+        if port.bridge_port is not None:
             raise ValueError(f"{port.name} is already a port of {port.master.name}")
-        port.master = self
-        port.hairpin = hairpin
+        port.bridge_port = BridgePort(self, port, hairpin=hairpin)
         self.ports.insert(0, port)
         self.fdb.add_static(port.mac, port, local=True)
+        self.port_changed()
+        return port.bridge_port
 
     def remove_port(self, port: NetDevice) -> None:
         self.ports.remove(port)
-        port.master = None
+        port.bridge_port = None
         self.fdb.flush_port(port)
         self.fdb.remove(port.mac)
+        self.port_changed()
+
+    def port_changed(self) -> None:
+        """A port joined, left or changed a setting."""
+        self._plain_ports = all(dev.bridge_port.forwarding and dev.bridge_port.learning for dev in self.ports)
+        self._config_changed()
+
+    # -- the decision -------------------------------------------------------
+    def decide(self, ingress: NetDevice | None, dst: bytes, now: int) -> tuple[str, NetDevice | None, str | None]:
+        """The fate of a frame to `dst` that arrived on port `ingress` (None:
+        sent by the bridge device itself), as (fate, egress port, drop reason):
+        br_handle_frame_finish / br_dev_xmit with should_deliver. Every path
+        (frame by frame, runs, the numpy plan) acts on this answer or, for the
+        plan, is proven equal to it (tests/test_bridge_batch.py)."""
+        if is_multicast_mac(dst):
+            return FLOOD_GROUP, None, None
+        found = self.fdb.lookup_port(dst, now)
+        if found is None:
+            return FLOOD_UNKNOWN, None, None
+        egress, local = found
+        if local:
+            # The bridge's own transmission to a local MAC is flooded (no port
+            # to deliver it to); from a port it goes up.
+            return (LOCAL, egress, None) if ingress is not None else (FLOOD_UNKNOWN, None, None)
+        port = egress.bridge_port
+        if egress is ingress and not port.hairpin:
+            return DROP, egress, "BRIDGE_SAME_PORT"
+        if not port.forwarding:
+            return DROP, egress, "BRIDGE_PORT_STATE"
+        return FORWARD, egress, None
+
+    def _ingress(self, port: NetDevice, frame: bytes, now: int) -> tuple[str, NetDevice | None, str | None] | None:
+        """br_handle_frame: check and learn a frame from `port`, then `decide`;
+        None: dropped here (counted)."""
+        if len(frame) < HEADER_LEN:
+            port.drop("PKT_TOO_SMALL")
+            return None
+        src = frame[ethernet.SRC]
+        if is_multicast_mac(src) or src == ZERO_MAC:
+            port.drop("MAC_INVALID_SOURCE")
+            return None
+        settings = port.bridge_port
+        state = settings.state
+        if state != "forwarding" and state != "learning":
+            port.drop("BRIDGE_PORT_STATE")
+            return None
+        observer = self.sim.observer
+        if settings.learning:
+            self.fdb.learn(src, port, now)
+            if observer is not None:
+                observer.fdb_learn(self.fdb, src, port)
+        if state == "learning":
+            port.drop("BRIDGE_PORT_STATE")
+            return None
+        dst = frame[ethernet.DST]
+        verdict = self.decide(port, dst, now)
+        if observer is not None:
+            self._hop_verdict(observer, port, dst, verdict)
+        return verdict
+
+    def _act(self, port: NetDevice | None, frame: bytes, verdict: tuple[str, NetDevice | None, str | None]) -> None:
+        """Carry out `decide`'s verdict for one frame."""
+        fate, egress, reason = verdict
+        local_rcv = self._promiscuous and port is not None
+        if fate == FORWARD:
+            self.forwarded += 1
+            self._send_to_port(egress, frame)
+        elif fate == FLOOD_GROUP or fate == FLOOD_UNKNOWN:
+            self._flood(frame, port)
+            local_rcv = local_rcv or (fate == FLOOD_GROUP and port is not None)
+        elif fate == LOCAL:
+            self._pass_up(frame)
+            return
+        else:
+            egress.drop(reason)
+        if local_rcv:
+            self._pass_up(frame)
 
     # -- data path ----------------------------------------------------------
     def handle_port_frame(self, port: NetDevice, frame: bytes) -> None:
         """A frame received on one of our ports (the bridge rx_handler)."""
-        if len(frame) < ethernet.HEADER_LEN:
-            port.drop("PKT_TOO_SMALL")
-            return
-        src = frame[ethernet.SRC]
-        if is_multicast_mac(src) or src == ZERO_MAC:
-            port.drop("MAC_INVALID_SOURCE")
-            return
-        now = self.sim.now_ns
-        self.fdb.learn(src, port, now)
-        dst = frame[ethernet.DST]
-        observer = self.sim.observer
-        if observer is not None:
-            observer.fdb_learn(self.fdb, src, port)
-        local_rcv = self._promiscuous
-        if is_multicast_mac(dst):
-            if observer is not None:
-                self._hop(observer, port, "flooded", "flood: broadcast" if dst == BROADCAST_MAC
-                          else "flood: multicast")
-            self._flood(frame, port)
-            local_rcv = True
-        else:
-            found = self.fdb.lookup_port(dst, now)
-            if observer is not None:
-                observer.fdb_lookup(self.fdb, dst, found is not None)
-                self._hop_lookup(observer, port, dst, found)
-            if found is None:
-                self._flood(frame, port)
-            elif found[1]:
-                self._pass_up(frame)
-                return
-            else:
-                self._forward(found[0], frame, port)
-        if local_rcv:
-            self._pass_up(frame)
+        verdict = self._ingress(port, frame, self.sim.now_ns)
+        if verdict is not None:
+            self._act(port, frame, verdict)
 
     def _hop(self, observer, port: NetDevice | None, verdict: str, evidence: str) -> None:
         observer.hop(self.namespace, port or self, "bridge", verdict, evidence)
 
-    def _hop_lookup(self, observer, port: NetDevice | None, dst: bytes,
-                    found: tuple[NetDevice | None, bool] | None) -> None:
-        """The FDB's answer, in `bridge fdb show` words."""
-        if found is None:
+    def _hop_verdict(self, observer, port: NetDevice | None, dst: bytes,
+                     verdict: tuple[str, NetDevice | None, str | None]) -> None:
+        """The decision, in `bridge fdb show` words."""
+        fate, egress, reason = verdict
+        if fate == FLOOD_GROUP:
+            self._hop(observer, port, "flooded", "flood: broadcast" if dst == BROADCAST_MAC else "flood: multicast")
+            return
+        observer.fdb_lookup(self.fdb, dst, fate != FLOOD_UNKNOWN)
+        if fate == FLOOD_UNKNOWN:
             self._hop(observer, port, "flooded", "flood: unknown unicast")
             return
-        egress, local = found
         where = f"fdb {mac_to_str(dst)} dev {(egress or self).name} master {self.name}"
-        if local:
+        if fate == LOCAL:
             self._hop(observer, port, "delivered", f"{where} permanent: local")
-        elif egress is port and not egress.hairpin:
-            self._hop(observer, port, "dropped:BRIDGE_SAME_PORT", where)
+        elif fate == DROP:
+            self._hop(observer, port, f"dropped:{reason}", where)
         else:
             self._hop(observer, port, "forwarded", where)
 
@@ -150,7 +279,7 @@ class Bridge(NetDevice):
         if self.sim.observer is not None or self._promiscuous:
             for frame in frames:
                 self.handle_port_frame(port, frame)
-        elif len(frames) >= VECTOR_MIN:
+        elif len(frames) >= VECTOR_MIN and self._plain_ports:
             self._handle_planned(port, frames)
         else:
             self._handle_runs(port, frames)
@@ -211,7 +340,7 @@ class Bridge(NetDevice):
         same-port drops (unless hairpin), MTU drops, then one interleaved send."""
         devices = self.fdb.ports_by_number
         send = np.ones(len(frames), bool)
-        if not ingress.hairpin:
+        if not ingress.bridge_port.hairpin:
             same = egress == self.fdb.port_number(ingress)
             if same.any():
                 ingress.drop("BRIDGE_SAME_PORT", int(same.sum()))
@@ -244,27 +373,23 @@ class Bridge(NetDevice):
         per-frame order.
         """
         now = self.sim.now_ns
-        learn = self.fdb.learn
-        lookup = self.fdb.lookup_port
+        ingress = self._ingress
         run: list[bytes] = []
         run_port: NetDevice | None = None
         for frame in frames:
-            if len(frame) >= HEADER_LEN:
-                src, dst = ethernet.src(frame), ethernet.dst(frame)
-                if not is_multicast_mac(dst) and not is_multicast_mac(src) and src != ZERO_MAC:
-                    learn(src, port, now)
-                    found = lookup(dst, now)
-                    if found is not None and not found[1] and found[0] is not port:
-                        if found[0] is not run_port:
-                            if run:
-                                self._forward_run(run_port, run)
-                            run, run_port = [], found[0]
-                        run.append(frame)
-                        continue
+            verdict = ingress(port, frame, now)
+            if verdict is not None and verdict[0] == FORWARD:
+                if verdict[1] is not run_port:
+                    if run:
+                        self._forward_run(run_port, run)
+                    run, run_port = [], verdict[1]
+                run.append(frame)
+                continue
             if run:
                 self._forward_run(run_port, run)
                 run, run_port = [], None
-            self.handle_port_frame(port, frame)
+            if verdict is not None:
+                self._act(port, frame, verdict)
         if run:
             self._forward_run(run_port, run)
 
@@ -279,24 +404,17 @@ class Bridge(NetDevice):
     def _xmit(self, frame: bytes) -> None:
         """The bridge device transmits (br_dev_xmit): forward by FDB or flood."""
         dst = frame[ethernet.DST]
+        verdict = self.decide(None, dst, self.sim.now_ns)
         observer = self.sim.observer
-        if is_multicast_mac(dst):
-            if observer is not None:
-                self._hop(observer, None, "flooded", "flood: broadcast" if dst == BROADCAST_MAC
-                          else "flood: multicast")
-            self._flood(frame, None)
-            return
-        found = self.fdb.lookup_port(dst, self.sim.now_ns)
         if observer is not None:
-            observer.fdb_lookup(self.fdb, dst, found is not None)
-            self._hop_lookup(observer, None, dst, None if found is None or found[1] else found)
-        if found is None or found[1]:
-            self._flood(frame, None)
-        else:
-            self._forward(found[0], frame, None)
+            self._hop_verdict(observer, None, dst, verdict)
+        self._act(None, frame, verdict)
 
-    def _deliverable(self, port: NetDevice, ingress: NetDevice | None) -> bool:
-        return port is not ingress or port.hairpin
+    def _may_deliver(self, dev: NetDevice, ingress: NetDevice | None) -> bool:
+        """should_deliver: not back out of the ingress port unless hairpin, and
+        only to a forwarding port."""
+        port = dev.bridge_port
+        return (dev is not ingress or port.hairpin) and port.forwarding
 
     def _send_to_port(self, port: NetDevice, frame: bytes) -> None:
         if not port.fits_mtu(frame):
@@ -304,17 +422,10 @@ class Bridge(NetDevice):
             return
         port.transmit(frame)
 
-    def _forward(self, port: NetDevice, frame: bytes, ingress: NetDevice | None) -> None:
-        if not self._deliverable(port, ingress):
-            port.drop("BRIDGE_SAME_PORT")
-            return
-        self.forwarded += 1
-        self._send_to_port(port, frame)
-
     def _flood(self, frame: bytes, ingress: NetDevice | None) -> None:
         self.flooded += 1
         for port in list(self.ports):
-            if self._deliverable(port, ingress):
+            if self._may_deliver(port, ingress):
                 self._send_to_port(port, frame)
 
     def _pass_up(self, frame: bytes) -> None:

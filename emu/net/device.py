@@ -24,7 +24,7 @@ from emu.net.fault import DROP_REASON
 from emu.sim import Scheduler
 
 if TYPE_CHECKING:
-    from emu.net.bridge import Bridge
+    from emu.net.bridge import Bridge, BridgePort
     from emu.net.namespace import Namespace
 
 LINKTYPE_ETHERNET = 1
@@ -69,11 +69,15 @@ class NetDevice:
         self._mtu = mtu
         self._up = True
         self.namespace: Namespace | None = None
-        self.master: Bridge | None = None
-        self.hairpin = False
+        self.bridge_port: BridgePort | None = None  # set by Bridge.add_port
         self.stats = DeviceStats()
         self.taps: list[Tap] = []
         self.faults: list = []  # emu.net.fault.DropNth: injected loss
+
+    @property
+    def master(self) -> "Bridge | None":
+        """The bridge this device is a port of (`ip link show` master)."""
+        return self.bridge_port.bridge if self.bridge_port is not None else None
 
     def __repr__(self) -> str:
         owner = self.namespace.name if self.namespace else "-"

@@ -61,6 +61,8 @@ _TABLE = [
     DropReason("ICMP_RATELIMITED", False, "ICMP error not sent: per-peer rate limit"),
     DropReason("ICMP_GLOBAL_RATELIMITED", False, "ICMP error not sent: global rate limit"),
     DropReason("BRIDGE_SAME_PORT", False, "known unicast back out its ingress port without hairpin"),
+    DropReason("BRIDGE_PORT_STATE", False, "a frame from or to a bridge port that is not forwarding "
+                                           "(disabled, listening, blocking; learning ports learn, then drop)"),
     DropReason("MAC_INVALID_SOURCE", False, "multicast or zero source MAC on a bridge port"),
     DropReason("BRIDGE_DIRECT_RECEIVE", False, "a frame received on a bridge device itself"),
     DropReason("ARP_TRUNCATED", False, "ARP packet cut short"),
