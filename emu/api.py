@@ -38,7 +38,7 @@ from emu.iproute_json import fdb_json, neighbour_json, route_json
 from emu.net import Bridge, NetDevice, PingResult
 from emu.net.device import LINKTYPE_RAW
 from emu.net.raw import send_hdrinc
-from emu.net.stack import SendError
+from emu.net.errors import SocketError
 from emu.scenario import ScenarioError, load_scenario, load_scenario_document, load_scenario_text
 from emu.scenario.build import EmulatedCluster, add_node_later, add_pods, build_cluster
 from emu.scenario.model import NodeSpec, Scenario, TrafficSpec
@@ -53,7 +53,7 @@ from emu.wire.addr import mac_to_str
 if TYPE_CHECKING:
     from scapy.plist import PacketList
 
-__all__ = ["Cluster", "Capture", "Command", "Interface", "Node", "Pod", "ScenarioError", "SendError",
+__all__ = ["Cluster", "Capture", "Command", "Interface", "Node", "Pod", "ScenarioError", "SocketError",
            "SettleError"]
 
 DEFAULT_SETTLE_LIMIT_S = 3600.0
@@ -471,7 +471,7 @@ class Cluster:
 
         Nothing moves until the cluster runs (`run`, `run_until_idle`).
         Raises TypeError/ValueError naming the argument, KeyError for an
-        unknown name, SendError for what the kernel refuses (EMSGSIZE,
+        unknown name, SocketError for what the kernel refuses (EMSGSIZE,
         ENETUNREACH)."""
         name = _where(where)
         data, ip_level = _frame_bytes(frame)

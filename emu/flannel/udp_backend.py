@@ -28,7 +28,7 @@ from emu.net import Namespace, Tun, UdpSocket
 from emu.net.device import NetDevice
 from emu.net.route import SCOPE_UNIVERSE
 import emu.wire.ipv4 as ipv4
-from emu.net.stack import SendError
+from emu.net.errors import SocketError
 from emu.wire.addr import ip_from_str, ip_to_int, ip_to_str
 from emu.wire.icmp import DEST_UNREACHABLE, NET_UNREACHABLE, IcmpRepr
 from emu.wire.ipv4 import PROTO_ICMP, Ipv4Repr, decrement_ttl
@@ -109,7 +109,7 @@ class UdpBackend:
             self._hop("sent", f"lease for {ip_to_str(ipv4.dst(packet))}: udp to {ip_to_str(next_hop)}:{self.port}")
         try:
             self.socket.sendto(aged, (next_hop, self.port))
-        except SendError as error:
+        except SocketError as error:
             self.device.drop("FLANNELD_SEND_FAILED")
 
     def _udp_to_tun(self, data: bytes, source: tuple[bytes, int], packet: bytes,

@@ -52,11 +52,6 @@ POLLIN, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x4, 0x8, 0x10, 0x20
 STDIN, NETOUT, NETIN, STDOUT = range(4)
 EAGAIN = -2
 
-_STRERROR = {
-    "EADDRINUSE": "Address already in use",
-    "EADDRNOTAVAIL": "Cannot assign requested address",
-}
-
 
 @dataclass(frozen=True)
 class NcOptions:
@@ -492,5 +487,4 @@ class _ReadWrite:
 
 
 def _strerror(error: OSError) -> str:
-    name = str(error).split(":", 1)[0]
-    return _STRERROR.get(name, str(error))
+    return error.strerror or str(error)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 import emu.wire.ipv4 as ipv4
-from emu.net.stack import SendError
+from emu.net.errors import SocketError
 from emu.sim import NS_PER_SECOND, Event
 from emu.wire import icmp
 from emu.wire.addr import ip_from_str, ip_to_str
@@ -237,13 +237,13 @@ class Ping:
             self.ns.stack.send(self.dst, PROTO_ICMP, request, src=self.src, ttl=self.ttl, tos=self.tos,
                                pmtudisc=self.pmtudisc, oif=self.oif, confirm=self._confirm,
                                process=True)
-        except SendError as error:
+        except SocketError as error:
             self.result.errors += 1
             self._answered.add(seq)
             if error.errno_name == "EMSGSIZE":
                 self._line(f"ping: local error: message too long, mtu={error.mtu}")
             else:
-                self._line(f"ping: sendmsg: {error}")
+                self._line(f"ping: sendmsg: {error.strerror}")
         self._confirm = False
         if self.deadline_ns is None and seq >= self.count:
             self._next = self.ns.sim.call_later(self.linger_ns, self._finish)

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import emu.wire.ipv4 as ipv4
-from emu.net.stack import SendError
+from emu.net.errors import SocketError
 
 if TYPE_CHECKING:
     from emu.net.device import NetDevice
@@ -26,7 +26,7 @@ def send_hdrinc(ns: "Namespace", packet: bytes, oif: "NetDevice | None" = None) 
     """Send `packet` (a whole IPv4 packet) from `ns`, out of `oif` if given
     (SO_BINDTODEVICE), as a raw IP_HDRINCL socket does; returns the packet as
     it went to the neighbour layer. Raises ValueError for a packet that is
-    not IPv4 with a whole header, SendError for what the kernel refuses."""
+    not IPv4 with a whole header, SocketError for what the kernel refuses."""
     packet = bytearray(packet)
     if len(packet) < ipv4.MIN_HEADER_LEN or ipv4.version(packet) != 4:
         raise ValueError("packet: not an IPv4 packet (version 4, at least 20 bytes)")
@@ -36,13 +36,13 @@ def send_hdrinc(ns: "Namespace", packet: bytes, oif: "NetDevice | None" = None) 
     dst = ipv4.dst(packet)
     route, local = ns.route_output(dst, oif)
     if route is None:
-        raise SendError("ENETUNREACH", "Network is unreachable")
+        raise SocketError("ENETUNREACH")
     if len(packet) > route.dev.mtu:
-        raise SendError("EMSGSIZE", "Message too long", route.dev.mtu)
+        raise SocketError("EMSGSIZE", mtu=route.dev.mtu)
     if ipv4.src(packet) == bytes(4):
         src = ns.source_for(route)
         if src is None:
-            raise SendError("EADDRNOTAVAIL", "Cannot assign requested address")
+            raise SocketError("EADDRNOTAVAIL")
         ipv4.set_src(packet, src)
     ipv4.set_total_length(packet, len(packet))
     if ipv4.ident(packet) == 0:

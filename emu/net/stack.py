@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Callable
 
 import emu.net.gso as gso
 from emu.net.drops import wire_reason
+from emu.net.errors import SocketError
 from emu.net.fragment import Reassembler, fragment
 from emu.net.icmp_errors import (RATEMASK_TYPES, REDIRECT, REDIRECT_HOST, GlobalLimit,
                                   PeerLimits, build_error, error_tos, may_send_error)
@@ -63,15 +64,6 @@ REJECT_CODES = {"icmp-net-unreachable": icmp.NET_UNREACHABLE, "icmp-host-unreach
 """iptables' --reject-with names -> ICMP destination unreachable codes (RFC 1812's 9, 10, 13)."""
 MIN_PMTU = 552
 BROADCAST_IP = b"\xff\xff\xff\xff"
-
-
-class SendError(Exception):
-    """A local send that the kernel refuses with an errno (EMSGSIZE, ENETUNREACH)."""
-
-    def __init__(self, errno_name: str, message: str, mtu: int | None = None) -> None:
-        super().__init__(message)
-        self.errno_name = errno_name
-        self.mtu = mtu
 
 
 class Ipv4Stack:
@@ -330,7 +322,7 @@ class Ipv4Stack:
         Netfilter's OUTPUT hook runs once the packet is built (a DNAT routes
         it again, as ip_route_me_harder); a drop there is EPERM for a
         process, silent for the kernel's own sends.
-        Raises SendError for what the kernel refuses at send time. An
+        Raises SocketError for what the kernel refuses at send time. An
         offload (`Scheduler.offload`, the flow cache) may serve a process
         send itself, with the same effects.
         """
@@ -342,18 +334,18 @@ class Ipv4Stack:
         route, local = self.ns.route_output(dst, oif)
         if route is None:
             self._hop(oif, "ip_output", "refused:ENETUNREACH", f"no route to {ip_to_str(dst)}")
-            raise SendError("ENETUNREACH", "Network is unreachable")
+            raise SocketError("ENETUNREACH")
         if src is None:
             src = self.ns.source_for(route)  # a local destination's route has src = dst
             if src is None:
                 self._hop(route.dev, "ip_output", "refused:EADDRNOTAVAIL", f"route {route}")
-                raise SendError("EADDRNOTAVAIL", "Cannot assign requested address")
+                raise SocketError("EADDRNOTAVAIL")
         mtu = route.dev.mtu if local else self.path_mtu(route, dst)
         total = 20 + len(payload)
         if total > 0xFFFF:
-            raise SendError("EMSGSIZE", "Message too long", mtu)
+            raise SocketError("EMSGSIZE", mtu=mtu)
         if pmtudisc == "do" and total > mtu:
-            raise SendError("EMSGSIZE", "Message too long", mtu)
+            raise SocketError("EMSGSIZE", mtu=mtu)
         if seg_len and pmtudisc == "want" and seg_len > mtu:
             seg_len = 0  # the segments do not fit: an ordinary packet, fragmented
         df = pmtudisc == "do" or (pmtudisc == "want" and (total <= mtu or bool(seg_len)))
@@ -371,7 +363,7 @@ class Ipv4Stack:
             hooked = self._nf_local_out(packet, route, oif, nf_related)
             if hooked is None:
                 if process:
-                    raise SendError("EPERM", "Operation not permitted")
+                    raise SocketError("EPERM")
                 return src
             packet, route, local, nf_state = hooked
             dst = ipv4.dst(packet)
@@ -413,7 +405,7 @@ class Ipv4Stack:
         try:
             self.send(orig_src, PROTO_ICMP, message, src=saddr, tos=error_tos(packet),
                       pmtudisc="dont")
-        except SendError:
+        except SocketError:
             self.ns.drop("ICMP_ERROR_UNSENDABLE")
 
     def _unreachable_report(self, packet: bytes) -> None:
@@ -515,7 +507,7 @@ class Ipv4Stack:
         try:
             self.send(src, PROTO_TCP, reset.build(b"", dst, src), src=dst, pmtudisc="do", ident=0,
                       nf_related=state)
-        except SendError:
+        except SocketError:
             self.ns.drop("TCP_RESET_UNSENDABLE")
 
     # == local delivery ========================================================
@@ -589,7 +581,7 @@ class Ipv4Stack:
         try:
             self.send(ipv4.src(packet), PROTO_ICMP, reply, src=src, tos=ipv4.tos(packet),
                       pmtudisc="dont")
-        except SendError:
+        except SocketError:
             self.ns.drop("ICMP_REPLY_UNSENDABLE")
 
     def _icmp_error_input(self, packet: bytes, message: IcmpMessage) -> None:

@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Callable
 import emu.net.gso as gso
 import emu.wire.ipv4 as ipv4
 import emu.wire.tcp as tcp
-from emu.net.stack import SendError
+from emu.net.drops import errno_reason
+from emu.net.errors import SocketError
 from emu.net.tcp_params import (DEFAULT_SCALING_RATIO, GSO_MAX_SIZE, MAX_QUICKACKS,
                                 RMEM_TO_WIN_SCALE, SKB_HEAD_TRUESIZE, TCP_INIT_CWND,
                                 TCP_MSS_DEFAULT, TCPOLEN_TSTAMP_ALIGNED, TcpSysctls, align,
@@ -75,10 +76,6 @@ DELACK_MAX_NS = 200 * MS
 TIME_WAIT_NS = 60_000 * MS
 
 Address = tuple[bytes, int]
-
-_ERRNO_TEXT = {"ECONNRESET": "Connection reset by peer", "ECONNREFUSED": "Connection refused",
-               "ETIMEDOUT": "Connection timed out", "EHOSTUNREACH": "No route to host",
-               "ENETUNREACH": "Network is unreachable", "EPIPE": "Broken pipe"}
 
 
 def _after(a: int, b: int) -> bool:
@@ -145,7 +142,7 @@ class TcpLayer:
                 continue
             if all(u.state == "TIME_WAIT" for u in users) and sock.reuseaddr:
                 continue
-            raise OSError(f"EADDRINUSE: port {port} is in use in {self.ns.name}")
+            raise SocketError("EADDRINUSE", f"port {port} is in use in {self.ns.name}")
         self.bound.setdefault((ip, port), []).append(sock)
         return port
 
@@ -178,7 +175,7 @@ class TcpLayer:
             elif any(p == port for (_, p) in self.bound):
                 continue
             return port
-        raise OSError("EADDRNOTAVAIL: no free ephemeral port")
+        raise SocketError("EADDRNOTAVAIL", "no free ephemeral port")
 
     # -- input ------------------------------------------------------------------
     def input(self, dev: "NetDevice", packet: bytes) -> None:
@@ -219,7 +216,7 @@ class TcpLayer:
         try:
             self.ns.stack.send(seg.src, PROTO_TCP, repr_.build(b"", seg.dst, seg.src), src=seg.dst,
                                pmtudisc="do", ident=0)
-        except SendError:
+        except SocketError:
             self.ns.drop("TCP_RESET_UNSENDABLE")
 
     def icmp_error(self, quoted: bytes, icmp_type: int, code: int) -> bool:
@@ -336,9 +333,9 @@ class TcpSocket:
     # == the application's calls (process context) ==================================
     def bind(self, ip: bytes | None, port: int) -> None:
         if self.local_bind is not None:
-            raise OSError("EINVAL: socket is already bound")
+            raise SocketError("EINVAL", "socket is already bound")
         if ip is not None and not self.ns.is_local_address(ip):
-            raise OSError("EADDRNOTAVAIL: Cannot assign requested address")
+            raise SocketError("EADDRNOTAVAIL")
         port = self.layer.bind(self, ip, port)
         self.local_bind = (ip, port)
 
@@ -359,16 +356,16 @@ class TcpSocket:
     def connect(self, address: Address) -> None:
         """Start the handshake (EINPROGRESS); ENETUNREACH at once without a route."""
         if self.state != "CLOSE":
-            raise OSError("EISCONN: already connected")
+            raise SocketError("EISCONN", "already connected")
         dst, port = address
         route, _ = self.ns.route_output(dst, None)
         if route is None:
-            raise OSError("ENETUNREACH: Network is unreachable")
+            raise SocketError("ENETUNREACH")
         src = self.local_bind[0] if self.local_bind and self.local_bind[0] else None
         if src is None:
             src = self.ns.source_for(route)
             if src is None:
-                raise OSError("EADDRNOTAVAIL: Cannot assign requested address")
+                raise SocketError("EADDRNOTAVAIL")
         if self.local_bind is None:
             sport = self.layer._ephemeral(remote=address, src=src)
             self.local_bind = (None, sport)
@@ -398,12 +395,11 @@ class TcpSocket:
     def send(self, data: bytes) -> int:
         """write(2), non-blocking: the bytes taken into the send buffer."""
         if self.error is not None and self.state == "CLOSE":
-            raise OSError(f"{'EPIPE' if self.error != 'ECONNRESET' else 'ECONNRESET'}: "
-                          "Broken pipe")
+            raise SocketError("ECONNRESET" if self.error == "ECONNRESET" else "EPIPE")
         if self._shut_wr or self._app_closed:
-            raise OSError("EPIPE: Broken pipe")
+            raise SocketError("EPIPE")
         if self.state in ("SYN_SENT", "SYN_RECV", "CLOSE", "LISTEN"):
-            raise OSError("ENOTCONN: Transport endpoint is not connected")
+            raise SocketError("ENOTCONN")
         room = self.sndbuf - self._wmem_queued() - sum(len(d) for d in self._pending_writes)
         take = max(0, min(len(data), room))
         if take == 0:
@@ -443,7 +439,7 @@ class TcpSocket:
         if not self.receive_queue:
             if self.error is not None:  # SO_ERROR: reported once, then cleared
                 error, self.error = self.error, None
-                raise OSError(f"{error}: {_ERRNO_TEXT.get(error, error)}")
+                raise SocketError(error)
             if self._peer_fin or self.state == "CLOSE":
                 return b""
             return None
@@ -652,8 +648,8 @@ class TcpSocket:
             self.ns.stack.send(dst, PROTO_TCP, segment, src=src, pmtudisc="want", ident=ident,
                                seg_len=20 + len(segment) - len(data) + self.mss_cache
                                if segs > 1 else 0)
-        except SendError as error:
-            self.ns.drop(f"tcp-{error.errno_name.lower()}")
+        except SocketError as error:
+            self.ns.drop(errno_reason(error.errno_name))
 
     def _syn_options(self, syn_ack: bool, mss: int) -> list:
         """tcp_options_write for SYN / SYN-ACK."""

@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Callable
 
-from emu.net.stack import SendError
+from emu.net.errors import SocketError
 from emu.wire import icmp
 from emu.wire.ipv4 import PROTO_UDP
 from emu.wire.udp import udp_segment
@@ -83,7 +83,7 @@ def choose_ephemeral_port(ns: "Namespace", used: set[int]) -> int:
             port = (port + stride) % PORT_SPACE
             if port == start:
                 break
-    raise OSError("EADDRINUSE: no free ephemeral port")
+    raise SocketError("EADDRINUSE", "no free ephemeral port")
 
 
 class UdpSocket:
@@ -143,15 +143,15 @@ class UdpSocket:
     def bind(self, ip: bytes | None, port: int) -> None:
         """Bind to (ip, port); ip None means every address (0.0.0.0), port 0 an ephemeral one."""
         if self.local is not None:
-            raise SendError("EINVAL", "socket is already bound")
+            raise SocketError("EINVAL", "socket is already bound")
         if ip is not None and not self.ns.is_local_address(ip):
-            raise OSError("EADDRNOTAVAIL: Cannot assign requested address")
+            raise SocketError("EADDRNOTAVAIL")
         sockets = self.ns.stack.udp_sockets
         if port == 0:
             port = choose_ephemeral_port(self.ns, {p for _, p in sockets})
         elif (ip, port) in sockets or (None, port) in sockets or (
                 ip is None and any(p == port for _, p in sockets)):
-            raise OSError(f"EADDRINUSE: port {port} is in use in {self.ns.name}")
+            raise SocketError("EADDRINUSE", f"port {port} is in use in {self.ns.name}")
         sockets[(ip, port)] = self
         self.local = (ip, port)
         self.ns.changed()
@@ -162,7 +162,7 @@ class UdpSocket:
         dst, _ = address
         route, _ = self.ns.route_output(dst, None)
         if route is None:
-            raise OSError("ENETUNREACH: Network is unreachable")
+            raise SocketError("ENETUNREACH")
         if self.local is None:
             self.bind(None, 0)
         ip, port = self.local
@@ -189,7 +189,7 @@ class UdpSocket:
 
     def sendto(self, data: bytes, address: tuple[bytes, int], ttl: int | None = None,
                tos: int = 0) -> None:
-        """Send one datagram (raises SendError for what the kernel refuses)."""
+        """Send one datagram (raises SocketError for what the kernel refuses)."""
         if self.local is None:
             self.bind(None, 0)
         dst, port = address
@@ -203,15 +203,12 @@ class UdpSocket:
                            pmtudisc=self.pmtudisc, process=True)
 
     def send(self, data: bytes) -> int:
-        """write(2) on a connected socket: one datagram. Raises OSError with
-        the errno name first (a pending error is returned once, then cleared)."""
+        """write(2) on a connected socket: one datagram. Raises SocketError
+        (a pending error is returned once, then cleared)."""
         if self.remote is None:
-            raise OSError("EDESTADDRREQ: Destination address required")
+            raise SocketError("EDESTADDRREQ")
         self._raise_pending()
-        try:
-            self.sendto(data, self.remote)
-        except SendError as error:
-            raise OSError(f"{error.errno_name}: {error}") from None
+        self.sendto(data, self.remote)
         return len(data)
 
     def recv(self, size: int) -> bytes | None:
@@ -226,7 +223,7 @@ class UdpSocket:
     def _raise_pending(self) -> None:
         if self.error is not None:
             name, self.error = self.error, None
-            raise OSError(f"{name}: socket error")
+            raise SocketError(name)
 
     @property
     def readable(self) -> bool:
@@ -261,7 +258,7 @@ class UdpSocket:
             if not served:
                 self.sendto(payloads[index], address)
                 served = 1
-        except SendError as error:
+        except SocketError as error:
             self.send_errors.append(error.errno_name)  # sendmmsg stops at a refused datagram
             return
         if index + served < len(payloads):

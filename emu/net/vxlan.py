@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import emu.net.gso as gso
 from emu.net.device import NetDevice
 from emu.net.drops import errno_reason
-from emu.net.stack import SendError
+from emu.net.errors import SocketError
 from emu.net.udp import UdpSocket
 from emu.sim import Scheduler
 from emu.wire.addr import ip_to_str, mac_to_str
@@ -178,7 +178,7 @@ class Vxlan(NetDevice):
             self.namespace.stack.send(remote, PROTO_UDP, segment, src=self.local_ip,
                                       tos=_ecn_encapsulate(inner_tos), pmtudisc="dont",
                                       seg_len=inner_seg_len + 50 if inner_seg_len else 0)
-        except SendError as error:
+        except SocketError as error:
             self.drop(errno_reason(error.errno_name))
 
     def decapsulated(self, inner: bytes) -> None:
