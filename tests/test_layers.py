@@ -11,6 +11,7 @@ some import orders.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,27 @@ def test_each_net_module_imports_alone_without_the_fast_path():
             "        del sys.modules[loaded]\n"
             "    importlib.import_module(name)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_a_scenario_runs_without_the_fast_path():
+    """EMU_FASTPATH=off (what `EMU_FASTPATH=off python -m pytest` runs the
+    whole suite with): a scenario is built and played with emu.fastpath
+    unimportable, no flow cache installed, every ping answered."""
+    code = ("import importlib.abc, sys\n"
+            "class Block(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path, target=None):\n"
+            "        if name.startswith('emu.fastpath'):\n"
+            "            raise ModuleNotFoundError('blocked: ' + name, name=name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from emu.scenario import load_scenario_text\n"
+            "from emu.scenario.build import build_cluster\n"
+            "from emu.scenario.run import run_scenario\n"
+            "from tests.helpers_net import two_nodes_yaml\n"
+            "text = two_nodes_yaml('vxlan', traffic='  - {from: p1a, run: ping -c 3 -i 0.2 10.244.2.2}')\n"
+            "scenario = load_scenario_text(text)\n"
+            "assert build_cluster(scenario).sim.offload is None\n"
+            "result = run_scenario(scenario, None)\n"
+            "assert result.traffic[0].ping.received == 3, result.traffic[0].ping\n"
+            "assert not [m for m in sys.modules if m.startswith('emu.fastpath')]\n")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                   env={**os.environ, "EMU_FASTPATH": "off"})

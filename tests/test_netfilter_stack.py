@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from scapy.layers.inet import ICMP, IP
 
 from emu import Cluster
 from emu.explain.trace import Tracer
-from emu.fastpath import flow_cache
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "vxlan-cross-node.yaml"
 PING = "-c 3 -i 0.2 -W 1"
@@ -57,6 +57,7 @@ def test_an_empty_ruleset_keeps_the_hooks_off():
 
 
 def test_flows_through_a_namespace_with_rules_are_never_replayed():
+    flow_cache = pytest.importorskip("emu.fastpath").flow_cache  # a fast-path test (EMU_FASTPATH=off skips it)
     def replayed(rules: str | None) -> tuple[int, dict]:
         c = cluster()
         if rules:

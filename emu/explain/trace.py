@@ -306,15 +306,11 @@ def traced_run(scenario, out_dir=None, annotate: bool = True) -> TracedRun:
     bytes as an untraced run's)."""
     from emu.scenario.run import run_scenario
 
-    try:
-        from emu.fastpath import flow_cache
-    except ModuleNotFoundError:  # before the flow cache left emu.net
-        from emu.net.fastpath import flow_cache
-
     holder: dict = {}
 
     def setup(emulated, capture_set) -> None:
-        flow_cache(emulated.sim).enabled = False
+        if emulated.sim.offload is not None:  # the flow cache, if the run has one
+            emulated.sim.offload.enabled = False
         tracer = Tracer(emulated.sim, tunnel_ports(scenario)).attach()
         holder.update(tracer=tracer, emulated=emulated)
         if capture_set is not None and annotate:
