@@ -187,9 +187,9 @@ class Bridge(NetDevice):
             # to deliver it to); from a port it goes up.
             return (LOCAL, egress, None) if ingress is not None else (FLOOD_UNKNOWN, None, None)
         port = egress.bridge_port
-        if egress is ingress and not port.hairpin:
+        if egress is ingress and not port._hairpin:
             return DROP, egress, "BRIDGE_SAME_PORT"
-        if not port.forwarding:
+        if port._state != "forwarding":
             return DROP, egress, "BRIDGE_PORT_STATE"
         return FORWARD, egress, None
 
@@ -204,12 +204,12 @@ class Bridge(NetDevice):
             port.drop("MAC_INVALID_SOURCE")
             return None
         settings = port.bridge_port
-        state = settings.state
+        state = settings._state  # read in place: the per-frame path (the properties are for users)
         if state != "forwarding" and state != "learning":
             port.drop("BRIDGE_PORT_STATE")
             return None
         observer = self.sim.observer
-        if settings.learning:
+        if settings._learning:
             self.fdb.learn(src, port, now)
             if observer is not None:
                 observer.fdb_learn(self.fdb, src, port)

@@ -143,8 +143,8 @@ class NetDevice:
             return
         self.stats.rx_packets += 1
         self.stats.rx_bytes += len(frame)
-        if self.master is not None:
-            self.master.handle_port_frame(self, frame)
+        if self.bridge_port is not None:
+            self.bridge_port.bridge.handle_port_frame(self, frame)
         elif self.namespace is not None:
             self.namespace.stack.receive(self, frame)
         else:
@@ -167,7 +167,7 @@ class NetDevice:
     def receive_batch(self, frames: list[bytes]) -> None:
         """`receive` for each frame in order; a bridge port hands the whole
         batch to `Bridge.handle_port_batch` when nothing watches frame by frame."""
-        master = self.master
+        master = self.bridge_port.bridge if self.bridge_port is not None else None
         if master is None or not self._up or self.taps or self.faults or self.sim.observer is not None:
             for frame in frames:
                 self.receive(frame)

@@ -28,9 +28,9 @@ from emu.sim import Scheduler
 from emu.wire.addr import ip_to_str, mac_to_str
 import emu.wire.ethernet as ethernet
 import emu.wire.ipv4 as ipv4
-import emu.wire.udp as udp
 from emu.wire.addr import is_multicast_mac
-from emu.wire.ipv4 import PROTO_TCP, PROTO_UDP
+from emu.wire.flow import symmetric_flow_key
+from emu.wire.ipv4 import PROTO_UDP
 from emu.wire.udp import udp_segment
 from emu.wire.vxlan import FLAG_I, HEADER_LEN, header_fields, vxlan_header
 
@@ -50,19 +50,7 @@ def flow_source_port(inner_frame: bytes, low: int = PORT_MIN, high: int = PORT_M
     ports (all fragments of a datagram share one port). Non-IP frames hash
     their MAC pair.
     """
-    key: bytes
-    if len(inner_frame) >= ethernet.HEADER_LEN + ipv4.MIN_HEADER_LEN and ethernet.is_ipv4(inner_frame):
-        ip = memoryview(inner_frame)[ethernet.HEADER_LEN:]
-        _, _, _, _, flags_offset, _, proto, _, src, dst = ipv4.fixed_fields(ip)
-        key = (src + dst if src <= dst else dst + src) + bytes((proto,))
-        transport = ip[ipv4.header_length(ip):]
-        if (proto in (PROTO_TCP, PROTO_UDP) and not flags_offset & (ipv4.FLAG_MF | ipv4.OFFSET_MASK)
-                and len(transport) >= 4):
-            low, high = sorted(udp.ports(transport))
-            key += low.to_bytes(2, "big") + high.to_bytes(2, "big")
-    else:
-        key = b"".join(sorted((ethernet.dst(inner_frame), ethernet.src(inner_frame))))
-    value = zlib.crc32(key)
+    value = zlib.crc32(symmetric_flow_key(inner_frame))
     return low + ((value * (high - low)) >> 32)
 
 
@@ -168,7 +156,7 @@ class Vxlan(NetDevice):
                          f"fdb {self.fdb_line(dst_mac, remote)}")
         inner = memoryview(frame)[ethernet.HEADER_LEN:]
         # The inner TOS byte, when the frame is IPv4 and long enough to hold it.
-        inner_tos = ipv4.tos(inner) if len(inner) >= 2 and ethernet.is_ipv4(frame) else 0
+        inner_tos = inner[ipv4.TOS] if len(inner) > ipv4.TOS and frame[ethernet.TYPE] == ethernet.TYPE_IPV4 else 0
         payload = vxlan_header(self.vni) + bytes(frame)
         segment = udp_segment(flow_source_port(frame), self.port, payload, self.local_ip, remote,
                               with_checksum=self.udp_checksum)

@@ -26,6 +26,7 @@ FLAG_DF = 0x4000
 FLAG_MF = 0x2000
 OFFSET_MASK = 0x1FFF
 
+TOS = 1
 TTL = 8
 PROTOCOL = 9
 IDENT = slice(4, 6)
@@ -258,7 +259,7 @@ def header_length(buf: bytes | bytearray | memoryview) -> int:
 
 
 def tos(buf: bytes | bytearray | memoryview) -> int:
-    return buf[1]
+    return buf[TOS]
 
 
 def total_length(buf: bytes | bytearray | memoryview) -> int:
