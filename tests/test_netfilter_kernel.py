@@ -3,8 +3,9 @@
 tests/kernel-netfilter/record.py ran each case on Linux (a client C, a router
 R with iptables-restore rules, a server S, in network namespaces) and saved
 tcpdump captures of C's and S's eth0, R's `iptables-save -c` and
-`conntrack -L`. Here the same topology is built in the emulator, C sends the
-very IP packets the kernel's C sent (raw IP_HDRINCL sends at the same
+`conntrack -L` (bridge cases: A and P on B's bridge with br_netfilter, under
+the same names). Here the same topology is built in the emulator, C sends the
+very IP packets the kernel's C program sent (raw IP_HDRINCL sends at the same
 relative times; R's ping for output-dnat), and every frame seen on both
 links is compared byte for byte with the kernel's, with only the fields
 the kernel draws at random masked (the IP id of packets R and S build, and
@@ -23,19 +24,19 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import Ether
 from scapy.utils import rdpcap
 
-from emu.net import Namespace, Ping, veth_pair
+from emu.net import Bridge, Namespace, Ping, veth_pair
 from emu.net.nc import Netcat
 from emu.net.netfilter.listing import save_lines
 from emu.net.raw import send_hdrinc
 from emu.scenario.traffic import parse_command
 from emu.sim import Scheduler
-from emu.wire.addr import ip_from_str, mac_from_str
+from emu.wire.addr import ip_from_str, mac_from_str, mac_to_str
 
 from helpers_net import collect
 
 HERE = Path(__file__).resolve().parent / "kernel-netfilter"
 CASES = sorted(path.name for path in HERE.iterdir() if (path / "case.json").exists())
-assert len(CASES) >= 12, "the kernel recordings are missing"
+assert len(CASES) >= 15, "the kernel recordings are missing"
 FRAMES = {case: json.loads((HERE / case / "case.json").read_text()).get("frames", True) for case in CASES}
 MAC_C = "02:00:00:00:01:02"
 
@@ -58,6 +59,28 @@ def lab(r1_mtu: int):
     return sim, {"C": c, "R": r, "S": s}, {"C": collect(c_eth), "S": collect(s_eth)}
 
 
+def bridge_lab():
+    """A eth0 10.0.5.2 -- vA (hairpin) [B: br0 10.0.5.1/24] vP -- eth0 10.0.5.3 P, as record.py builds it;
+    returned under the router layout's names (A as C, B as R, P as S)."""
+    sim = Scheduler()
+    a, b, p = Namespace(sim, "A"), Namespace(sim, "B", ip_forward=True), Namespace(sim, "P")
+    bridge = Bridge(sim, "br0", mac_from_str("02:00:00:00:05:01"))
+    b.add_device(bridge)
+    b.add_address(bridge, ip_from_str("10.0.5.1"), 24)
+    taps = {}
+    for pod, key, port, mac, port_mac, address in ((a, "C", "vA", "05:02", "05:0a", "10.0.5.2"),
+                                                   (p, "S", "vP", "05:03", "05:0b", "10.0.5.3")):
+        eth, veth = veth_pair(sim, "eth0", mac_from_str("02:00:00:00:" + mac), port,
+                              mac_from_str("02:00:00:00:" + port_mac))
+        pod.add_device(eth)
+        pod.add_address(eth, ip_from_str(address), 24)
+        pod.add_route("0.0.0.0/0", eth, via="10.0.5.1")
+        b.add_device(veth)
+        bridge.add_port(veth, hairpin=port == "vA")
+        taps[key] = collect(eth)
+    return sim, {"C": a, "R": b, "S": p}, taps
+
+
 def kernel_frames(case: str, side: str) -> list[tuple[float, bytes]]:
     path = HERE / case / f"{side}_eth0.pcap"
     if not path.exists() or path.stat().st_size <= 24:
@@ -67,8 +90,8 @@ def kernel_frames(case: str, side: str) -> list[tuple[float, bytes]]:
 
 def masked(frame: bytes, own_ping: bool) -> bytes:
     """The frame with what may differ set aside: the IP id of an ICMP packet
-    built by R or S (the kernel draws it; a TCP reset's id is 0 by rule and
-    kept), for a ping R started itself the echo id and payload, and every
+    other than an echo request (built by a stack: the kernel draws it; echo
+    requests are C's, replayed; a TCP reset's id is 0 by rule and kept), for a ping R started itself the echo id and payload, and every
     checksum, recomputed from the content (the kernel's C left its TCP/UDP
     checksums to veth offload, CHECKSUM_PARTIAL, and ICMP errors quote them
     so; the emulator's own checksums are checked by `checksums_valid`)."""
@@ -76,7 +99,7 @@ def masked(frame: bytes, own_ping: bool) -> bytes:
     if IP not in packet:
         return frame
     ip = packet[IP]
-    if ip.proto == 1 and packet.src != MAC_C:
+    if ip.proto == 1 and (own_ping or ICMP not in packet or packet[ICMP].type != 8):
         ip.id = 0
         if own_ping and ICMP in packet and packet[ICMP].type in (0, 8):
             packet[ICMP].id = 0
@@ -116,7 +139,10 @@ def fixed_checksums(packet: bytes) -> bytes:
 
 def run_case(case: str):
     spec = json.loads((HERE / case / "case.json").read_text())
-    sim, namespaces, taps = lab(spec.get("r1_mtu", 1500))
+    if spec.get("topology") == "bridge":
+        sim, namespaces, taps = bridge_lab()
+    else:
+        sim, namespaces, taps = lab(spec.get("r1_mtu", 1500))
     namespaces["R"].netfilter.load(spec["rules"])
     if "emulated" in spec:
         programs = spec["emulated"]
@@ -126,9 +152,11 @@ def run_case(case: str):
         client = parse_command(programs["client"], "client")[0]
         sim.call_process_at(1_000_000, Netcat(namespaces["C"], client.options, client.destination,
                                               programs["stdin"].encode()).start, lambda result: None)
-    elif spec["from"] == "C":
-        sent = [(t, frame) for t, frame in kernel_frames(case, "C")
-                if Ether(frame).src == MAC_C and Ether(frame).type == 0x0800]
+    elif spec["from"] in ("C", "A"):
+        mac = namespaces["C"].devices["eth0"].mac
+        sent = [(t, frame) for t, frame in kernel_frames(case, "C") if Ether(frame).type == 0x0800
+                and Ether(frame).src == mac_to_str(mac) and Ether(frame).dst != mac_to_str(mac)
+                and not (ICMP in Ether(frame) and Ether(frame)[ICMP].type in (3, 11))]  # the program's, not the stack's
         start = sent[0][0]
         for t, frame in sent:
             sim.call_process_at(round((t - start) * 1e9), send_hdrinc, namespaces["C"],

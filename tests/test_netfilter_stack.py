@@ -98,3 +98,13 @@ def test_dnat_before_routing_and_the_reply_un_natted():
     assert "src=10.244.2.2 dst=10.244.1.2 type=0 code=0" in pings[0] and "UNREPLIED" not in pings[0]
     # the node's own VXLAN packets are tracked too (udp 8472, one entry per direction's hashed port)
     assert {e.split()[0] for e in entries} == {"icmp", "udp"}
+
+
+def test_bridged_traffic_meets_forward_only_with_bridge_nf_call_iptables():
+    c = cluster()
+    c.iptables_restore("n1", "*filter\n:FORWARD DROP [0:0]\nCOMMIT\n")
+    assert c.ping("p1a", "10.244.1.3", PING).received == 0  # br_netfilter: p1a -> p1b is FORWARDed, dropped
+    assert c.netfilter("n1")["iptables"]["filter"]["FORWARD"]["packets"] == 3
+    c._namespace("n1").bridge_nf_call_iptables = False
+    assert c.ping("p1a", "10.244.1.3", PING).received == 3  # plain bridging again
+    assert c.netfilter("n1")["iptables"]["filter"]["FORWARD"]["packets"] == 3

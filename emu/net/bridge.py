@@ -31,6 +31,7 @@ from typing import Sequence
 
 import numpy as np
 
+import emu.net.br_netfilter as br_netfilter
 from emu.net.device import NetDevice
 from emu.net.fdb import DEFAULT_AGEING_NS, Fdb
 from emu.sim import Scheduler
@@ -130,6 +131,7 @@ class Bridge(NetDevice):
         self.flooded = 0
         self.forwarded = 0
         self.delivered_local = 0
+        self._nf_state = None  # br_netfilter: the state of the frame being bridged
 
     @property
     def promiscuous(self) -> bool:
@@ -242,10 +244,21 @@ class Bridge(NetDevice):
 
     # -- data path ----------------------------------------------------------
     def handle_port_frame(self, port: NetDevice, frame: bytes) -> None:
-        """A frame received on one of our ports (the bridge rx_handler)."""
-        verdict = self._ingress(port, frame, self.sim.now_ns)
-        if verdict is not None:
-            self._act(port, frame, verdict)
+        """A frame received on one of our ports (the bridge rx_handler);
+        with br_netfilter on, a frame that passes br_handle_frame's first
+        checks goes through PREROUTING before learning, and its netfilter
+        state follows it (emu.net.br_netfilter)."""
+        if br_netfilter.enabled(self) and len(frame) >= HEADER_LEN and not is_multicast_mac(frame[ethernet.SRC]) \
+                and frame[ethernet.SRC] != ZERO_MAC and port.bridge_port.state in ("forwarding", "learning"):
+            frame, self._nf_state = br_netfilter.pre_routing(self, port, frame)
+            if frame is None:
+                return
+        try:
+            verdict = self._ingress(port, frame, self.sim.now_ns)
+            if verdict is not None:
+                self._act(port, frame, verdict)
+        finally:
+            self._nf_state = None
 
     def _hop(self, observer, port: NetDevice | None, verdict: str, evidence: str) -> None:
         observer.hop(self.namespace, port or self, "bridge", verdict, evidence)
@@ -276,7 +289,7 @@ class Bridge(NetDevice):
         (`_handle_runs`); a flow recorder or promiscuous mode (every frame also
         goes up) takes the per-frame path, and so does a batch an observer
         listens to (it hears every frame's decision)."""
-        if self.sim.observer is not None or self._promiscuous:
+        if self.sim.observer is not None or self._promiscuous or br_netfilter.enabled(self):
             for frame in frames:
                 self.handle_port_frame(port, frame)
         elif len(frames) >= VECTOR_MIN and self._plain_ports:
@@ -417,10 +430,18 @@ class Bridge(NetDevice):
         return (dev is not ingress or port.hairpin) and port.forwarding
 
     def _send_to_port(self, port: NetDevice, frame: bytes) -> None:
-        if not port.fits_mtu(frame):
-            port.drop("PKT_TOO_BIG")
-            return
-        port.transmit(frame)
+        state = self._nf_state
+        if state is None:
+            frames = [frame]
+        else:  # br_netfilter's FORWARD and POSTROUTING (what they send themselves sees no state)
+            self._nf_state = None
+            frames = br_netfilter.bridged_out(self, port, frame, state)
+            self._nf_state = state
+        for frame in frames:
+            if not port.fits_mtu(frame):
+                port.drop("PKT_TOO_BIG")
+                continue
+            port.transmit(frame)
 
     def _flood(self, frame: bytes, ingress: NetDevice | None) -> None:
         self.flooded += 1
@@ -431,6 +452,9 @@ class Bridge(NetDevice):
     def _pass_up(self, frame: bytes) -> None:
         """Deliver to the bridge device itself, as if received on it."""
         self.delivered_local += 1
+        state, self._nf_state = self._nf_state, None
+        if state is not None:
+            br_netfilter.passed_up(self, frame, state)
         NetDevice.receive(self, frame)
 
     def receive(self, frame: bytes) -> None:

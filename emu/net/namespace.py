@@ -88,6 +88,7 @@ class Namespace:
         self.stack = Ipv4Stack(self)
         # iptables + conntrack; its own seeded streams, so loading rules
         # moves none of the namespace's draws (IP ids, ports, ARP timers)
+        self._bridge_nf_call_iptables = True
         self.netfilter = Netfilter(random.Random(f"{seed}/{name}/netfilter"), self._address_type,
                                    self._masquerade_source, on_change=self.changed)
         self.tcp_sysctls = TcpSysctls()
@@ -137,6 +138,18 @@ class Namespace:
             self._rng = random.Random(self.rng_seed)
             self.stack.seed_ident(self._rng)
         return self._rng
+
+    @property
+    def bridge_nf_call_iptables(self) -> bool:
+        """`sysctl net.bridge.bridge-nf-call-iptables`: bridged IPv4 frames go
+        through iptables (br_netfilter). 1 in a new namespace once the module
+        is loaded, as on the reference host (Linux 6.18) and Kubernetes nodes."""
+        return self._bridge_nf_call_iptables
+
+    @bridge_nf_call_iptables.setter
+    def bridge_nf_call_iptables(self, value: bool) -> None:
+        self._bridge_nf_call_iptables = value
+        self.changed()
 
     def drop(self, reason: str) -> None:
         """Count a packet the stack refused, under a named reason."""

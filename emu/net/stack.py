@@ -146,7 +146,7 @@ class Ipv4Stack:
         packet = bytes(data[:header.total_length])
         nf_state = None
         if self.ns.netfilter.active:
-            packet, nf_state = self._nf_prerouting(dev, packet)
+            packet, nf_state = self.nf_prerouting(dev, packet)
             if packet is None:
                 return
         src, dst = packet[IP_SRC], packet[IP_DST]
@@ -199,7 +199,7 @@ class Ipv4Stack:
                             ip_to_int(route.gateway or dst))
         packet = bytes(buf)
         if nf_state is not None:
-            packet = self._nf_verdict(route.dev, "FORWARD", packet, buf,
+            packet = self.nf_verdict(route.dev, "FORWARD", packet, buf,
                                       self.ns.netfilter.forward(buf, nf_state, route.dev.name), nf_state)
             if packet is None:
                 return
@@ -234,7 +234,7 @@ class Ipv4Stack:
             netfilter = self.ns.netfilter
             buf = bytearray(packet)
             result = netfilter.postrouting(buf, nf_state, dev.name, nexthop, self.ns.sim.now_ns)
-            packet = self._nf_verdict(dev, "POSTROUTING", packet, buf, result, nf_state)
+            packet = self.nf_verdict(dev, "POSTROUTING", packet, buf, result, nf_state)
             if packet is None:
                 return
             if dev is self.ns.lo:
@@ -422,14 +422,19 @@ class Ipv4Stack:
             self._reassembly_timeout(first_fragment)
 
     # == netfilter ==============================================================
-    def _nf_prerouting(self, dev: "NetDevice", packet: bytes) -> tuple[bytes | None, "PacketState"]:
+    def nf_prerouting(self, dev: "NetDevice", packet: bytes,
+                      bridge_port: "NetDevice | None" = None) -> tuple[bytes | None, "PacketState | None"]:
         """NF_INET_PRE_ROUTING, before the local/forward decision (a DNAT
-        changes it). A packet looping back through lo keeps its state.
+        changes it). A packet looping back through lo, or passed up by a
+        bridge whose br_netfilter already ran the hook, keeps its state (as
+        ip_sabotage_in skips the hook). `bridge_port`: br_netfilter hands a
+        frame from that port of bridge `dev` (-i is the bridge, --physdev-in
+        the port).
         When conntrack runs, nf_defrag_ipv4 first reassembles fragments (a
         fragment waits in its queue, neither dropped nor passed on); the
         datagram remembers its largest fragment for refragmentation."""
         netfilter = self.ns.netfilter
-        if dev is self.ns.lo:
+        if bridge_port is None:
             state = netfilter.unloop(packet)
             if state is not None:
                 return packet, state
@@ -438,13 +443,15 @@ class Ipv4Stack:
             whole = self.nf_reassembler.add_sized(packet)
             if whole is None:
                 if self.ns.sim.observer is not None:
-                    self._hop(dev, "netfilter", "queued", "PREROUTING: nf_defrag_ipv4: fragment queued")
+                    self._hop(bridge_port or dev, "netfilter", "queued",
+                              "PREROUTING: nf_defrag_ipv4: fragment queued")
                 return None, None
             packet, frag_max_size = whole
         buf = bytearray(packet)
-        result, state = netfilter.prerouting(buf, dev.name, self.ns.sim.now_ns)
+        result, state = netfilter.prerouting(buf, dev.name, self.ns.sim.now_ns,
+                                             None if bridge_port is None else bridge_port.name)
         state.frag_max_size = frag_max_size
-        return self._nf_verdict(dev, "PREROUTING", packet, buf, result, state), state
+        return self.nf_verdict(bridge_port or dev, "PREROUTING", packet, buf, result, state), state
 
     def _nf_local_out(self, packet: bytes, route: "Route", oif: "NetDevice | None",
                       related: "PacketState | None") -> tuple | None:
@@ -452,7 +459,7 @@ class Ipv4Stack:
         (ip_route_me_harder). Returns (packet, route, local, state) or None."""
         buf = bytearray(packet)
         result, state = self.ns.netfilter.local_out(buf, route.dev.name, self.ns.sim.now_ns, related)
-        out = self._nf_verdict(route.dev, "OUTPUT", packet, buf, result, state)
+        out = self.nf_verdict(route.dev, "OUTPUT", packet, buf, result, state)
         if out is None:
             return None
         local = self.ns.is_local_address(ipv4.dst(packet))
@@ -463,7 +470,7 @@ class Ipv4Stack:
                 return None
         return out, route, local, state
 
-    def _nf_verdict(self, dev: "NetDevice | None", hook: str, packet: bytes, buf: bytearray,
+    def nf_verdict(self, dev: "NetDevice | None", hook: str, packet: bytes, buf: bytearray,
                     result: "HookResult", state: "PacketState") -> bytes | None:
         """Act on a hook's result: the packet to go on with (`buf`, rewritten
         in place, keeping a super-packet's gso_size), or None when it was
@@ -522,7 +529,7 @@ class Ipv4Stack:
         if nf_state is not None:
             buf = bytearray(packet)
             result = self.ns.netfilter.local_in(buf, nf_state, self.ns.sim.now_ns)
-            packet = self._nf_verdict(dev, "INPUT", packet, buf, result, nf_state)
+            packet = self.nf_verdict(dev, "INPUT", packet, buf, result, nf_state)
             if packet is None:
                 return
         self.ns.delivered += 1

@@ -6,6 +6,12 @@ server's eth0, then `iptables-save -c` and `conntrack -L` of the router.
 
     C eth0 10.0.1.2/24 -- r0 10.0.1.1/24 [R] r1 10.0.2.1/24 -- eth0 10.0.2.2/24 S
 
+Cases with `"topology": "bridge"` (br_netfilter) use instead A and P on
+bridge br0 of B (emunfA/B/P), with A's and P's eth0 captured as C_eth0 and
+S_eth0 and B's rules:
+
+    A eth0 10.0.5.2 -- vA (hairpin) [B: br0 10.0.5.1/24] vP -- eth0 10.0.5.3 P
+
 A case with `"frames": False` runs real programs on both ends in the
 emulator too (`emulated`: the nc lines), and only counters and conntrack
 entries are compared (TCP's sequence numbers are the kernel's draw).
@@ -26,6 +32,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 C, R, S = "emunfC", "emunfR", "emunfS"
+A, B, P = "emunfA", "emunfB", "emunfP"
+BRIDGE_MACS = {"A": "02:00:00:00:05:02", "vA": "02:00:00:00:05:0a", "P": "02:00:00:00:05:03",
+               "vP": "02:00:00:00:05:0b", "br0": "02:00:00:00:05:01"}
 MACS = {"C": "02:00:00:00:01:02", "r0": "02:00:00:00:01:01", "r1": "02:00:00:00:02:01", "S": "02:00:00:00:02:02"}
 
 
@@ -63,6 +72,16 @@ CASES = {
     "masquerade-tcp-refused": {"rules": nat("-A POSTROUTING -o r1 -j MASQUERADE\n"), "from": "C", "frames": False,
                                "run": "nc -w 1 -p 40006 10.0.2.2 8081",
                                "emulated": {"client": "nc -w 1 -p 40006 10.0.2.2 8081", "stdin": ""}},
+    "bridge-forward-drop": {"topology": "bridge", "rules": filt("", forward="DROP"), "from": "A",
+                            "run": "ping -c 1 -W 1 10.0.5.3"},
+    "bridge-physdev": {"topology": "bridge", "from": "A",
+                       "rules": filt("-A FORWARD -m physdev --physdev-in vA --physdev-is-bridged -j DROP\n"),
+                       "run": "ping -c 1 -W 1 10.0.5.3; echo hello | nc -u -w 1 -p 40000 10.0.5.1 9999"},
+    "bridge-hairpin-dnat": {"topology": "bridge", "from": "A",
+                            "rules": nat("-A PREROUTING -d 10.96.0.10/32 -p udp -m udp --dport 80 "
+                                         "-j DNAT --to-destination 10.0.5.2:8080\n"
+                                         "-A POSTROUTING -s 10.0.5.2/32 -d 10.0.5.2/32 -j MASQUERADE\n"),
+                            "run": "echo hello | nc -u -w 1 -p 40000 10.96.0.10 80"},
     "defrag-timeout": {"rules": nat("-A PREROUTING -d 10.0.9.9/32 -j DNAT --to-destination 10.0.2.2\n"),
                        "from": "C", "wait": 33,
                        "run": f"python3 {HERE}/first_fragments.py 10.0.9.9 10.0.1.1"},
@@ -78,7 +97,7 @@ def sh(ns: str | None, command: str, check: bool = True) -> str:
 
 
 def cleanup() -> None:
-    for ns in (C, R, S):
+    for ns in (C, R, S, A, B, P):
         sh(None, f"ip netns del {ns}", check=False)
 
 
@@ -86,7 +105,8 @@ def build(r1_mtu: int) -> None:
     """The three namespaces; the R-S link has MTU `r1_mtu` at both ends."""
     for ns in (C, R, S):
         sh(None, f"ip netns add {ns}")
-        sh(ns, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+        sh(ns, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 "
+               "net.ipv4.igmp_link_local_mcast_reports=0")
         sh(ns, "ip link set lo up")
     sh(None, f"ip link add eth0 netns {C} address {MACS['C']} type veth peer r0 netns {R} address {MACS['r0']}")
     sh(None, f"ip link add eth0 netns {S} address {MACS['S']} type veth peer r1 netns {R} address {MACS['r1']}")
@@ -106,30 +126,60 @@ def build(r1_mtu: int) -> None:
     sh(R, "sysctl -qw net.ipv4.ip_forward=1")
 
 
+def build_bridge() -> None:
+    """A and P on bridge br0 of B (10.0.5.1/24), A's port vA in hairpin mode,
+    bridge-nf-call-iptables=1 in B."""
+    for ns in (A, B, P):
+        sh(None, f"ip netns add {ns}")
+        sh(ns, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 "
+               "net.ipv4.igmp_link_local_mcast_reports=0")
+        sh(ns, "ip link set lo up")
+    m = BRIDGE_MACS
+    sh(B, f"ip link add br0 address {m['br0']} type bridge")
+    for pod, port, address in ((A, "vA", "10.0.5.2"), (P, "vP", "10.0.5.3")):
+        key = "A" if pod == A else "P"
+        sh(None, f"ip link add eth0 netns {pod} address {m[key]} type veth peer {port} netns {B} "
+                 f"address {m[port]}")
+        sh(pod, f"ip addr add {address}/24 dev eth0")
+        sh(pod, "ip link set eth0 up")
+        sh(pod, "ip route add default via 10.0.5.1")
+        sh(B, f"ip link set {port} master br0")
+        sh(B, f"ip link set {port} up")
+    sh(B, "ip link set vA type bridge_slave hairpin on")
+    sh(B, "ip addr add 10.0.5.1/24 dev br0")
+    sh(B, "ip link set br0 up")
+    sh(B, "sysctl -qw net.ipv4.ip_forward=1 net.bridge.bridge-nf-call-iptables=1")
+
+
 def record(name: str, case: dict) -> None:
     out = HERE / name
     out.mkdir(exist_ok=True)
-    build(case.get("r1_mtu", 1500))
+    bridged = case.get("topology") == "bridge"
+    router, left, right = (B, A, P) if bridged else (R, C, S)
+    if bridged:
+        build_bridge()
+    else:
+        build(case.get("r1_mtu", 1500))
     try:
-        subprocess.run(f"ip netns exec {R} iptables-restore", shell=True, input=case["rules"], text=True,
+        subprocess.run(f"ip netns exec {router} iptables-restore", shell=True, input=case["rules"], text=True,
                        check=True)
         dumps = [subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-n", "-w",
                                    str(out / f"{label}_eth0.pcap")], stderr=subprocess.DEVNULL)
-                 for ns, label in ((C, "C"), (S, "S"))]
+                 for ns, label in ((left, "C"), (right, "S"))]
         server = None
         if "server" in case:
             server = subprocess.Popen(["ip", "netns", "exec", S, "sh", "-c", case["server"]],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(1.0)
-        ns = {"C": C, "R": R, "S": S}[case["from"]]
+        ns = {"C": C, "R": R, "S": S, "A": A, "B": B, "P": P}[case["from"]]
         sh(ns, f"sh -c '{case['run']}'", check=False)
         time.sleep(case.get("wait", 1.5))
         for dump in dumps + ([server] if server is not None else []):
             dump.terminate()
             dump.wait()
         (out / "iptables-save.txt").write_text(
-            "\n".join(line for line in sh(R, "iptables-save -c").splitlines() if not line.startswith("#")) + "\n")
-        (out / "conntrack.txt").write_text(sh(R, "conntrack -L", check=False))
+            "\n".join(line for line in sh(router, "iptables-save -c").splitlines() if not line.startswith("#")) + "\n")
+        (out / "conntrack.txt").write_text(sh(router, "conntrack -L", check=False))
         (out / "case.json").write_text(json.dumps(case, indent=1) + "\n")
     finally:
         cleanup()

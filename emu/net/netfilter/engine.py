@@ -46,6 +46,8 @@ class PacketInfo:
     ctstate: str = "NEW"          # INVALID, NEW, ESTABLISHED, RELATED, UNTRACKED
     ct_status: frozenset = frozenset()  # {"SNAT", "DNAT"} of the connection, for --ctstate SNAT/DNAT
     bridged: bool = False         # br_netfilter: the packet is being bridged (physdev-is-bridged)
+    physdev_in: str | None = None  # br_netfilter: the bridge port it came in on
+    physdev_out: str | None = None  # ... and the one it leaves by (FORWARD on)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,10 @@ class Evaluator:
             return seen == position
         if kind == "physdev-is-bridged":
             return packet.bridged
+        if kind == "physdev-in":
+            return _interface(value, packet.physdev_in)
+        if kind == "physdev-out":
+            return _interface(value, packet.physdev_out)
         if kind == "icmp-type":
             wanted_type, wanted_code = value
             return (packet.icmp_type is not None and (wanted_type is None or packet.icmp_type == wanted_type)

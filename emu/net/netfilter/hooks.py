@@ -27,6 +27,7 @@ hooks, so the data path of a cluster without netfilter stays as it was.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
@@ -42,6 +43,7 @@ from emu.wire.errors import WireError
 
 ICMP, TCP, UDP = 1, 6, 17
 UNTRACKED = Tracked(None, ORIGINAL, "UNTRACKED")
+LOOPED_KEPT = 64
 
 
 @dataclass
@@ -54,6 +56,8 @@ class PacketState:
     bridged: bool = False
     confirmed: bool = False  # conntrack's update done (a looped-back packet is not counted twice)
     frag_max_size: int = 0  # reassembled by nf_defrag_ipv4: its largest fragment's length
+    physdev_in: str | None = None  # br_netfilter: the bridge port it came in on
+    physdev_out: str | None = None  # br_netfilter: the port it is bridged to (bridged from FORWARD on)
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,7 @@ class Netfilter:
         self.loaded: set[str] = set()  # tables iptables-restore instantiated
         self.active = False
         self.tracking = False
-        self._looped: dict[bytes, PacketState] = {}
+        self._looped: OrderedDict[bytes, PacketState] = OrderedDict()
 
     def load(self, text: str) -> None:
         """iptables-restore: each table the text holds is replaced; raises RulesError."""
@@ -104,10 +108,12 @@ class Netfilter:
 
     # -- the hooks -----------------------------------------------------------
 
-    def prerouting(self, packet: bytearray, in_dev: str, now_ns: int, bridged: bool = False) -> tuple[
+    def prerouting(self, packet: bytearray, in_dev: str, now_ns: int, physdev_in: str | None = None) -> tuple[
             HookResult, PacketState]:
+        """PREROUTING; `physdev_in`: the bridge port of a frame br_netfilter
+        hands over (`in_dev` is then the bridge, as setup_pre_routing sets it)."""
         tracked = self.conntrack.track(packet, now_ns) if self.tracking else UNTRACKED
-        state = PacketState(tracked, in_dev=in_dev, bridged=bridged)
+        state = PacketState(tracked, in_dev=in_dev, physdev_in=physdev_in)
         steps = self._ct_step(tracked)
         result = self._nat(packet, state, "PREROUTING", DST, None, None, steps)
         return result, state
@@ -155,8 +161,12 @@ class Netfilter:
     # -- a packet's state across lo ------------------------------------------
 
     def loop(self, packet: bytes, state: PacketState) -> None:
-        """`packet` leaves by lo: it comes back in with the same state."""
+        """`packet` leaves by lo (or a bridge passes it up after br_netfilter's
+        PREROUTING): it comes back into the stack with the same state. Only
+        the last few are kept (a packet the stack then drops before looking)."""
         self._looped[bytes(packet)] = state
+        if len(self._looped) > LOOPED_KEPT:
+            self._looped.popitem(last=False)
 
     def unloop(self, packet: bytes) -> PacketState | None:
         return self._looped.pop(bytes(packet), None)
@@ -171,7 +181,7 @@ class Netfilter:
         ihl = ipv4.header_length(packet)
         info = PacketInfo(ipv4.src(packet), ipv4.dst(packet), protocol, len(packet),
                           in_dev=state.in_dev, out_dev=out_dev, mark=state.mark, ctstate=state.tracked.state,
-                          bridged=state.bridged)
+                          bridged=state.bridged, physdev_in=state.physdev_in, physdev_out=state.physdev_out)
         connection = state.tracked.connection
         if connection is not None:
             info.ct_status = frozenset(flag.replace("_NAT", "NAT") for flag in connection.status

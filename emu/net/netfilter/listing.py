@@ -112,6 +112,8 @@ def _match_text(match, protocol: str) -> str:
         return f"statistic mode nth {bang}every {value[0]} packet {value[1]}"
     if kind == "physdev-is-bridged":
         return f"PHYSDEV match {bang}--physdev-is-bridged"
+    if kind in ("physdev-in", "physdev-out"):
+        return f"PHYSDEV match {bang}--{kind} {value}"
     if kind == "icmp-type":
         kind_, code = value
         return f"icmp{' !' if match.negated else ''}type {kind_ if kind_ is not None else 'any'}" + \

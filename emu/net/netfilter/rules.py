@@ -64,7 +64,8 @@ class Match:
     icmp-type (name or number text), comment (text, always true), mark
     ((value, mask)), ctstate (frozenset of states), addrtype-src/-dst
     (frozenset of types), statistic-random (probability), statistic-nth
-    ((every, packet)), physdev-is-bridged (True).
+    ((every, packet)), physdev-is-bridged (True), physdev-in, physdev-out
+    (bridge port name, `+` suffix a wildcard).
     """
 
     kind: str
@@ -347,6 +348,9 @@ def _rule(table: Table, words: list[str], number: int) -> Rule:
         elif word == "--physdev-is-bridged":
             _needs(modules, "physdev", word, reader)
             matches.append(Match("physdev-is-bridged", True, negate))
+        elif word in ("--physdev-in", "--physdev-out"):
+            _needs(modules, "physdev", word, reader)
+            matches.append(Match(word[2:], reader.take(word), negate))
         elif word in ("-j", "--jump", "-g", "--goto"):
             if target is not None:
                 reader.fail("a rule has one target")
