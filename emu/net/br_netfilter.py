@@ -35,17 +35,17 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
+import emu.wire.ethernet as ethernet
 from emu.net.fragment import fragment
+from emu.wire.addr import is_multicast_mac
 from emu.wire.errors import WireError
-from emu.wire.ethernet import ETHERTYPE_IPV4
+from emu.wire.ethernet import HEADER_LEN as ETH_HLEN
 from emu.wire.ipv4 import DST, Ipv4Packet
 
 if TYPE_CHECKING:
     from emu.net.bridge import Bridge
     from emu.net.device import NetDevice
     from emu.net.netfilter.hooks import PacketState
-
-ETH_HLEN = 14
 
 
 def enabled(bridge: "Bridge") -> bool:
@@ -58,7 +58,7 @@ def pre_routing(bridge: "Bridge", port: "NetDevice", frame: bytes) -> tuple[byte
     """br_nf_pre_routing for a frame from `port`: the frame to bridge on with
     its netfilter state (None state: not IPv4, bridged as is), or (None,
     None) when netfilter took it (dropped, or a fragment waiting)."""
-    if int.from_bytes(frame[12:ETH_HLEN], "big") != ETHERTYPE_IPV4:
+    if not ethernet.is_ipv4(frame):
         return frame, None
     ns = bridge.namespace
     try:
@@ -88,11 +88,11 @@ def _dnat_destination(bridge: "Bridge", packet: bytes, mac: bytes) -> bytes | No
     dst = bytes(packet[DST])
     route = None if ns.is_local_address(dst) else ns.routes.lookup(dst)
     if route is None or route.dev is not bridge:
-        return bridge.mac + mac[6:]  # to be routed: the bridge passes it up
+        return bridge.mac + mac[ethernet.SRC] + mac[ethernet.TYPE]  # to be routed: the bridge passes it up
     nexthop = route.gateway or dst
     neighbour = ns.neighbours(bridge).entries.get(nexthop)
     if neighbour is not None and neighbour.mac is not None:
-        return neighbour.mac + mac[6:]  # bridged DNAT (neigh_hh_bridge keeps the source MAC)
+        return neighbour.mac + mac[ethernet.SRC] + mac[ethernet.TYPE]  # bridged DNAT (neigh_hh_bridge keeps the source MAC)
     ns.stack.neigh_xmit(bridge, nexthop, packet)
     return None
 
@@ -122,5 +122,5 @@ def bridged_out(bridge: "Bridge", egress: "NetDevice", frame: bytes, state: "Pac
 def passed_up(bridge: "Bridge", frame: bytes, state: "PacketState") -> None:
     """A frame for the bridge device's own MAC (or a group address) goes up
     with its state, so the stack does not run PREROUTING again."""
-    if frame[0] & 1 or frame[:6] == bridge.mac:
+    if is_multicast_mac(frame[ethernet.DST]) or frame[ethernet.DST] == bridge.mac:
         bridge.namespace.netfilter.loop(bytes(frame[ETH_HLEN:]), state)
