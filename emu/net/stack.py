@@ -500,7 +500,7 @@ class Ipv4Stack:
             self.send_error(packet, icmp.DEST_UNREACHABLE, REJECT_CODES[reject_with])
             return
         header_len = ipv4.header_length(packet)
-        if ipv4.protocol(packet) != PROTO_TCP or ipv4.flags_offset(packet) & 0x1FFF:
+        if ipv4.protocol(packet) != PROTO_TCP or ipv4.flags_offset(packet) & ipv4.OFFSET_MASK:
             return
         src, dst = ipv4.src(packet), ipv4.dst(packet)
         try:
