@@ -199,3 +199,14 @@ def test_stats_json_and_the_summary_show_each_node_with_rules(tmp_path):
     rules = sum(len(chain["rules"]) for table in namespaces["n1"]["iptables"].values() for chain in table.values())
     assert lines[0].startswith(f"n1: {rules} rules (") and len(lines) == 2
     assert any(line.startswith("service web ClusterIP 10.96.0.2 80/TCP -> 8080: p2a") for line in result.nodes)
+
+
+def test_a_later_program_s_policy_wins_in_the_merge():
+    """The node's own `iptables:` comes last: its `:FORWARD ACCEPT` (as every
+    iptables-save prints) overrides forward-policy, as a later iptables-restore would."""
+    from emu.net.netfilter.rules import merge_restore
+
+    merged = merge_restore("*filter\n:FORWARD DROP [0:0]\nCOMMIT\n", "*filter\n:FORWARD ACCEPT [0:0]\n-A FORWARD -j ACCEPT\n"
+                           "COMMIT\n")
+    assert parse_rules(merged).tables["filter"].chains["FORWARD"].policy == "ACCEPT"
+    assert merged.count(":FORWARD") == 1

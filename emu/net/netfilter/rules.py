@@ -186,7 +186,8 @@ def parse_rules(text: str, ruleset: Ruleset | None = None) -> Ruleset:
 
 def merge_restore(*texts: str) -> str:
     """Several iptables-restore texts as one, table by table: chain
-    declarations once each (the first policy given wins), rules in the order
+    declarations once each, where the first names them (a later policy
+    wins, as a later `iptables-restore --noflush` sets it), rules in the order
     the texts give them, as if each program had appended its rules in turn."""
     order: list[str] = []
     declared: dict[str, dict[str, str]] = {}
