@@ -36,7 +36,7 @@ from helpers_net import collect
 
 HERE = Path(__file__).resolve().parent / "kernel-netfilter"
 CASES = sorted(path.name for path in HERE.iterdir() if (path / "case.json").exists())
-assert len(CASES) >= 15, "the kernel recordings are missing"
+assert len(CASES) >= 16, "the kernel recordings are missing"
 FRAMES = {case: json.loads((HERE / case / "case.json").read_text()).get("frames", True) for case in CASES}
 MAC_C = "02:00:00:00:01:02"
 
@@ -78,11 +78,12 @@ def bridge_lab():
         b.add_device(veth)
         bridge.add_port(veth, hairpin=port == "vA")
         taps[key] = collect(eth)
+    taps["B"] = collect(bridge)
     return sim, {"C": a, "R": b, "S": p}, taps
 
 
 def kernel_frames(case: str, side: str) -> list[tuple[float, bytes]]:
-    path = HERE / case / f"{side}_eth0.pcap"
+    path = HERE / case / (f"{side}_eth0.pcap" if side != "B" else "B_br0.pcap")
     if not path.exists() or path.stat().st_size <= 24:
         return []
     return [(float(packet.time), bytes(packet)) for packet in rdpcap(str(path))]
@@ -141,6 +142,7 @@ def run_case(case: str):
     spec = json.loads((HERE / case / "case.json").read_text())
     if spec.get("topology") == "bridge":
         sim, namespaces, taps = bridge_lab()
+        namespaces["R"].devices["br0"].promiscuous = bool(spec.get("promisc"))  # tcpdump on br0 sets it
     else:
         sim, namespaces, taps = lab(spec.get("r1_mtu", 1500))
     namespaces["R"].netfilter.load(spec["rules"])
@@ -171,7 +173,8 @@ def run_case(case: str):
 def test_frames_match_the_kernel(case):
     spec, namespaces, taps = run_case(case)
     own_ping = spec["from"] == "R"
-    for side in ("C", "S"):
+    sides = ("C", "S", "B") if (HERE / case / "B_br0.pcap").exists() else ("C", "S")
+    for side in sides:
         kernel = [masked(frame, own_ping) for _, frame in kernel_frames(case, side)]
         emulated = [masked(frame, own_ping) for _, frame in taps[side].frames]
         assert len(emulated) == len(kernel), (side, [Ether(f).summary() for f in emulated])

@@ -23,11 +23,10 @@ from a port to the IPv4 hooks, as net/bridge/br_netfilter_hooks.c does:
 - a frame passed up to the bridge device carries its netfilter state into
   the stack, which skips PREROUTING for it (ip_sabotage_in).
 
-Not modelled: a bridged DNAT whose new destination has no neighbour entry
-yet is sent by the stack through the bridge device (ARP first) rather than
-re-injected at the ingress port; the promiscuous bridge's copies of bridged
-DNAT frames that Linux also routes (they reach FORWARD as INVALID); ARP and
-IPv6 (arptables, ip6tables).
+A promiscuous bridge (every capture makes it one) also passes up a copy of
+a bridged DNAT frame; it kept PACKET_HOST, so Linux routes it, without
+conntrack: kube-proxy's `--ctstate INVALID -j DROP` counts it in FORWARD.
+Not modelled: ARP and IPv6 (arptables, ip6tables), VLAN and PPPoE frames.
 """
 
 from __future__ import annotations
@@ -37,15 +36,19 @@ from typing import TYPE_CHECKING
 
 import emu.wire.ethernet as ethernet
 from emu.net.fragment import fragment
+from emu.net.neighbour import CONNECTED
+from emu.net.netfilter.conntrack import ORIGINAL, Tracked
+from emu.net.netfilter.hooks import PacketState
 from emu.wire.addr import is_multicast_mac
 from emu.wire.errors import WireError
 from emu.wire.ethernet import HEADER_LEN as ETH_HLEN
 from emu.wire.ipv4 import DST, Ipv4Packet
 
+PENDING_KEPT = 64
+
 if TYPE_CHECKING:
     from emu.net.bridge import Bridge
     from emu.net.device import NetDevice
-    from emu.net.netfilter.hooks import PacketState
 
 
 def enabled(bridge: "Bridge") -> bool:
@@ -75,26 +78,49 @@ def pre_routing(bridge: "Bridge", port: "NetDevice", frame: bytes) -> tuple[byte
         return None, None
     mac = frame[:ETH_HLEN]
     if packet[DST] != original[DST]:
-        mac = _dnat_destination(bridge, packet, mac)
+        state.bridge_routed = True
+        mac = _dnat_destination(bridge, port, packet, mac, state)
         if mac is None:
             return None, None
     return mac + packet, state
 
 
-def _dnat_destination(bridge: "Bridge", packet: bytes, mac: bytes) -> bytes | None:
+def _dnat_destination(bridge: "Bridge", port: "NetDevice", packet: bytes, mac: bytes,
+                      state: "PacketState") -> bytes | None:
     """br_nf_pre_routing_finish after a DNAT: the Ethernet header to go on
-    with (None: the stack took the packet)."""
+    with (None: the neighbour layer took the packet). A bridged DNAT takes
+    the neighbour's MAC directly when the entry is connected (neigh_hh_bridge);
+    otherwise the neighbour layer sends it through the bridge device (taps
+    see it with the bridge's MAC as source; ARP first if need be) and
+    br_dev_xmit hands it back, source MAC restored, to bridging from the
+    ingress port (br_nf_pre_routing_finish_bridge_slow)."""
     ns = bridge.namespace
     dst = bytes(packet[DST])
     route = None if ns.is_local_address(dst) else ns.routes.lookup(dst)
     if route is None or route.dev is not bridge:
         return bridge.mac + mac[ethernet.SRC] + mac[ethernet.TYPE]  # to be routed: the bridge passes it up
     nexthop = route.gateway or dst
-    neighbour = ns.neighbours(bridge).entries.get(nexthop)
-    if neighbour is not None and neighbour.mac is not None:
-        return neighbour.mac + mac[ethernet.SRC] + mac[ethernet.TYPE]  # bridged DNAT (neigh_hh_bridge keeps the source MAC)
-    ns.stack.neigh_xmit(bridge, nexthop, packet)
+    table = ns.neighbours(bridge)
+    neighbour = table.entries.get(nexthop)
+    if neighbour is not None and neighbour.state in CONNECTED:
+        return neighbour.mac + mac[ethernet.SRC] + mac[ethernet.TYPE]  # neigh_hh_bridge keeps the source MAC
+    pending = bridge._bridged_dnat
+    pending[bytes(packet)] = (port, state, mac[ethernet.SRC])
+    if len(pending) > PENDING_KEPT:  # resolution failed for the oldest: it was dropped
+        del pending[next(iter(pending))]
+    table.output(nexthop, packet)
     return None
+
+
+def finish_bridge_slow(bridge: "Bridge", frame: bytes) -> bool:
+    """br_dev_xmit for a bridged DNAT the neighbour layer sent: bridge it on
+    from its ingress port with its own source MAC; False for any other frame."""
+    pending = bridge._bridged_dnat.pop(bytes(frame[ETH_HLEN:]), None)
+    if pending is None:
+        return False
+    port, state, src = pending
+    bridge.bridge_frame(port, frame[ethernet.DST] + src + frame[ethernet.TYPE] + frame[ETH_HLEN:], state)
+    return True
 
 
 def bridged_out(bridge: "Bridge", egress: "NetDevice", frame: bytes, state: "PacketState") -> list[bytes]:
@@ -121,6 +147,12 @@ def bridged_out(bridge: "Bridge", egress: "NetDevice", frame: bytes, state: "Pac
 
 def passed_up(bridge: "Bridge", frame: bytes, state: "PacketState") -> None:
     """A frame for the bridge device's own MAC (or a group address) goes up
-    with its state, so the stack does not run PREROUTING again."""
+    with its state, so the stack does not run PREROUTING again. A
+    promiscuous bridge's copy of a bridged DNAT frame kept PACKET_HOST: the
+    stack routes it, without conntrack (ctstate INVALID), as Linux does."""
+    netfilter = bridge.namespace.netfilter
     if is_multicast_mac(frame[ethernet.DST]) or frame[ethernet.DST] == bridge.mac:
-        bridge.namespace.netfilter.loop(bytes(frame[ETH_HLEN:]), state)
+        netfilter.loop(bytes(frame[ETH_HLEN:]), state)
+    elif state.bridge_routed:
+        netfilter.loop(bytes(frame[ETH_HLEN:]), PacketState(Tracked(None, ORIGINAL, "INVALID"), in_dev=bridge.name,
+                                                           bridge_routed=True, host_copy=True))

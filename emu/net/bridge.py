@@ -132,6 +132,7 @@ class Bridge(NetDevice):
         self.forwarded = 0
         self.delivered_local = 0
         self._nf_state = None  # br_netfilter: the state of the frame being bridged
+        self._bridged_dnat: dict[bytes, tuple] = {}  # br_netfilter: packets sent by the neighbour layer
 
     @property
     def promiscuous(self) -> bool:
@@ -248,17 +249,24 @@ class Bridge(NetDevice):
         with br_netfilter on, a frame that passes br_handle_frame's first
         checks goes through PREROUTING before learning, and its netfilter
         state follows it (emu.net.br_netfilter)."""
+        state = None
         if br_netfilter.enabled(self) and len(frame) >= HEADER_LEN and not is_multicast_mac(frame[ethernet.SRC]) \
                 and frame[ethernet.SRC] != ZERO_MAC and port.bridge_port.state in ("forwarding", "learning"):
-            frame, self._nf_state = br_netfilter.pre_routing(self, port, frame)
+            frame, state = br_netfilter.pre_routing(self, port, frame)
             if frame is None:
                 return
+        self.bridge_frame(port, frame, state)
+
+    def bridge_frame(self, port: NetDevice, frame: bytes, nf_state=None) -> None:
+        """br_handle_frame_finish for a frame from `port` (with its
+        br_netfilter state, if any, for the hooks on the way out)."""
+        outer, self._nf_state = self._nf_state, nf_state
         try:
             verdict = self._ingress(port, frame, self.sim.now_ns)
             if verdict is not None:
                 self._act(port, frame, verdict)
         finally:
-            self._nf_state = None
+            self._nf_state = outer
 
     def _hop(self, observer, port: NetDevice | None, verdict: str, evidence: str) -> None:
         observer.hop(self.namespace, port or self, "bridge", verdict, evidence)
@@ -415,7 +423,10 @@ class Bridge(NetDevice):
         egress.transmit_batch(fitting)
 
     def _xmit(self, frame: bytes) -> None:
-        """The bridge device transmits (br_dev_xmit): forward by FDB or flood."""
+        """The bridge device transmits (br_dev_xmit): forward by FDB or flood
+        (or, for a bridged DNAT the neighbour layer sent, go on bridging it)."""
+        if self._bridged_dnat and br_netfilter.finish_bridge_slow(self, frame):
+            return
         dst = frame[ethernet.DST]
         verdict = self.decide(None, dst, self.sim.now_ns)
         observer = self.sim.observer

@@ -120,6 +120,8 @@ class Ipv4Stack:
             to_us, l2_broadcast = True, False
         elif is_multicast_mac(dst):
             to_us, l2_broadcast = False, True
+        elif self.ns.netfilter.is_host_copy(frame[ETH_HEADER_LEN:]):
+            to_us, l2_broadcast = True, False  # br_netfilter's bridged DNAT kept PACKET_HOST
         else:
             dev.drop("OTHERHOST")
             return
@@ -194,7 +196,8 @@ class Ipv4Stack:
             return
         buf = bytearray(packet)
         decrement_ttl(buf)
-        if route.dev is in_dev and self._redirect_wanted(packet):
+        if route.dev is in_dev and not (nf_state is not None and nf_state.bridge_routed) \
+                and self._redirect_wanted(packet):
             self.send_error(bytes(buf), REDIRECT, REDIRECT_HOST,
                             ip_to_int(route.gateway or dst))
         packet = bytes(buf)

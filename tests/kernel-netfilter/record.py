@@ -82,6 +82,13 @@ CASES = {
                                          "-j DNAT --to-destination 10.0.5.2:8080\n"
                                          "-A POSTROUTING -s 10.0.5.2/32 -d 10.0.5.2/32 -j MASQUERADE\n"),
                             "run": "echo hello | nc -u -w 1 -p 40000 10.96.0.10 80"},
+    "bridge-hairpin-promisc": {"topology": "bridge", "from": "A", "promisc": True,
+                               "rules": filt("-A FORWARD -m conntrack --ctstate INVALID -j DROP\n"
+                                             "-A FORWARD -m physdev --physdev-is-bridged -j ACCEPT\n")
+                               + nat("-A PREROUTING -d 10.96.0.10/32 -p udp -m udp --dport 80 "
+                                     "-j DNAT --to-destination 10.0.5.2:8080\n"
+                                     "-A POSTROUTING -s 10.0.5.2/32 -d 10.0.5.2/32 -j MASQUERADE\n"),
+                               "run": "echo hello | nc -u -w 1 -p 40000 10.96.0.10 80"},
     "defrag-timeout": {"rules": nat("-A PREROUTING -d 10.0.9.9/32 -j DNAT --to-destination 10.0.2.2\n"),
                        "from": "C", "wait": 33,
                        "run": f"python3 {HERE}/first_fragments.py 10.0.9.9 10.0.1.1"},
@@ -158,6 +165,8 @@ def record(name: str, case: dict) -> None:
     router, left, right = (B, A, P) if bridged else (R, C, S)
     if bridged:
         build_bridge()
+        if case.get("promisc"):
+            sh(B, "ip link set br0 promisc on")  # as a capture on br0 sets it
     else:
         build(case.get("r1_mtu", 1500))
     try:
@@ -166,6 +175,9 @@ def record(name: str, case: dict) -> None:
         dumps = [subprocess.Popen(["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-U", "-n", "-w",
                                    str(out / f"{label}_eth0.pcap")], stderr=subprocess.DEVNULL)
                  for ns, label in ((left, "C"), (right, "S"))]
+        if case.get("promisc"):  # tcpdump on br0 (it sets promisc itself)
+            dumps.append(subprocess.Popen(["ip", "netns", "exec", B, "tcpdump", "-i", "br0", "-U", "-n", "-w",
+                                           str(out / "B_br0.pcap")], stderr=subprocess.DEVNULL))
         server = None
         if "server" in case:
             server = subprocess.Popen(["ip", "netns", "exec", S, "sh", "-c", case["server"]],

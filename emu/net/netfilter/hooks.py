@@ -58,6 +58,9 @@ class PacketState:
     frag_max_size: int = 0  # reassembled by nf_defrag_ipv4: its largest fragment's length
     physdev_in: str | None = None  # br_netfilter: the bridge port it came in on
     physdev_out: str | None = None  # br_netfilter: the port it is bridged to (bridged from FORWARD on)
+    bridge_routed: bool = False  # br_nf_pre_routing_finish routed it after a DNAT (its IPCB, and so
+    # IPSKB_DOREDIRECT, is overwritten by the bridge: no redirect)
+    host_copy: bool = False  # a promiscuous bridge's copy of a bridged DNAT frame (PACKET_HOST: routed)
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,15 @@ class Netfilter:
             self._looped.popitem(last=False)
 
     def unloop(self, packet: bytes) -> PacketState | None:
-        return self._looped.pop(bytes(packet), None)
+        return self._looped.pop(bytes(packet), None) if self._looped else None
+
+    def is_host_copy(self, packet) -> bool:
+        """A packet a bridge passed up that the stack takes although its
+        destination MAC is another host's (see emu.net.br_netfilter)."""
+        if not self._looped:
+            return False
+        state = self._looped.get(bytes(packet))
+        return state is not None and state.host_copy
 
     # -- internals -----------------------------------------------------------
 
