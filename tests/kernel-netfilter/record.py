@@ -89,6 +89,10 @@ CASES = {
                                      "-j DNAT --to-destination 10.0.5.2:8080\n"
                                      "-A POSTROUTING -s 10.0.5.2/32 -d 10.0.5.2/32 -j MASQUERADE\n"),
                                "run": "echo hello | nc -u -w 1 -p 40000 10.96.0.10 80"},
+    "masquerade-clash": {"rules": nat("-A POSTROUTING -o r1 -j MASQUERADE\n"), "from": "C", "frames": False,
+                         "c_extra": "10.0.1.3/24",
+                         "run": "echo a | nc -u -w 1 -s 10.0.1.2 -p 40000 10.0.2.2 9999; "
+                                "echo b | nc -u -w 1 -s 10.0.1.3 -p 40000 10.0.2.2 9999"},
     "defrag-timeout": {"rules": nat("-A PREROUTING -d 10.0.9.9/32 -j DNAT --to-destination 10.0.2.2\n"),
                        "from": "C", "wait": 33,
                        "run": f"python3 {HERE}/first_fragments.py 10.0.9.9 10.0.1.1"},
@@ -169,6 +173,8 @@ def record(name: str, case: dict) -> None:
             sh(B, "ip link set br0 promisc on")  # as a capture on br0 sets it
     else:
         build(case.get("r1_mtu", 1500))
+        if "c_extra" in case:
+            sh(C, f"ip addr add {case['c_extra']} dev eth0")
     try:
         subprocess.run(f"ip netns exec {router} iptables-restore", shell=True, input=case["rules"], text=True,
                        check=True)
