@@ -108,3 +108,16 @@ def test_bridged_traffic_meets_forward_only_with_bridge_nf_call_iptables():
     c._namespace("n1").bridge_nf_call_iptables = False
     assert c.ping("p1a", "10.244.1.3", PING).received == 3  # plain bridging again
     assert c.netfilter("n1")["iptables"]["filter"]["FORWARD"]["packets"] == 3
+
+
+def test_a_ping_dropped_by_output_is_counted_as_sent_and_prints_nothing():
+    # Linux 6.18 + iputils, live: OUTPUT DROP, `ping -c 1 -W 1 127.0.0.1` prints the header, then
+    # "1 packets transmitted, 0 received, 100% packet loss" (no sendmsg error, no "+1 errors"),
+    # and iptables-save -c shows ":OUTPUT DROP [1:84]".
+    c = cluster()
+    c.iptables_restore("p1a", "*filter\n:OUTPUT DROP [0:0]\nCOMMIT\n")
+    result = c.ping("p1a", "10.244.1.3", "-c 1 -W 1")
+    assert [line for line in result.lines if "sendmsg" in line or "errors" in line] == []
+    assert (result.transmitted, result.received) == (1, 0)
+    assert c.netfilter("p1a")["iptables"]["filter"]["OUTPUT"]["packets"] == 1
+    assert dict(c._namespace("p1a").drops) == {"NETFILTER_DROP": 1}

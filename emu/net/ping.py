@@ -238,12 +238,8 @@ class Ping:
                                pmtudisc=self.pmtudisc, oif=self.oif, confirm=self._confirm,
                                process=True)
         except SocketError as error:
-            self.result.errors += 1
-            self._answered.add(seq)
-            if error.errno_name == "EMSGSIZE":
-                self._line(f"ping: local error: message too long, mtu={error.mtu}")
-            else:
-                self._line(f"ping: sendmsg: {error.strerror}")
+            if error.errno_name != "EPERM":  # netfilter's OUTPUT dropped it: iputils says nothing (seen live)
+                self._send_failed(seq, error)
         self._confirm = False
         if self.deadline_ns is None and seq >= self.count:
             self._next = self.ns.sim.call_later(self.linger_ns, self._finish)
@@ -255,6 +251,15 @@ class Ping:
             # The burst is over: main_loop reads what came back meanwhile.
             self.ns.sim.call_process(self._read_unread)
         self._check_done()
+
+    def _send_failed(self, seq: int, error: SocketError) -> None:
+        """sendmsg failed: an error, the sequence answered, ping's message."""
+        self.result.errors += 1
+        self._answered.add(seq)
+        if error.errno_name == "EMSGSIZE":
+            self._line(f"ping: local error: message too long, mtu={error.mtu}")
+        else:
+            self._line(f"ping: sendmsg: {error.strerror}")
 
     def _read_unread(self) -> None:
         unread, self._unread = self._unread or [], None
