@@ -123,3 +123,13 @@ def test_the_scan_finds_each_pattern(snippet):
 def test_named_fields_and_tuples_pass():
     source = "x = packet[ipv4.DST]\ny = found[0]\nz = ipv4.header_length(packet)\n"
     assert not _findings(source, "net/probe.py")
+
+
+def test_the_hot_path_fragment_test_agrees_with_the_accessor():
+    """`buf[ipv4.FLAGS_OFFSET] in ipv4.UNFRAGMENTED` (call-free, local delivery)
+    is `not ipv4.is_fragment(buf)` for every value of the field."""
+    import emu.wire.ipv4 as ipv4
+
+    for value in range(0x10000):
+        header = bytes(6) + value.to_bytes(2, "big")
+        assert (header[ipv4.FLAGS_OFFSET] in ipv4.UNFRAGMENTED) == (not ipv4.is_fragment(header)), value

@@ -29,7 +29,7 @@ from emu.net.stack import Ipv4Stack
 from emu.net.tcp import TcpLayer
 from emu.net.tcp_params import TcpSysctls
 from emu.sim import Scheduler
-from emu.wire.addr import ip_from_str, ip_to_int, ip_to_str, ipv4_is_loopback
+from emu.wire.addr import LOOPBACK_FIRST, LOOPBACK_LAST, ip_from_str, ip_to_int, ip_to_str
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +229,7 @@ class Namespace:
         self.routes.remove_where(lambda r: r.proto == "kernel" and r.prefsrc == address.ip)
 
     def is_local_address(self, ip: bytes) -> bool:
-        return ip in self._local or ipv4_is_loopback(ip)
+        return ip in self._local or LOOPBACK_FIRST <= bytes(ip) <= LOOPBACK_LAST  # 127/8, no call
 
     def is_broadcast_address(self, ip: bytes, dev: NetDevice | None = None) -> bool:
         if ip == b"\xff\xff\xff\xff":

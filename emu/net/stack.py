@@ -43,7 +43,8 @@ from emu.wire.errors import WireError
 from emu.wire.ethernet import DST as ETH_DST, HEADER_LEN as ETH_HEADER_LEN
 from emu.wire.ethernet import ETHERTYPE_IPV4, ethernet_header
 from emu.wire.icmp import IcmpMessage, IcmpRepr
-from emu.wire.ipv4 import DST as IP_DST, PROTOCOL as IP_PROTOCOL, SRC as IP_SRC, TTL as IP_TTL
+from emu.wire.ipv4 import DST as IP_DST, FLAGS_OFFSET as IP_FLAGS_OFFSET, PROTOCOL as IP_PROTOCOL, SRC as IP_SRC
+from emu.wire.ipv4 import TTL as IP_TTL, UNFRAGMENTED
 from emu.wire.ipv4 import (PROTO_ICMP, PROTO_TCP, PROTO_UDP, Ipv4Packet, decrement_ttl,
                            ipv4_header)
 from emu.wire.tcp import RST as TCP_RST
@@ -524,7 +525,7 @@ class Ipv4Stack:
     def local_deliver(self, dev: "NetDevice", packet: bytes, broadcast: bool,
                       nf_state: "PacketState | None" = None) -> None:
         """ip_local_deliver: reassembly, netfilter's INPUT hook, then the protocol."""
-        if ipv4.is_fragment(packet):
+        if packet[IP_FLAGS_OFFSET] not in UNFRAGMENTED:
             whole = self.reassembler.add(packet)
             if whole is None:
                 return
