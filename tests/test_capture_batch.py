@@ -211,3 +211,106 @@ def test_a_point_is_a_tap_whose_batch_sink_is_its_set(tmp_path):
     point(1, b"\x00" * 14)
     assert point.frames == 1
     capture_set.close()
+
+
+# == one timestamp per row, and deferred batches (the flow cache's replays of many instants) ==
+@given(rows=st.lists(st.integers(0, 4 * 10**9), min_size=1, max_size=6),
+       shape=st.lists(st.tuples(st.integers(0, len(POINTS) - 1), st.integers(0, 70)), min_size=1, max_size=4),
+       nanosecond=st.booleans(), seed=st.integers(0, 2**32))
+def test_a_level_with_one_timestamp_per_row_matches_record_frame_by_frame(tmp_path_factory, rows, shape,
+                                                                          nanosecond, seed):
+    pair = Pair(tmp_path_factory.mktemp("rows"), nanosecond, True, "all.pcapng")
+    pair.frame(0, 0, b"\x07" * 30)  # some points open, some first seen in the level
+    times = np.array(sorted(rows), np.uint64)
+    entries = [(index, matrix(seed + n, len(rows), length)) for n, (index, length) in enumerate(shape)]
+    batched, single = pair.points
+    pair.sets[0].record_interleaved(times, [(batched[index], matrix_) for index, matrix_ in entries])
+    for j, ts_ns in enumerate(times):
+        for index, matrix_ in entries:
+            single[index].record(int(ts_ns), matrix_[j].tobytes())
+    pair.close()
+    pair.assert_identical()
+
+
+def test_per_row_timestamps_are_checked(tmp_path):
+    capture_set = CaptureSet(tmp_path)
+    point = capture_set.point("n1", "eth0", LINKTYPE_ETHERNET, "n1 eth0")
+    good = matrix(20, 2, 20)
+    for times, error in ((np.array([1, 2, 3], np.uint64), TypeError), (np.array([1.0, 2.0]), TypeError),
+                         (np.array([1, -1], np.int64), ValueError),
+                         (np.array([1, 2**32 * 10**9], np.uint64), ValueError)):
+        with pytest.raises(error, match="ts_ns"):
+            capture_set.record_interleaved(times, [(point, good)])
+    assert point.frames == 0 and list(tmp_path.iterdir()) == []
+    capture_set.close()
+
+
+class Batch:
+    """A deferred batch: what it writes when the set asks (`CaptureSet.defer`)."""
+
+    def __init__(self, capture_set: CaptureSet, times: list[int], entries: list) -> None:
+        self.capture_set, self.times, self.entries = capture_set, times, entries
+        self.written = 0
+
+    def write(self) -> None:
+        self.written += 1
+        self.capture_set.record_interleaved(np.array(self.times, np.uint64), self.entries)
+
+
+def test_a_deferred_batch_is_written_before_anything_recorded_after_it(tmp_path):
+    """Deferred rows land where they were deferred: before a later frame on
+    another point (the merged pcapng's order), at counts(), flush() and
+    close(), each batch once; the files equal recording everything at once."""
+    pair = Pair(tmp_path, nanosecond=True, buffered=True, pcapng_name="all.pcapng")
+    batched, single = pair.points
+    pair.frame(1, 0, b"\x01" * 20)
+    pair.frame(1, 3, b"\x02" * 20)
+    rows = [matrix(30, 3, 40), matrix(31, 3, 41)]
+    batch = Batch(pair.sets[0], [2, 3, 4], [(batched[0], rows[0]), (batched[3], rows[1])])
+    assert pair.sets[0].defer(batch, [batched[0], batched[3]])
+    assert pair.sets[0].last_deferred is batch and batch.written == 0
+    for j, ts_ns in enumerate((2, 3, 4)):
+        single[0].record(ts_ns, rows[0][j].tobytes())
+        single[3].record(ts_ns, rows[1][j].tobytes())
+    pair.frame(5, 1, b"\x03" * 20)  # cni0's first frame: after the batch, in both files
+    assert batch.written == 1 and pair.sets[0].last_deferred is None
+    later = Batch(pair.sets[0], [6], [(batched[1], matrix(32, 1, 9))])
+    assert pair.sets[0].defer(later, [batched[1]])
+    single[1].record(6, later.entries[0][1][0].tobytes())
+    assert pair.sets[0].counts() == pair.sets[1].counts()  # counts() writes what waits
+    assert later.written == 1
+    final = Batch(pair.sets[0], [7, 7], [(batched[0], matrix(33, 2, 12))])
+    assert pair.sets[0].defer(final, [batched[0]])
+    for j in range(2):
+        single[0].record(7, final.entries[0][1][j].tobytes())
+    pair.close()
+    assert (batch.written, later.written, final.written) == (1, 1, 1)
+    pair.assert_identical()
+
+
+def test_defer_declines_what_it_cannot_write_in_order(tmp_path):
+    """A point without a file yet (its interface block would come between
+    records), another set's point, an annotated merged file: declined, nothing
+    taken; a closed set refuses."""
+    capture_set = CaptureSet(tmp_path / "a")
+    other = CaptureSet(tmp_path / "b")
+    point = capture_set.point("n1", "eth0", LINKTYPE_ETHERNET, "n1 eth0")
+    fresh = capture_set.point("n1", "cni0", LINKTYPE_ETHERNET, "n1 cni0")
+    stranger = other.point("n2", "eth0", LINKTYPE_ETHERNET, "n2 eth0")
+    point(1, b"\x01" * 20)
+    stranger(1, b"\x01" * 20)
+    batch = Batch(capture_set, [2], [(point, matrix(40, 1, 20))])
+    assert not capture_set.defer(batch, [point, fresh])
+    assert not capture_set.defer(batch, [point, stranger])
+    assert capture_set.last_deferred is None
+    capture_set.close()
+    with pytest.raises(ValueError, match="capture set is closed"):
+        capture_set.defer(batch, [point])
+    annotated = CaptureSet(tmp_path / "c")
+    annotated.annotate(lambda: None)
+    noted = annotated.point("n1", "eth0", LINKTYPE_ETHERNET, "n1 eth0")
+    noted(1, b"\x01" * 20)
+    assert noted.ready and not annotated.defer(Batch(annotated, [2], []), [noted])
+    annotated.close()
+    other.close()
+    assert batch.written == 0

@@ -62,6 +62,34 @@ def checked_frame(ts_ns: int, frame: Frame) -> memoryview:
     return memoryview(frame).cast("B")
 
 
+def checked_timestamps(ts_ns: "int | np.ndarray", count: int) -> "int | np.ndarray":
+    """`checked_timestamp` for a batch: one int for every row, or a 1-D
+    integer array with one timestamp per row (`count` rows)."""
+    import numpy as np
+
+    if not isinstance(ts_ns, np.ndarray):
+        return checked_timestamp(ts_ns)
+    if ts_ns.ndim != 1 or ts_ns.shape[0] != count or ts_ns.dtype.kind not in "iu":
+        raise TypeError(f"ts_ns: expected {count} integer nanoseconds, got {ts_ns!r:.60}")
+    if count and not (int(ts_ns.min()) >= 0 and int(ts_ns.max()) < (MAX_SECONDS + 1) * NS_PER_SECOND):
+        raise ValueError(f"ts_ns: a timestamp is outside 0 .. {MAX_SECONDS} seconds")
+    return ts_ns.astype(np.uint64, copy=False)
+
+
+def header_rows(words: Sequence["int | np.ndarray"], count: int) -> "bytes | np.ndarray":
+    """Little-endian 32-bit words of a record header: packed bytes when every
+    word is an int (the same header for every row), else a (count, 4 x words)
+    uint8 matrix with one header per row (words given as arrays vary)."""
+    import numpy as np
+
+    if not any(isinstance(word, np.ndarray) for word in words):
+        return struct.pack(f"<{len(words)}I", *words)
+    out = np.empty((count, len(words)), "<u4")
+    for column, word in enumerate(words):
+        out[:, column] = word
+    return out.view(np.uint8)
+
+
 def checked_linktype(linktype: int) -> int:
     """Refuse a linktype that does not fit the files' 16-bit field."""
     if isinstance(linktype, bool) or not isinstance(linktype, int) or not 0 <= linktype <= 0xFFFF:
@@ -93,7 +121,7 @@ def interleaved_records(parts: Sequence[tuple[bytes, "np.ndarray", bytes]]) -> m
     """
     import numpy as np
 
-    segments: list[bytes | np.ndarray] = []
+    segments: list[bytes | np.ndarray] = []  # bytes: the same in every row
     for head, rows, tail in parts:
         for segment in (head, rows, tail):
             if isinstance(segment, bytes) and segments and isinstance(segments[-1], bytes):
@@ -160,9 +188,9 @@ class RecordFile:
 
     Unbuffered, each write (a record, or a block of whole records) is one
     write() system call. Buffered, they wait in memory until `flush()`
-    writes them (the emulator flushes at the end of every virtual instant,
-    and a file flushes itself once MAX_PENDING bytes wait, so a huge burst
-    in one instant does not hold the whole capture in memory):
+    writes them (`emu run` at the end, its files are staged until then;
+    and a file writes out once MAX_PENDING bytes wait, so a long run or a
+    huge burst does not hold the whole capture in memory):
     small records joined into one call, large blocks as they are, since
     copying them into a join costs as much as writing them. Either way the
     file on disk always ends on a record boundary, so an interrupted run
@@ -171,7 +199,7 @@ class RecordFile:
     """
 
     LARGE_WRITE = 1 << 16  # bytes: a block at least this big is written without a join
-    MAX_PENDING = 32 << 20  # bytes: a buffered file flushes early past this (one huge burst)
+    MAX_PENDING = 4 << 20  # bytes: a buffered file writes out past this (a long run, a huge burst)
 
     def __init__(self, path: Path, buffered: bool = False) -> None:
         self.path = path
@@ -188,7 +216,7 @@ class RecordFile:
             self._pending.append(record)
             self._pending_bytes += len(record)
             if self._pending_bytes >= self.MAX_PENDING:
-                self.flush()  # still whole records: memory stays bounded within an instant
+                self.flush()  # still whole records: memory stays bounded
         else:
             OPEN_FILES.handle(self).write(record)
 
@@ -252,14 +280,18 @@ class PcapWriter(ClosingContext):
 
     def write_rows(self, ts_ns: int, frames: Sequence["np.ndarray"]) -> None:
         """For each row j, one record of row j of each matrix in `frames`, in
-        order, all seen at ``ts_ns``: the same bytes as that many `write`
-        calls, written at once (whole records, also when unbuffered)."""
-        checked_timestamp(ts_ns)
+        order, all seen at ``ts_ns`` (or at ``ts_ns[j]``, an array with one
+        timestamp per row): the same bytes as that many `write` calls,
+        written at once (whole records, also when unbuffered)."""
         count = checked_rows(frames[0]).shape[0] if frames else 0
+        ts_ns = checked_timestamps(ts_ns, count)
+        seconds, ns = divmod(ts_ns, NS_PER_SECOND)
+        fraction = ns if self.nanosecond else ns // NS_PER_MICROSECOND
         parts = []
         for rows in frames:
-            head, caplen = self._record_header(ts_ns, checked_rows(rows, count).shape[1])
-            parts.append((head, rows[:, :caplen], b""))
+            length = checked_rows(rows, count).shape[1]
+            caplen = min(length, self.snaplen)
+            parts.append((header_rows((seconds, fraction, caplen, length), count), rows[:, :caplen], b""))
         if count:
             self._file.write(interleaved_records(parts))
 

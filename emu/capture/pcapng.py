@@ -27,7 +27,8 @@ from emu.capture.pcap import (
     checked_frame,
     checked_linktype,
     checked_rows,
-    checked_timestamp,
+    checked_timestamps,
+    header_rows,
     interleaved_records,
 )
 
@@ -164,21 +165,27 @@ class PcapngWriter(ClosingContext):
         (interface id, matrix) in `frames`, in order, all seen at ``ts_ns``:
         the same bytes as that many `write` calls, written at once (whole
         blocks, also when unbuffered); a third element is the pair's options."""
-        checked_timestamp(ts_ns)
         count = checked_rows(frames[0][1]).shape[0] if frames else 0
+        ts_ns = checked_timestamps(ts_ns, count)
+        ticks = {nanosecond: ts_ns if nanosecond else ts_ns // NS_PER_MICROSECOND
+                 for nanosecond in {self._interfaces[frame[0]].nanosecond for frame in frames
+                                    if self._is_interface(frame[0])}}
         parts = []
         for interface_id, rows, *options in frames:
             self._check_interface(interface_id)
-            head, caplen, tail = self._packet_block_frame(interface_id, ts_ns,
-                                                          checked_rows(rows, count).shape[1], *options)
-            parts.append((head, rows[:, :caplen], tail))
+            length = checked_rows(rows, count).shape[1]
+            interface_ticks = ticks[self._interfaces[interface_id].nanosecond]
+            words, caplen, tail = self._packet_block_words(interface_id, interface_ticks, length, *options)
+            parts.append((header_rows(words, count), rows[:, :caplen], tail))
         if count:
             self._file.write(interleaved_records(parts))
 
+    def _is_interface(self, interface_id: int) -> bool:
+        return not isinstance(interface_id, bool) and isinstance(interface_id, int) and (
+            0 <= interface_id < len(self._interfaces))
+
     def _check_interface(self, interface_id: int) -> None:
-        if isinstance(interface_id, bool) or not isinstance(interface_id, int) or not (
-            0 <= interface_id < len(self._interfaces)
-        ):
+        if not self._is_interface(interface_id):
             raise ValueError(
                 f"interface_id: {interface_id!r} is not a declared interface "
                 f"({len(self._interfaces)} declared; call add_interface first)"
@@ -190,12 +197,18 @@ class PcapngWriter(ClosingContext):
         the header, how much of the frame is kept, padding to 32 bits plus
         options plus trailer."""
         ticks = ts_ns if self._interfaces[interface_id].nanosecond else ts_ns // NS_PER_MICROSECOND
+        words, caplen, tail = self._packet_block_words(interface_id, ticks, length, options)
+        return ENHANCED_PACKET_HEAD.pack(*words), caplen, tail
+
+    @staticmethod
+    def _packet_block_words(interface_id: int, ticks, length: int, options: bytes = b""):
+        """The header's seven 32-bit words (the timestamp ones are arrays when
+        `ticks` is: one per row), the kept length, and what follows the frame."""
         caplen = min(length, DEFAULT_SNAPLEN)
         padding = -caplen % 4
         total = ENHANCED_PACKET_HEAD.size + caplen + padding + len(options) + BLOCK_TRAILER.size
-        head = ENHANCED_PACKET_HEAD.pack(BLOCK_ENHANCED_PACKET, total, interface_id, ticks >> 32,
-                                         ticks & 0xFFFFFFFF, caplen, length)
-        return head, caplen, ZERO_PADDING[:padding] + options + BLOCK_TRAILER.pack(total)
+        words = (BLOCK_ENHANCED_PACKET, total, interface_id, ticks >> 32, ticks & 0xFFFFFFFF, caplen, length)
+        return words, caplen, ZERO_PADDING[:padding] + options + BLOCK_TRAILER.pack(total)
 
     def _write_block(self, block_type: int, body: bytes) -> None:
         self._file.write(_block(block_type, body))

@@ -13,13 +13,17 @@ same sequence of calls always gives byte-identical files.
 A point is itself a tap (callable like ``record``) whose ``batch_sink`` is
 its capture set: the flow cache (emu/fastpath/) hands a whole replayed
 burst to ``CaptureSet.record_interleaved`` as frame matrices instead of calling
-every point once per frame, and the files come out byte-identical.
+every point once per frame, or leaves the set a batch to write later
+(``CaptureSet.defer``: replays of many instants in one go), and the files
+come out byte-identical.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
+
+import numpy as np
 
 from emu.capture.pcap import (
     ClosingContext,
@@ -29,13 +33,17 @@ from emu.capture.pcap import (
     checked_linktype,
     checked_rows,
     checked_timestamp,
+    checked_timestamps,
 )
 from emu.capture.pcapng import PcapngWriter, packet_options
 
-if TYPE_CHECKING:
-    import numpy as np
 
 
+class DeferredBatch(Protocol):
+    """Frames someone built the description of and the set writes later (`CaptureSet.defer`)."""
+
+    def write(self) -> None:
+        """Hand every frame to `CaptureSet.record_interleaved`, in order."""
 _DIRECTION_OPTIONS = {None: b"", True: packet_options(outbound=True), False: packet_options(outbound=False)}
 
 
@@ -154,6 +162,8 @@ class CapturePoint:
     def _record_stamped(self, ts_ns: int, frame: Frame, outbound: bool | None = None) -> None:
         """`record` with the file timestamp already computed."""
         data = checked_frame(ts_ns, frame)  # refuse bad input before any file is created
+        if self.batch_sink is not None and self.batch_sink._deferred:
+            self.batch_sink._write_deferred()  # what was deferred comes first
         if self._closed:
             raise ValueError(f"capture point {self.namespace}/{self.ifname}: capture set is closed")
         if self._pcap is None:
@@ -225,6 +235,7 @@ class CaptureSet(ClosingContext):
         self._points: dict[tuple[str, str], CapturePoint] = {}
         self._opened: list[CapturePoint] = []  # the points whose file exists, in opening order
         self._keys: dict[str, tuple[str, str]] = {}
+        self._deferred: list[DeferredBatch] = []
         self._closed = False
 
     def point(self, namespace: str, ifname: str, linktype: int, description: str) -> CapturePoint:
@@ -272,7 +283,7 @@ class CaptureSet(ClosingContext):
     def record_interleaved(self, ts_ns: int, frames: Sequence[tuple]) -> None:
         """Record a batch of frames at ``ts_ns``: for each row j, for each
         (point, matrix[, outbound]) in order, ``point.record(ts_ns, matrix[j],
-        outbound)``.
+        outbound)`` (``ts_ns`` may be an integer array: row j at ``ts_ns[j]``).
 
         The files and counters come out exactly as with those calls, but each
         file gets one block built with numpy. Why: the flow cache replays M
@@ -283,9 +294,10 @@ class CaptureSet(ClosingContext):
         point (or a closed one, which raises) records its first row frame by
         frame.
         """
-        ts_ns = checked_timestamp(self.epoch_ns + checked_timestamp(ts_ns))
+        self._write_deferred()
         entries = [(entry[0], entry[1], entry[2] if len(entry) > 2 else None) for entry in frames]
         count = checked_rows(entries[0][1]).shape[0] if entries else 0
+        ts_ns = checked_timestamps(self.epoch_ns + checked_timestamps(ts_ns, count), count)
         for capture_point, rows, _ in entries:
             if capture_point.batch_sink is not self:
                 raise ValueError(f"point {capture_point.namespace}/{capture_point.ifname}: "
@@ -293,11 +305,14 @@ class CaptureSet(ClosingContext):
             checked_rows(rows, count)
         first = 0
         if count and not all(capture_point.ready for capture_point, _, _ in entries):
+            first_ts = int(ts_ns[0]) if isinstance(ts_ns, np.ndarray) else ts_ns
             for capture_point, rows, outbound in entries:
-                capture_point._record_stamped(ts_ns, rows[0].tobytes(), outbound)
+                capture_point._record_stamped(first_ts, rows[0].tobytes(), outbound)
             first = 1
         if first == count:
             return
+        if isinstance(ts_ns, np.ndarray) and first:
+            ts_ns = ts_ns[first:]
         per_point: dict[int, tuple[CapturePoint, list]] = {}
         for capture_point, rows, _ in entries:
             per_point.setdefault(id(capture_point), (capture_point, []))[1].append(rows[first:])
@@ -306,6 +321,41 @@ class CaptureSet(ClosingContext):
         if self._merged is not None:
             self._merged.write_rows(ts_ns, [(capture_point._interface_id, rows[first:], outbound)
                                             for capture_point, rows, outbound in entries])
+
+    def defer(self, batch: "DeferredBatch", points: Sequence[CapturePoint]) -> bool:
+        """Take `batch` to write later, in order with everything else: before
+        any other frame reaches this set, and at `flush`, `counts` and
+        `close`, the set calls ``batch.write()``, which hands its frames to
+        `record_interleaved`. False (nothing taken) when a point of
+        `points` (those the batch writes to) is not this set's or has no
+        file yet (opening one declares an interface between records), or
+        when an annotated run must see every frame as it is recorded.
+
+        Why: the flow cache replays a flow one datagram per instant when an
+        application sends at intervals (ping -i); built and written one by
+        one, its frames cost more than the replay itself. Deferred, the
+        replays of many instants come out as one numpy batch, with the
+        same bytes in the same order."""
+        if self._closed:
+            raise ValueError("capture set is closed")
+        if self._merged is not None and self._merged.annotator is not None:
+            return False
+        if not all(point.batch_sink is self and point.ready for point in points):
+            return False
+        self._deferred.append(batch)
+        return True
+
+    @property
+    def last_deferred(self) -> "DeferredBatch | None":
+        """The batch `defer` took last, while it waits (a caller may add
+        rows to it: nothing was recorded after it)."""
+        return self._deferred[-1] if self._deferred else None
+
+    def _write_deferred(self) -> None:
+        if self._deferred:
+            batches, self._deferred = self._deferred, []
+            for batch in batches:
+                batch.write()
 
     def annotate(self, annotator) -> None:
         """Give every packet of the merged pcapng an epb_packetid and an
@@ -320,14 +370,17 @@ class CaptureSet(ClosingContext):
 
     def counts(self) -> dict[str, int]:
         """Frames recorded per ``<namespace>_<ifname>``, in the order points were created."""
+        self._write_deferred()
         return {capture_point.key: capture_point.frames for capture_point in self._points.values()}
 
     def flush(self) -> None:
-        """Write every buffered record to disk (a no-op when not `buffered`).
+        """Write every deferred batch and buffered record to disk.
 
-        With `buffered`, whole records wait in memory until this is called:
-        the scenario runner calls it at the end of every virtual instant, so
-        the files on disk always end on a record boundary."""
+        With `buffered`, whole records wait in memory until this is called
+        (or a file holds RecordFile.MAX_PENDING bytes), so the files on disk
+        always end on a record boundary; `emu run` stages its files and
+        closes them at the end."""
+        self._write_deferred()
         for capture_point in self._opened:  # a point without a file has nothing to flush
             capture_point.flush()
         if self._merged is not None:
@@ -335,6 +388,8 @@ class CaptureSet(ClosingContext):
 
     def close(self) -> None:
         """Close every file; closing twice is harmless."""
+        if not self._closed:
+            self._write_deferred()
         self._closed = True
         for capture_point in self._points.values():
             capture_point.close()

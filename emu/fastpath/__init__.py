@@ -43,7 +43,11 @@ per sink and replay, ``frames`` being the (tap, matrix, outgoing) triples of
 that sink's taps in the order one datagram meets them, each matrix the (M, length)
 uint8 rows (read-only) of one template; the sink must leave exactly the
 trace of calling ``tap(ts_ns, bytes(matrix[j]))`` for each row j, for each
-pair in order. emu.capture's capture points are such taps.
+pair in order (``ts_ns`` may also be an integer array, one instant per
+row). A sink with ``defer(batch, points)`` may take a replay's frames to
+write later (deferred.py): it calls ``batch.write()``, which hands them to
+``record_interleaved``, before anything else reaches it. emu.capture's
+capture points are such taps, their capture set such a sink.
 
 Install it with `flow_cache(sim)` (emu.scenario's build_cluster does);
 `flow_cache(sim).enabled = False` gives the slow reference.

@@ -11,7 +11,10 @@ It is the simulation's offload (`Scheduler.offload`) for two kinds of sends:
   A flow is (stack, destination, protocol, the segment's constant header
   fields, its length, the send options); the payload is what follows the
   UDP header or the ICMP type, code and checksum (an echo's identifier,
-  sequence and data, which its reply carries back).
+  sequence and data, which its reply carries back). The replay runs as an
+  ordinary event once the sending step is over, where the slow path would
+  run the walk; a second send in the same step takes it back (both go
+  the slow way, their walks interleave).
 A flow without a valid entry is sent once on the slow path under a
 Recorder, which caches its walk if it is replayable.
 """
@@ -22,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from emu.fastpath.deferred import MAX_DEFERRED, DeferredFrames, TapPlan
 from emu.fastpath.errors import Unsupported
 from emu.fastpath.recorder import Recorder
 from emu.fastpath.replay import FlowEntry, Replay
@@ -79,6 +83,10 @@ class FlowCache:
         self.flows: dict[tuple, FlowEntry] = {}
         self.stats = FastPathStats()
         self.enabled = True
+        # A process send's replay waiting for its step to end: (the step's
+        # event number, the queued event, the replay, the send's arguments).
+        self._queued: tuple | None = None
+        self._bypass = False  # sending a taken-back replay on the slow path
 
     @property
     def namespaces(self) -> list["Namespace"]:
@@ -99,7 +107,9 @@ class FlowCache:
             reason = entry.invalid_reason(self.sim.now_ns)
             if reason is None:
                 stop = index + 1
-                if self.sim.next_time() != self.sim.now_ns:  # the process runs alone: no interleaving
+                # Several at once when the process runs alone (no interleaving)
+                # and no reader is woken between datagrams (it reads as they come).
+                if self.sim.next_time() != self.sim.now_ns and not entry.wakes_reader:
                     limit = min(len(payloads), index + MAX_REPLAY)
                     while stop < limit and len(payloads[stop]) == length:
                         stop += 1
@@ -120,27 +130,63 @@ class FlowCache:
         replay the flow's walk, or send it under a recorder; False: the caller
         sends it (the cache is off, recording, or the protocol is not one it
         knows)."""
+        sim = self.sim
         sizes = SEGMENT_HEADERS.get(protocol)
-        if (not self.enabled or not self.sim.in_process or self.sim.context is not None
+        if (not self.enabled or self._bypass or not sim.in_process or sim.context is not None
                 or sizes is None or len(segment) < sizes[0]):
             return False  # a send from packet processing (a proxy) is part of another walk
+        queued = self._queued
+        if queued is not None and queued[0] == sim.events_run:
+            # A second send in one step: the walks of both would interleave.
+            self._send_queued_slowly()
+            return False
+        if sim.softirq_pending():
+            return False  # this step's earlier work runs first, interleaved with the walk
         size, constant = sizes
         payload = bytes(segment[size:])
         key = ("send", stack, dst, protocol, bytes(segment[:constant]), len(segment), options)
         entry = self.flows.get(key)
         if entry is not None:
-            reason = entry.invalid_reason(self.sim.now_ns)
+            reason = entry.invalid_reason(sim.now_ns)
             if reason is None:
                 self.stats.datagrams_replayed += 1
-                self._replay(Replay(entry, [payload]))
+                replay = Replay(entry, [payload])
+                event = sim.call_soon(self._replay_queued, replay)
+                self._queued = (sim.events_run, event, replay, stack, dst, protocol, segment, options)
                 return True
             del self.flows[key]
             self.stats.fallbacks[reason] += 1
         self.stats.datagrams_slow += 1
-        src, ttl, tos, pmtudisc, oif, confirm = options
         self._recorded(Recorder(self, key, payload), stack.ns, None, stack.send, dst, protocol, segment,
-                       src=src, ttl=ttl, tos=tos, pmtudisc=pmtudisc, oif=oif, confirm=confirm, process=True)
+                       **self._send_options(options))
         return True
+
+    @staticmethod
+    def _send_options(options: tuple) -> dict:
+        src, ttl, tos, pmtudisc, oif, confirm = options
+        return dict(src=src, ttl=ttl, tos=tos, pmtudisc=pmtudisc, oif=oif, confirm=confirm, process=True)
+
+    def _replay_queued(self, replay: Replay) -> None:
+        """A process send's replay, run once the sending step is over: where
+        the slow path runs the datagram's walk (the softirq backlog)."""
+        self._queued = None
+        self._replay(replay)
+
+    def _send_queued_slowly(self) -> None:
+        """The step that queued a replay sends again: take the replay back and
+        send its datagram on the slow path now, before the new one, so both
+        walks interleave as they would have."""
+        _, event, replay, stack, dst, protocol, segment, options = self._queued
+        self._queued = None
+        event.cancel()
+        self.stats.datagrams_replayed -= 1
+        self.stats.datagrams_slow += 1
+        self.stats.fallbacks["several-sends-in-one-step"] += 1
+        self._bypass = True
+        try:
+            stack.send(dst, protocol, segment, **self._send_options(options))
+        finally:
+            self._bypass = False
 
     def _record(self, key: tuple, sock: "UdpSocket", payload: bytes, address: tuple[bytes, int]) -> None:
         self._recorded(Recorder(self, key, payload), sock.ns, sock, sock.sendto, payload, address)
@@ -190,16 +236,36 @@ class FlowCache:
             fdb.learn(mac, port, now)
         for _, n, confirm in entry.neighbours:
             n.note_use(now, confirm)
-        for target, name, delta in entry.counted:
-            target[name] += delta * count
+        for mapping, name, delta in entry.counted:
+            mapping[name] += delta * count
         for target, name, delta in entry.attributes:
             setattr(target, name, getattr(target, name) + delta * count)
-        if count == 1:
-            self._emit_one(replay, now)
-        elif any(dev.taps for dev, _, _ in entry.frames):
-            self._emit_taps(replay, now)
+        if any(dev.taps for dev, _, _ in entry.frames) and not self._defer(replay, now):
+            if count == 1:
+                self._emit_one(replay, now)
+            else:
+                self._emit_taps(replay, now)
         if entry.delivery is not None:
             self._deliver(replay, entry.delivery)
+
+    @staticmethod
+    def _defer(replay: Replay, now: int) -> bool:
+        """Leave the frames to the sink of every tap they meet, to build later
+        (deferred.py); False when there is no such sink or it declines."""
+        entry = replay.entry
+        plan = entry.tap_plan
+        if plan is None or not plan.holds():
+            plan = entry.tap_plan = TapPlan(entry)
+        sink = plan.sink
+        if sink is None:
+            return False
+        batch = sink.last_deferred
+        if isinstance(batch, DeferredFrames) and batch.plan is plan and len(batch) < MAX_DEFERRED:
+            batch.add(replay, now)
+            return True
+        batch = DeferredFrames(entry, plan)
+        batch.add(replay, now)
+        return sink.defer(batch, plan.points)
 
     @staticmethod
     def _emit_one(replay: Replay, now: int) -> None:
@@ -236,8 +302,7 @@ class FlowCache:
             for tap, frames, direction in single:
                 tap(now, frames[j], *direction)
 
-    @staticmethod
-    def _deliver(replay: Replay, delivery: tuple) -> None:
+    def _deliver(self, replay: Replay, delivery: tuple) -> None:
         if delivery[0] == "echo":
             _, handler, template, header_len = delivery
             packets = [replay.one(template)] if replay.count == 1 else replay.frames(template)
@@ -246,7 +311,14 @@ class FlowCache:
             return
         _, sock, source, template, dev = delivery
         if sock.on_receive is None:
-            sock.queue.extend((payload, source) for payload in replay.raw_payloads)
+            datagrams = [(payload, source) for payload in replay.raw_payloads]
+            if sock.on_wake is None:
+                sock.queue.extend(datagrams)
+            else:
+                # A program reads it (nc): on the slow path the walk runs once
+                # the sending step is over, so the reader's wakeup is queued
+                # after whatever that step queued. The same here.
+                self.sim.call_soon(sock.enqueue, datagrams)
             return
         packets = [replay.one(template)] if replay.count == 1 else replay.frames(template)
         for payload, packet in zip(replay.raw_payloads, packets):

@@ -26,6 +26,7 @@ from emu.fastpath.replay import SENDABLE_STATES, FlowEntry, Read
 import emu.wire.ipv4 as ipv4
 from emu.fastpath.templates import ICMP_HEADER, FrameTemplate, IdentSource
 from emu.net.observe import Observer
+from emu.sim.scheduler import PRIORITY_SOFTIRQ
 
 if TYPE_CHECKING:
     from emu.fastpath.cache import FlowCache
@@ -79,6 +80,7 @@ class Recorder(Observer):
         self._neighbours: list[tuple["NeighbourTable", "Neighbour", bool]] = []
         self._deliveries: list[tuple] = []
         self._activity_mark = 0
+        self._waking: "UdpSocket | None" = None  # the socket a delivery is being made to
 
     def unsupported(self, reason: str) -> None:
         if self.failure is None:
@@ -100,6 +102,13 @@ class Recorder(Observer):
     def on_scheduled(self, event: "Event") -> None:
         if event.time_ns != self.sim.now_ns:
             self.unsupported("timer")
+            return
+        if self._waking is not None and getattr(event.callback, "__self__", None) is self._waking \
+                and event.priority != PRIORITY_SOFTIRQ:
+            # The receiving socket wakes its reader (poll() returns): the
+            # reader's next step is the program's, not this datagram's walk;
+            # a replay reproduces it by delivering through `enqueue`.
+            event.context = None
             return
         self.pending += 1
 
@@ -170,14 +179,14 @@ class Recorder(Observer):
         if not self._mine():
             return
         self.read("socket", sock)
-        if getattr(sock, "on_wake", None) is not None or getattr(sock, "remote", None) is not None:
-            self.unsupported("process-socket")  # a program's socket (nc): not taught to the recorder
+        self._waking = sock
         self._activity_mark = self._activity()
         self._deliveries.append((sock, source, bytes(packet), dev, bytes(data)))
 
     def delivered(self, sock: "UdpSocket") -> None:
         if not self._mine():
             return
+        self._waking = None
         if self._activity() != self._activity_mark:
             # The receiver forwarded it (a userspace proxy): a hop, not the end.
             self._deliveries.pop()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emu.fastpath.templates import FrameTemplate, IdentSource
+from emu.net.neighbour import Nud
 
 if TYPE_CHECKING:
     import numpy as np
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from emu.net.stack import Ipv4Stack
 
 SENDABLE_STATES = ("REACHABLE", "DELAY", "PROBE", "PERMANENT")
+SENDABLE = frozenset(Nud(state) for state in SENDABLE_STATES)
+
+
+def _is_data_descriptor(cls: type, name: str) -> bool:
+    """True when setting `name` on an instance of `cls` runs code (a property)."""
+    return hasattr(getattr(cls, name, None), "__set__")
 
 
 @dataclass(frozen=True)
@@ -53,19 +60,37 @@ class FlowEntry:
     delivery: tuple | None = None
 
     def __post_init__(self) -> None:
-        # counters split once by kind, so a replay only adds
-        self.counted = [(t, n, d) for t, n, d in self.counters if isinstance(t, Counter)]
-        self.attributes = [(t, n, d) for t, n, d in self.counters if not isinstance(t, Counter)]
+        self.tap_plan = None  # where its frames go (deferred.py's TapPlan), made at the first replay
+        # Counters sorted once by how they are reached, so a replay only adds:
+        # a mapping (a Counter, or the instance dict of a plain attribute) or,
+        # for an attribute behind a property, getattr/setattr.
+        self.counted: list[tuple[Any, str, int]] = []
+        self.attributes: list[tuple[Any, str, int]] = []
+        for target, name, delta in self.counters:
+            if isinstance(target, Counter):
+                self.counted.append((target, name, delta))
+            elif name in getattr(target, "__dict__", {}) and not _is_data_descriptor(type(target), name):
+                self.counted.append((vars(target), name, delta))
+            else:
+                self.attributes.append((target, name, delta))
+        self.generations = [(read.owner, read.generation) for read in self.reads]
+
+    @property
+    def wakes_reader(self) -> bool:
+        """The datagram ends in a socket a program polls (nc): delivering it
+        wakes the program."""
+        delivery = self.delivery
+        return delivery is not None and delivery[0] == "socket" and delivery[1].on_wake is not None
 
     def invalid_reason(self, now_ns: int) -> str | None:
-        for read in self.reads:
-            if not read.holds():
-                return f"{read.kind}-changed"
+        for owner, generation in self.generations:
+            if owner.generation != generation:
+                return next(f"{read.kind}-changed" for read in self.reads if not read.holds())
         for fdb, mac in self.fdb_looked_up:
             if not fdb.is_live(mac, now_ns):
                 return "fdb-entry-aged"
         for table, n, _ in self.neighbours:
-            if table.entries.get(n.ip) is not n or n.state.value not in SENDABLE_STATES:
+            if table.entries.get(n.ip) is not n or n.state not in SENDABLE:
                 return "neighbour-not-sendable"
         return None
 
@@ -83,6 +108,9 @@ class Replay:
         self._idents: dict[IdentSource, "np.ndarray"] = {}
         self._frames: dict[int, list[bytes]] = {}
         self.bases: dict["Ipv4Stack", int] = {}
+        # Per datagram, each stack's first identifier, when the datagrams are
+        # not one walk after the other (deferred.py: replays of many instants).
+        self.row_bases: dict["Ipv4Stack", "np.ndarray"] | None = None
         self._one: dict[int, bytes] = {}
         self._one_sum: int | None = None
 
@@ -116,9 +144,13 @@ class Replay:
     def idents(self, source: IdentSource) -> "np.ndarray":
         """The identifiers `source` gave the datagrams (uint64, one per datagram):
         datagram j's walk ends before j+1's starts, so a stack hands datagram j
-        the identifiers base + j * per_datagram + 0 .. per_datagram - 1."""
+        the identifiers base + j * per_datagram + 0 .. per_datagram - 1
+        (or row_bases[j] + 0 .. per_datagram - 1)."""
         import numpy as np
         idents = self._idents.get(source)
+        if idents is None and self.row_bases is not None:
+            idents = self._idents[source] = (self.row_bases[source.stack] + np.uint64(source.index)) \
+                & np.uint64(0xFFFF)
         if idents is None:
             base = self.bases[source.stack]
             steps = np.arange(self.count, dtype=np.uint64) * np.uint64(source.per_datagram)

@@ -278,6 +278,13 @@ class UdpSocket:
         if observer is not None:
             observer.delivered(self)
 
+    def enqueue(self, datagrams: list[tuple[bytes, tuple[bytes, int]]]) -> None:
+        """`deliver`'s end for a socket without a receive callback, for
+        several (data, source) datagrams at once: queue them, wake the reader
+        (an upper layer reproducing deliveries, the flow cache)."""
+        self.queue.extend(datagrams)
+        self._wake()
+
     def icmp_error(self, icmp_type: int, code: int) -> None:
         """__udp4_lib_err for an ICMP error about a datagram this socket sent."""
         if icmp_type == icmp.DEST_UNREACHABLE and code == icmp.FRAGMENTATION_NEEDED:

@@ -111,8 +111,12 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
         folder = OutputFolder(result.out_dir)
         staging = folder.open([f"{ns.name}_{dev.name}.pcap" for ns in emulated.cluster.namespaces()
                                for dev in ns.devices.values()])
+        # Buffered, and not flushed per instant: the files are staged and only
+        # move into place once closed (an interrupted run closes them too), so
+        # nobody reads them half written; a file writes itself out past
+        # RecordFile.MAX_PENDING bytes, and replays may be deferred into
+        # batches (CaptureSet.defer).
         capture_set = CaptureSet(staging, buffered=True, epoch_ns=sim.epoch_ns)
-        sim.on_advance.append(capture_set.flush)
         captures = Captures(capture_set, emulated)
         captures.attach_all()
     if progress is not None:

@@ -174,6 +174,13 @@ class Scheduler:
         self._open_batch = event
         return event
 
+    def softirq_pending(self) -> bool:
+        """True when an ordinary event of this instant waits to run (from a
+        process step: work the step queued, which runs once it is over).
+        A cancelled one at the head counts too: a cautious answer."""
+        queue = self._queue
+        return bool(queue) and queue[0].time_ns == self.now_ns and queue[0].priority == PRIORITY_SOFTIRQ
+
     def pending(self) -> int:
         return sum(1 for event in self._queue if not event.cancelled)
 
