@@ -56,13 +56,14 @@ def test_an_empty_ruleset_keeps_the_hooks_off():
     assert c._namespace("n1").netfilter.active  # a nat table registers conntrack, as nf_ct_netns_get does
 
 
-def test_flows_through_a_namespace_with_rules_are_never_replayed():
+@pytest.mark.parametrize("destination", ["10.244.2.2", "10.244.1.3"])  # routed, and bridged (br_netfilter)
+def test_flows_through_a_namespace_with_rules_are_never_replayed(destination):
     flow_cache = pytest.importorskip("emu.fastpath").flow_cache  # a fast-path test (EMU_FASTPATH=off skips it)
     def replayed(rules: str | None) -> tuple[int, dict]:
         c = cluster()
         if rules:
             c.iptables_restore("n1", rules)
-        c.ping("p1a", "10.244.2.2", "-c 8 -i 0.2 -W 1")
+        c.ping("p1a", destination, "-c 8 -i 0.2 -W 1")
         stats = flow_cache(c._emulated_now().sim).stats
         return stats.datagrams_replayed, dict(stats.not_recorded)
 
