@@ -174,3 +174,18 @@ def test_an_fdb_entry_aged_while_nothing_else_changed_falls_back():
     assert fast.outcome() == slow.outcome() and _state(fast) == _state(slow)
     stats = flow_cache(fast.sim).stats
     assert stats.fallbacks["fdb-entry-aged"] >= 1 and stats.datagrams_replayed > 0, stats
+
+
+def test_a_drop_in_another_namespace_than_the_event_is_not_replayed():
+    """The recorder compares counters only in the namespace an event runs in:
+    a pod's send whose frame the host-side veth refuses (PKT_TOO_BIG, counted
+    in the node) is heard outside that namespace, so the walk is left to the
+    slow path, and both paths count the same drops."""
+    def shrink_host_veth(run: Run) -> None:
+        run.namespace("p1a").device("eth0").peer.mtu = 100
+
+    fast = _both(shrink_host_veth)
+    stats = flow_cache(fast.sim).stats
+    assert stats.not_recorded["counters-outside-snapshot"] >= 1, stats
+    host_veth = fast.namespace("p1a").device("eth0").peer
+    assert host_veth.stats.drops["PKT_TOO_BIG"] == 12  # rounds 3 and 4, six datagrams each

@@ -14,6 +14,16 @@ no timer was armed, every neighbour used was sendable, at most one
 delivery ended it, and nothing it read changed while it ran (generations).
 Anything else, such as a new protocol or a stage added later, falls back to
 the slow path by default.
+
+Counters are compared around each event of the walk in the event's own
+namespace only (the one its callback belongs to: a frame arriving at a
+device, or the sending namespace), not in the whole cluster: a flooded
+broadcast makes one event per node, so a cluster-wide snapshot per event
+would cost nodes^2. Every counter emu/net changes is changed along with an
+observer event naming its namespace (a frame, a hop, a drop), so an event
+that is heard in a namespace it was not snapshotted in is not replayable
+("counters-outside-snapshot"); once a walk is known not to be replayable,
+nothing more is snapshotted.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from emu.fastpath.errors import Unsupported
 from emu.fastpath.replay import SENDABLE_STATES, FlowEntry, Read
 import emu.wire.ipv4 as ipv4
 from emu.fastpath.templates import ICMP_HEADER, FrameTemplate, IdentSource
+from emu.net.namespace import Namespace
 from emu.net.observe import Observer
 from emu.sim.scheduler import PRIORITY_SOFTIRQ
 
@@ -70,6 +81,8 @@ class Recorder(Observer):
         self.pending = 0
         self._reads: dict[int, Read] = {}
         self._before: dict = {}
+        self._scope: list["Namespace"] | None = None  # snapshotted around this event (None: every one)
+        self._heard: dict[int, "Namespace"] = {}  # namespaces heard of during this event
         self._said = 0  # observer events heard: a step that says nothing is not replayable
         self._said_at_enter = 0
         self._counters: list[tuple[Any, str, int]] = []
@@ -88,6 +101,8 @@ class Recorder(Observer):
 
     def read(self, kind: str, owner: Any) -> None:
         """Note that the walk read `owner`'s state (first reading counts)."""
+        if kind == "namespace" and owner is not None:
+            self._heard[id(owner)] = owner
         if owner is not None and id(owner) not in self._reads:
             self._reads[id(owner)] = Read(kind, owner, owner.generation)
 
@@ -113,18 +128,17 @@ class Recorder(Observer):
         self.pending += 1
 
     def on_enter(self, event: "Event | None") -> None:
-        self._before = self._snapshot()
+        if self.failure is None:
+            self._scope = self._event_scope(event)
+            self._heard = {}
+            self._before = self._snapshot(self._scope)
         self._said_at_enter = self._said
 
     def on_exit(self, event: "Event | None") -> None:
         """Counter changes are taken around each event of the walk, so other
         traffic running in between does not count."""
-        after = self._snapshot()
-        for key, (target, name, value) in after.items():
-            old = self._before.get(key)
-            delta = value - (old[2] if old is not None else 0)
-            if delta:
-                self._counters.append((target, name, delta))
+        if self.failure is None:
+            self._count_changes()
         if event is not None:
             if self._said == self._said_at_enter:
                 self.unsupported(f"silent-step:{getattr(event.callback, '__qualname__', '?')}")
@@ -205,9 +219,36 @@ class Recorder(Observer):
     def _activity(self) -> int:
         return len(self._frames) + len(self._idents) + self.pending
 
-    def _snapshot(self) -> dict:
+    def _event_scope(self, event: "Event | None") -> list["Namespace"] | None:
+        """The namespace an event runs in: its callback's device's, stack's or
+        socket's; for the send that starts the walk, the sender's (read
+        before it). None (every namespace) when the callback names none."""
+        if event is None:
+            return [read.owner for read in self._reads.values() if read.kind == "namespace"]
+        owner = getattr(event.callback, "__self__", None)
+        if isinstance(owner, Namespace):
+            return [owner]
+        ns = getattr(owner, "namespace", None)
+        if ns is None:
+            ns = getattr(owner, "ns", None)
+        return [ns] if isinstance(ns, Namespace) else None
+
+    def _count_changes(self) -> None:
+        if self._scope is not None:
+            inside = {id(ns) for ns in self._scope}
+            if any(key not in inside for key in self._heard):
+                self.unsupported("counters-outside-snapshot")
+                return
+        before = self._before
+        for key, (target, name, value) in self._snapshot(self._scope).items():
+            old = before.get(key)
+            delta = value - (old[2] if old is not None else 0)
+            if delta:
+                self._counters.append((target, name, delta))
+
+    def _snapshot(self, scope: list["Namespace"] | None) -> dict:
         values: dict = {}
-        for ns in self.cache.namespaces:
+        for ns in self.cache.namespaces if scope is None else scope:
             for name in NAMESPACE_COUNTERS:
                 values[(id(ns), name)] = (ns, name, getattr(ns, name))
             for reason, count in ns.drops.items():
