@@ -9,8 +9,12 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from emu.flannel.leases import Lease, LeaseError, LeaseEvent, SubnetManager
+from emu.flannel.lease_index import LeaseIndex, Spans
+from emu.flannel.leases import (SUBNETS_PREFIX, Lease, LeaseError, LeaseEvent, SubnetManager, _free_subnets,
+                                decode_lease, parse_subnet_key, subnet_key)
 from emu.flannel.store import KeyExists, MemoryStore, WatchEvent
 from emu.flannel.subnet_env import backend_mtu, parse_subnet_env, render_subnet_env
 
@@ -439,3 +443,34 @@ def test_wider_lease_from_an_older_config_blocks_every_subnet_it_covers():
     assert acquire(sm, 1).subnet == IPv4Network("10.244.1.0/24")
     with pytest.raises(LeaseError, match="2 leases in use"):
         acquire(sm, 2)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 31), st.sampled_from([22, 24, 24, 24, 26])),
+                min_size=1, max_size=40))
+def test_used_address_runs_follow_puts_and_deletes(steps):
+    """The lease index's runs of used addresses (kept as keys come and go)
+    equal the runs of the keys held, and the free candidates found by
+    skipping runs equal a check of every candidate against every used subnet."""
+    store = MemoryStore()
+    index = LeaseIndex(store, SUBNETS_PREFIX, parse_subnet_key, decode_lease)
+    held: set[IPv4Network] = set()
+    assert index.current(0)  # from here on it follows the watch events (no rebuild)
+    for put, number, length in steps:
+        subnet = IPv4Network((int(IPv4Address("10.0.0.0")) + number * 256, 24)).supernet(new_prefix=length) \
+            if length < 24 else IPv4Network((int(IPv4Address("10.0.0.0")) + number * 256, length))
+        if put or not held:
+            store.put(subnet_key(subnet), "{}", None, 0)
+            held.add(subnet)
+        else:  # one of the keys held
+            gone = sorted(held)[number % len(held)]
+            store.delete(subnet_key(gone), 0)
+            held.discard(gone)
+    assert index._revision == store.revision  # followed, not rebuilt
+    blocks = sorted((int(s.network_address), s.prefixlen) for s in held)
+    reference = Spans.of(blocks)
+    assert (index.spans().starts, index.spans().ends) == (reference.starts, reference.ends)
+    low, high = IPv4Network("10.0.0.0/24"), IPv4Network("10.0.70.0/24")
+    every = [IPv4Network((start, 24)) for start in range(int(low.network_address), int(high.network_address) + 1, 256)]
+    brute = [c for c in every if not any(c.overlaps(s) for s in held)][:30]
+    assert _free_subnets(low, high, index.spans(), 30) == brute

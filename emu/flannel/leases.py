@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import json
 import random
-from bisect import bisect_left
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any, Callable, Literal
 
-from emu.flannel.lease_index import LeaseIndex
+from emu.flannel.lease_index import LeaseIndex, Spans
 from emu.flannel.store import Entry, KeyExists, KeyValueStore, MemoryStore, WatchEvent
 
 NETWORK_PREFIX = "/coreos.com/network"
@@ -323,16 +322,17 @@ class SubnetManager:
 
     def _pick_free_subnet(self, now_ns: int) -> IPv4Network:
         if self._index is not None and self._index.current(now_ns):
-            used = [(start, length) for start, length, _ in self._index.used()]
+            spans, in_use = self._index.spans(), len(self._index.used())
         else:
             subnets = (parse_subnet_key(entry.key) for entry in self.store.list(SUBNETS_PREFIX, now_ns))
             used = sorted((int(subnet.network_address), subnet.prefixlen) for subnet in subnets
                           if subnet is not None)
-        candidates = _free_subnets(self.subnet_min, self.subnet_max, used, MAX_CANDIDATES)
+            spans, in_use = Spans.of(used), len(used)
+        candidates = _free_subnets(self.subnet_min, self.subnet_max, spans, MAX_CANDIDATES)
         if not candidates:
             raise LeaseError(
                 f"no free subnet left in {self.network} (SubnetLen {self.subnet_len}, "
-                f"SubnetMin {self.subnet_min}, SubnetMax {self.subnet_max}): {len(used)} leases in use"
+                f"SubnetMin {self.subnet_min}, SubnetMax {self.subnet_max}): {in_use} leases in use"
             )
         return candidates[self._random.randrange(len(candidates))]
 
@@ -420,30 +420,23 @@ def _lease_from(entry: Entry, lease: Lease) -> Lease:
     return Lease(lease.subnet, lease.public_ip, lease.backend_type, lease.backend_data, entry.expires_ns)
 
 
-def _free_subnets(
-    subnet_min: IPv4Network, subnet_max: IPv4Network, used: list[tuple[int, int]], limit: int
-) -> list[IPv4Network]:
+def _free_subnets(subnet_min: IPv4Network, subnet_max: IPv4Network, spans: Spans,
+                  limit: int) -> list[IPv4Network]:
     """Up to `limit` subnets from subnet_min to subnet_max (ascending) that
-    overlap no used subnet, as flannel's allocateSubnet collects them;
-    `used` is every used subnet as (start address, prefix length), ascending.
-
-    CIDR blocks either nest or are disjoint, so a candidate overlaps a used
-    block iff a used block starts inside it or one of its supernets is used.
-    """
-    used_starts = [start for start, _ in used]
-    shorter = {(start, length) for start, length in used if length < subnet_min.prefixlen}
-    shorter_lens = {length for _, length in shorter}
+    overlap no used subnet, as flannel's allocateSubnet collects them; `spans`
+    holds the addresses the used subnets cover. A candidate inside a run is
+    skipped to the first candidate after the run, in one step."""
     size = subnet_min.num_addresses
+    first, last = int(subnet_min.network_address), int(subnet_max.network_address)
     free: list[IPv4Network] = []
-    for start in range(int(subnet_min.network_address), int(subnet_max.network_address) + 1, size):
-        if len(free) == limit:
-            break
-        index = bisect_left(used_starts, start)
-        if index < len(used_starts) and used_starts[index] < start + size:
-            continue
-        if any((start >> (32 - length) << (32 - length), length) in shorter for length in shorter_lens):
-            continue
-        free.append(IPv4Network((start, subnet_min.prefixlen)))
+    start = first
+    while start <= last and len(free) < limit:
+        used_end = spans.next_end_after(start, start + size)
+        if used_end is None:
+            free.append(IPv4Network((start, subnet_min.prefixlen)))
+            start += size
+        else:
+            start = first + -(-(used_end - first) // size) * size  # the first candidate after the run
     return free
 
 
