@@ -56,9 +56,9 @@ def measure_one(nodes: int, pods: int, backend: str) -> dict:
     scenario = load_scenario_text(scenario_text(nodes, pods, backend), "yaml", "scale.yaml")
     original_build = run.build_cluster
 
-    def timed_build(spec):
+    def timed_build(spec, **options):
         wall, cpu = time.perf_counter(), _cpu()
-        emulated = original_build(spec)
+        emulated = original_build(spec, **options)
         phases["build_wall_s"], phases["build_cpu_s"] = time.perf_counter() - wall, _cpu() - cpu
         built["emulated"] = emulated
         return emulated

@@ -135,8 +135,8 @@ def _hook_after_build(monkeypatch, at_s: float, action) -> None:
     """Run `action(emulated)` as an event at virtual time `at_s` of the run."""
     real_build = run_module.build_cluster
 
-    def build(scenario):
-        emulated = real_build(scenario)
+    def build(scenario, **options):
+        emulated = real_build(scenario, **options)
         emulated.sim.call_at(int(at_s * 1e9), action, emulated)
         return emulated
 

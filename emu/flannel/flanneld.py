@@ -94,7 +94,7 @@ class Flanneld:
         self.lease: Lease | None = None
         self.subnet_env = ""
         self.log = FlanneldLog(ns.name)
-        self.remotes: dict = {}
+        self.remotes: dict[tuple[bytes, int], Lease] = {}  # by Lease.subnet_id (hashed in C, not by ipaddress)
         self._watch: int | None = None
         self._renewal: Event | None = None
 
@@ -143,13 +143,13 @@ class Flanneld:
 
     def _on_event(self, event: LeaseEvent) -> None:
         if event.kind == "removed":
-            lease = self.remotes.pop(event.lease.subnet, None)
+            lease = self.remotes.pop(event.lease.subnet_id, None)
             if lease is not None:
                 self.backend.remove_remote(lease)
                 self._log(f"removed lease {event.lease.subnet} ({event.lease.public_ip})")
             return
-        if event.kind == "changed" and event.lease.subnet in self.remotes:
-            self.backend.remove_remote(self.remotes.pop(event.lease.subnet))
+        if event.kind == "changed" and event.lease.subnet_id in self.remotes:
+            self.backend.remove_remote(self.remotes.pop(event.lease.subnet_id))
         self._add(event.lease)
 
     def _add(self, lease: Lease) -> None:
@@ -164,7 +164,7 @@ class Flanneld:
         if problem:
             self._log(problem)
             return
-        self.remotes[lease.subnet] = lease
+        self.remotes[lease.subnet_id] = lease
         self.log.append(self.now, lease)  # "added lease SUBNET (PUBLIC_IP)"
 
     def _log(self, text: str) -> None:

@@ -31,7 +31,7 @@ class HostGwBackend:
     def add_remote(self, lease: Lease) -> str | None:
         self.remove_remote(lease)
         try:
-            self.ns.add_route_packed(lease.network_packed, lease.subnet.prefixlen, self.external,
+            self.ns.add_route_packed(*lease.subnet_id, self.external,
                                      lease.public_ip_packed)
         except ValueError:
             return (f"host-gw: cannot add route {lease.subnet} via {lease.public_ip}: the node "
@@ -40,7 +40,7 @@ class HostGwBackend:
         return None
 
     def remove_remote(self, lease: Lease) -> None:
-        self.ns.routes.remove(lease.network_packed, lease.subnet.prefixlen, self.external)
+        self.ns.routes.remove(*lease.subnet_id, self.external)
 
     def teardown(self) -> None:
         """Routes of remote leases are removed by the lease events."""

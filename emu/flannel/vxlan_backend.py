@@ -78,7 +78,7 @@ class VxlanBackend:
     def add_remote(self, lease: Lease) -> str | None:
         if self.direct_routing and self._reaches_directly(lease.public_ip):
             self._remove_route(lease)
-            self.ns.add_route_packed(lease.network_packed, lease.subnet.prefixlen, self.external,
+            self.ns.add_route_packed(*lease.subnet_id, self.external,
                                      lease.public_ip_packed)
             self.direct.add(lease.subnet)
             return None
@@ -92,19 +92,19 @@ class VxlanBackend:
         self.ns.neighbours(self.device).add_permanent(gateway, vtep_mac)
         self.device.fdb_append(vtep_mac, lease.public_ip_packed)
         self._remove_route(lease)
-        self.ns.add_route_packed(gateway, lease.subnet.prefixlen, self.device, gateway, onlink=True)
+        self.ns.add_route_packed(*lease.subnet_id, self.device, gateway, onlink=True)
         return None
 
     def _remove_route(self, lease: Lease) -> None:
-        self.ns.routes.remove(lease.network_packed, lease.subnet.prefixlen)
+        self.ns.routes.remove(*lease.subnet_id)
 
     def remove_remote(self, lease: Lease) -> None:
         if lease.subnet in self.direct:
             self.direct.discard(lease.subnet)
-            self.ns.routes.remove(lease.network_packed, lease.subnet.prefixlen, self.external)
+            self.ns.routes.remove(*lease.subnet_id, self.external)
             return
         gateway = lease.network_packed
-        self.ns.routes.remove(gateway, lease.subnet.prefixlen, self.device)
+        self.ns.routes.remove(*lease.subnet_id, self.device)
         table = self.ns.neighbours(self.device)
         entry = table.lookup(gateway)
         table.remove(gateway)

@@ -240,7 +240,7 @@ def _programmed(emulated: EmulatedCluster) -> dict[str, _Programmed]:
     for name, flanneld in emulated.flanneld.items():
         backend = flanneld.backend
         direct = getattr(backend, "direct", set())
-        remotes = {subnet: (lease, subnet in direct) for subnet, lease in flanneld.remotes.items()}
+        remotes = {lease.subnet: (lease, lease.subnet in direct) for lease in flanneld.remotes.values()}
         routes = dict(backend.routes) if isinstance(backend, UdpBackend) else None
         state[name] = (remotes, routes)
     return state

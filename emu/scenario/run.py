@@ -11,6 +11,7 @@ cni0 capture shows every frame the bridge forwards, as in the kernel's.
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,7 +102,17 @@ def run_scenario(scenario: Scenario, out_dir: str | Path | None, capture: bool =
 
     Output files are staged and moved into place at the end, touching only
     files emu wrote before (emu/scenario/outputs.py)."""
-    emulated = build_cluster(scenario)
+    emulated = build_cluster(scenario, freeze=True)
+    try:
+        return _run_built(emulated, scenario, out_dir, capture, setup, interrupted, progress)
+    finally:
+        gc.unfreeze()  # the cluster's objects are the collector's again
+
+
+def _run_built(emulated: EmulatedCluster, scenario: Scenario, out_dir: str | Path | None, capture: bool,
+               setup: Callable[[EmulatedCluster, CaptureSet | None], None] | None,
+               interrupted: Callable[[], str | None] | None,
+               progress: Callable[[int, int], None] | None) -> RunResult:
     sim = emulated.sim
     result = RunResult(scenario, Path(out_dir) if out_dir is not None else None)
     captures = None
