@@ -91,3 +91,33 @@ def test_nat_random_ports_are_compared_by_role_and_named_ports_stay_exact():
     assert emu.rename([("tcp.sport", 5001), ("tcp.dport", 8080)]) == [("tcp.sport", "ephemeral#1"),
                                                                       ("tcp.dport", 8080)]
     assert EphemeralPorts().rename([("tcp.sport", 21146)]) == [("tcp.sport", 21146)]  # default: Linux's range
+
+
+def test_acks_of_a_connection_seen_under_two_tuples_are_relative_to_their_first():
+    """On cni0 with br_netfilter a pod's segments to a ClusterIP show DNATed
+    and the answers un-NATed: the answer's flow is never the reverse of the
+    request's, so its ACKs count from their own first one."""
+    from emu.verify.sequences import TcpSequences
+
+    def segment(src, sport, dst, dport, seq, ack, flags):
+        return [("ip.src", src), ("ip.dst", dst), ("tcp.sport", sport), ("tcp.dport", dport),
+                ("tcp.flags", flags), ("tcp.seq", seq), ("tcp.ack", ack)]  # emu.verify.fields' order
+
+    def numbered(isn_client, isn_server, client_port="ephemeral#1"):
+        sequences = TcpSequences()
+        frames = [segment("10.244.1.2", client_port, "10.244.2.2", 8080, isn_client, 0, "0x002"),
+                  segment("10.96.0.10", 80, "10.244.1.2", client_port, isn_server, isn_client + 1, "0x012"),
+                  segment("10.244.1.2", client_port, "10.244.2.2", 8080, isn_client + 1, isn_server + 1, "0x010"),
+                  segment("10.96.0.10", 80, "10.244.1.2", client_port, isn_server + 1, isn_client + 7, "0x010")]
+        return [dict(sequences.relative(frame)) for frame in frames]
+
+    kernel, emu = numbered(1000, 5_000_000), numbered(77, 123_456)
+    assert kernel == emu
+    # the flows meet at the client's ephemeral endpoint: each is the other's direction
+    assert [frame["tcp.ack"] for frame in kernel] == [0, "+1", "+1", "+7"]
+    # a port that is not ephemeral could be any connection's: each flow's ACKs count from their first
+    assert [frame["tcp.ack"] for frame in numbered(1000, 5_000_000, 40000)] == [0, "a+0", "a+0", "a+6"]
+    sequences = TcpSequences()  # a later ACK that acknowledges 3 bytes more shows it
+    later = [dict(sequences.relative(segment("10.244.1.2", 40000, "10.244.2.2", 8080, 78, ack, "0x010")))
+             for ack in (123_457, 123_460)]
+    assert [frame["tcp.ack"] for frame in later] == ["a+0", "a+3"]

@@ -218,15 +218,14 @@ def _services(draw: st.DrawFn, document: dict, sources: list[str]) -> None:
     its endpoint and an `nc -u -q 0` client towards the Service name (or a
     node name and the node port), flannel's rules as kube-flannel runs them,
     now and then a FORWARD policy of DROP (flannel's FORWARD rules keep
-    pod traffic flowing); bridge-nf-call-iptables off. Drawn after
+    pod traffic flowing) and bridge-nf-call-iptables off. Drawn after
     everything else, so the rest of a document is what the seed drew without it."""
     if not draw(st.booleans()):
         return
     document["kube-proxy"] = {"mode": "iptables"}
     if draw(st.booleans()):
         document["forward-policy"] = "DROP"
-    # br_netfilter (1: PREROUTING as a frame enters a bridge port) is not modelled yet: 0 until it is
-    document["bridge-nf-call-iptables"] = False
+    document["bridge-nf-call-iptables"] = draw(st.booleans())
     pods = [pod["name"] for node in document["nodes"] for pod in node["pods"]]
     backend_port = document["net-conf"]["Backend"].get("Port")
     services = []

@@ -29,7 +29,7 @@ from emu.verify.fields import (
     frame_fields,
 )
 from emu.verify.ports import LINUX_EPHEMERAL_RANGE, EphemeralPorts
-from emu.verify.sequences import TcpSequences
+from emu.verify.sequences import TcpSequences, peer_flows
 
 MAX_PROBLEMS_PER_POINT = 10
 _MAX_VALUE_CHARS = 40
@@ -280,8 +280,7 @@ def _same_connection(fields: list[Field], other: list[Field]) -> bool:
     mine, theirs = _segment(fields), _segment(other)
     if mine is None or theirs is None:
         return False
-    flow = mine[0]
-    return theirs[0] in (flow, (flow[2], flow[3], flow[0], flow[1]))
+    return theirs[0] == mine[0] or peer_flows(mine[0], theirs[0])
 
 
 def _segment(fields: list[Field]) -> tuple[tuple, int, int, int, int] | None:
@@ -294,8 +293,8 @@ def _segment(fields: list[Field]) -> tuple[tuple, int, int, int, int] | None:
         return None
     prefix = prefixes[-1]
     seq, ack = values.get(prefix + "tcp.seq"), values.get(prefix + "tcp.ack")
-    if not (isinstance(seq, str) and isinstance(ack, str)):  # relative numbers are "+N"
-        return None
+    if not (isinstance(seq, str) and isinstance(ack, str) and seq[0] == ack[0] == "+"):
+        return None  # relative numbers are "+N" ("a+N": an ACK whose base is not the peer's ISN)
     flow = tuple(values.get(prefix + key) for key in ("ip.src", "tcp.sport", "ip.dst", "tcp.dport"))
     return (flow, int(str(values[prefix + "tcp.flags"]), 16), int(seq[1:]), int(ack[1:]),
             int(str(values.get(prefix + "tcp.payload_len", 0))))
@@ -317,8 +316,7 @@ def may_pass(ack: list[Field], other: list[Field]) -> bool:
     (flow, _, _, acked, _), (other_flow, other_flags, other_seq, other_acked, _) = mine, theirs
     if other_flow == flow:
         return bool(other_flags & 0x10) and other_acked >= acked
-    reverse = (flow[2], flow[3], flow[0], flow[1])
-    return other_flow == reverse and not other_flags & 0x02 and acked <= other_seq
+    return peer_flows(flow, other_flow) and not other_flags & 0x02 and acked <= other_seq
 
 
 def _pcaps_by_point(directory: Path, argument: str) -> dict[str, Path]:
