@@ -36,7 +36,7 @@ from helpers_net import collect
 
 HERE = Path(__file__).resolve().parent / "kernel-netfilter"
 CASES = sorted(path.name for path in HERE.iterdir() if (path / "case.json").exists())
-assert len(CASES) >= 17, "the kernel recordings are missing"
+assert len(CASES) >= 18, "the kernel recordings are missing"
 FRAMES = {case: json.loads((HERE / case / "case.json").read_text()).get("frames", True) for case in CASES}
 MAC_C = "02:00:00:00:01:02"
 

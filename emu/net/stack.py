@@ -380,8 +380,10 @@ class Ipv4Stack:
 
     # == ICMP errors ============================================================
     def send_error(self, packet: bytes, icmp_type: int, code: int, rest: int = 0,
-                   l2_broadcast: bool = False) -> None:
-        """icmp_send: an ICMP error about `packet`, from the address Linux uses."""
+                   l2_broadcast: bool = False, nf_related: "PacketState | None" = None) -> None:
+        """icmp_send: an ICMP error about `packet`, from the address Linux uses
+        (`nf_related`: REJECT's error, RELATED to the rejected packet's
+        connection even before it is confirmed, as measured live)."""
         if not may_send_error(packet, l2_broadcast):
             return
         if self.ns.sim.observer is not None:
@@ -408,7 +410,7 @@ class Ipv4Stack:
         message = build_error(packet, icmp_type, code, rest, route.dev.mtu)
         try:
             self.send(orig_src, PROTO_ICMP, message, src=saddr, tos=error_tos(packet),
-                      pmtudisc="dont")
+                      pmtudisc="dont", nf_related=nf_related)
         except SocketError:
             self.ns.drop("ICMP_ERROR_UNSENDABLE")
 
@@ -501,7 +503,7 @@ class Ipv4Stack:
         and ports swapped, seq from the ACK or else an ACK of the segment,
         window 0, IP id 0, DF, TOS 0, attached to the connection (RELATED)."""
         if reject_with != "tcp-reset":
-            self.send_error(packet, icmp.DEST_UNREACHABLE, REJECT_CODES[reject_with])
+            self.send_error(packet, icmp.DEST_UNREACHABLE, REJECT_CODES[reject_with], nf_related=state)
             return
         header_len = ipv4.header_length(packet)
         if ipv4.protocol(packet) != PROTO_TCP or ipv4.flags_offset(packet) & ipv4.OFFSET_MASK:

@@ -93,6 +93,10 @@ CASES = {
                          "c_extra": "10.0.1.3/24",
                          "run": "echo a | nc -u -w 1 -s 10.0.1.2 -p 40000 10.0.2.2 9999; "
                                 "echo b | nc -u -w 1 -s 10.0.1.3 -p 40000 10.0.2.2 9999"},
+    "dnat-then-reject": {"rules": filt("-A FORWARD -p udp -m udp --dport 5353 -j REJECT\n")
+                         + nat("-A PREROUTING -d 10.0.9.9/32 -p udp -m udp --dport 53 "
+                               "-j DNAT --to-destination 10.0.2.2:5353\n"),
+                         "from": "C", "run": "echo hello | nc -u -w 1 -p 40000 10.0.9.9 53"},
     "defrag-timeout": {"rules": nat("-A PREROUTING -d 10.0.9.9/32 -j DNAT --to-destination 10.0.2.2\n"),
                        "from": "C", "wait": 33,
                        "run": f"python3 {HERE}/first_fragments.py 10.0.9.9 10.0.1.1"},

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import Callable
 
-from emu.net.netfilter.conntrack import DST, ORIGINAL, REPLY, SRC, Conntrack, Tracked
+from emu.net.netfilter.conntrack import DST, ORIGINAL, REPLY, SRC, Conntrack, Tracked, Tuple, packet_tuple
 from emu.net.netfilter.engine import Evaluator, PacketInfo, Verdict
 from emu.net.netfilter.listing import list_table
 from emu.net.netfilter.rules import Ruleset, parse_rules
@@ -127,8 +127,9 @@ class Netfilter:
         netfilter itself (REJECT's TCP reset, nf_ct_attach): RELATED to its
         connection, in the other direction."""
         if related is not None and related.tracked.connection is not None:
+            connection = related.tracked.connection
             direction = REPLY if related.tracked.direction == ORIGINAL else ORIGINAL
-            tracked = Tracked(related.tracked.connection, direction, "RELATED")
+            tracked = Tracked(connection, direction, "RELATED", related_to=_quoted_tuple(packet, connection))
         elif self.tracking:
             tracked = self.conntrack.track(packet, now_ns)
         else:
@@ -275,6 +276,19 @@ class Netfilter:
         """`iptables -L -v -n -x` per table and `conntrack -L` lines."""
         return {"iptables": {name: list_table(self.ruleset.tables[name]) for name in ("filter", "nat")},
                 "conntrack": self.conntrack.listing(now_ns)}
+
+
+def _quoted_tuple(packet: bytes | bytearray, connection) -> Tuple | None:
+    """For an ICMP error netfilter sends about a packet (REJECT), the tuple
+    it quotes, so it is translated as an error (outer and quote); None for
+    anything else (a TCP reset)."""
+    try:
+        inner = wire_nat.icmp_error_inner(packet)
+    except WireError:
+        return None
+    if inner is None:
+        return None
+    return packet_tuple(bytes(packet[inner:])) or connection.original
 
 
 def _endpoints(view: tuple[bytes, tuple[int, int] | None]) -> str:
